@@ -1,0 +1,305 @@
+//! Turns a validated [`Policy`] into the entries of the kernel maps: flattened
+//! address tries (one lookup gives every class of an address) and per-port rule sets.
+
+use std::collections::BTreeMap;
+
+use emis_common::{
+    network_bit, role_bit, AddrInfo, Config, PortKey, RuleEntry, RuleSet, MAX_CANDIDATES,
+    MAX_PORT_ENTRIES, MAX_PREFIXES, NO_NETWORK,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::policy::{Endpoint, Policy, Scope};
+
+/// Everything the loader writes into the maps, except the mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compiled {
+    pub v4: Vec<(Ipv4Net, AddrInfo)>,
+    pub v6: Vec<(Ipv6Net, AddrInfo)>,
+    pub ports: BTreeMap<PortKey, RuleSet>,
+    pub config: Config,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(
+        "{proto}/{port} is listed by more than {MAX_CANDIDATES} rules with different sources or \
+         destinations ({rules}); merge some of them or split the port across fewer networks"
+    )]
+    TooManyCandidates { proto: &'static str, port: u16, rules: String },
+    #[error(
+        "the rules list {count} distinct (protocol, port) pairs; the port map holds {MAX_PORT_ENTRIES}. \
+         Narrow the widest port ranges"
+    )]
+    TooManyPorts { count: usize },
+    #[error("{count} {family} prefixes after flattening; each address trie holds {MAX_PREFIXES}")]
+    TooManyPrefixes { family: &'static str, count: usize },
+}
+
+/// The class bits of one side of a rule.
+pub fn endpoint_mask(endpoints: &[Endpoint]) -> u64 {
+    endpoints.iter().fold(0, |mask, endpoint| {
+        mask | match *endpoint {
+            Endpoint::Network(id) => network_bit(id),
+            Endpoint::Role(role) => role_bit(role.0),
+        }
+    })
+}
+
+pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    let mut add = |net: IpNet, classes: u64, network: u32| match net.trunc() {
+        IpNet::V4(net) => v4.push((net, AddrInfo { classes, network, _pad: 0 })),
+        IpNet::V6(net) => v6.push((net, AddrInfo { classes, network, _pad: 0 })),
+    };
+    for (id, network) in policy.networks.iter().enumerate() {
+        let id = id as u32;
+        let enforce = if network.scope == Scope::Enforce { id } else { NO_NETWORK };
+        for prefix in &network.prefixes {
+            add(*prefix, network_bit(id), enforce);
+        }
+    }
+    let mut unset_roles = 0;
+    for role in crate::policy::Role::ALL {
+        match policy.role(role) {
+            Some(prefixes) => {
+                for prefix in prefixes {
+                    add(*prefix, role_bit(role.0), NO_NETWORK);
+                }
+            }
+            None => unset_roles |= role_bit(role.0),
+        }
+    }
+    let v4 = flatten(v4, |n| (u32::from(n.network()) as u128, n.prefix_len()), |a, b| a.contains(b));
+    let v6 = flatten(v6, |n| (u128::from(n.network()), n.prefix_len()), |a, b| a.contains(b));
+    for (family, count) in [("IPv4", v4.len()), ("IPv6", v6.len())] {
+        if count > MAX_PREFIXES as usize {
+            return Err(CompileError::TooManyPrefixes { family, count });
+        }
+    }
+    Ok(Compiled {
+        v4,
+        v6,
+        ports: port_sets(policy)?,
+        config: Config { unset_roles, mode: 0, _pad: 0 },
+    })
+}
+
+/// Folds every enclosing prefix's classes into each prefix, so the longest match alone
+/// answers for all of them. Addresses inside an enforce-scope network never hold a role.
+fn flatten<N: Copy + Eq>(
+    mut entries: Vec<(N, AddrInfo)>,
+    sort_key: impl Fn(&N) -> (u128, u8),
+    contains: impl Fn(&N, &N) -> bool,
+) -> Vec<(N, AddrInfo)> {
+    entries.sort_by_key(|(net, _)| sort_key(net));
+    let mut merged: Vec<(N, AddrInfo)> = Vec::with_capacity(entries.len());
+    for (net, info) in entries {
+        match merged.last_mut() {
+            Some((last, last_info)) if *last == net => {
+                last_info.classes |= info.classes;
+                last_info.network = last_info.network.min(info.network);
+            }
+            _ => merged.push((net, info)),
+        }
+    }
+    // Sorted by address then length, a prefix's enclosing prefixes are on the stack.
+    let mut stack: Vec<(N, AddrInfo)> = Vec::new();
+    let mut out = Vec::with_capacity(merged.len());
+    for (net, info) in merged {
+        while stack.last().is_some_and(|(outer, _)| !contains(outer, &net)) {
+            stack.pop();
+        }
+        let mut folded = info;
+        if let Some((_, outer)) = stack.last() {
+            folded.classes |= outer.classes;
+            if folded.network == NO_NETWORK {
+                folded.network = outer.network;
+            }
+        }
+        stack.push((net, folded));
+        let mut value = folded;
+        if value.network != NO_NETWORK {
+            value.classes &= !emis_common::ALL_ROLE_BITS;
+        }
+        out.push((net, value));
+    }
+    out
+}
+
+/// Per (protocol, port), the rules listing it in spec order. A rule whose sources and
+/// destinations are covered by an earlier rule's on that port can never be the first
+/// match there, so it is left out.
+fn port_sets(policy: &Policy) -> Result<BTreeMap<PortKey, RuleSet>, CompileError> {
+    let mut sets: BTreeMap<PortKey, RuleSet> = BTreeMap::new();
+    for (id, rule) in policy.rules.iter().enumerate() {
+        let entry = RuleEntry {
+            src: endpoint_mask(&rule.from),
+            dst: endpoint_mask(&rule.to),
+            rule: id as u32,
+            _pad: 0,
+        };
+        for range in &rule.ports {
+            for port in range.first..=range.last {
+                let key = PortKey::new(rule.protocol.number(), port);
+                let set = sets.entry(key).or_default();
+                let existing = &set.entries[..set.len as usize];
+                if existing
+                    .iter()
+                    .any(|e| e.src & entry.src == entry.src && e.dst & entry.dst == entry.dst)
+                {
+                    continue;
+                }
+                if set.len as usize == MAX_CANDIDATES {
+                    let mut rules: Vec<&str> =
+                        existing.iter().map(|e| policy.rules[e.rule as usize].slug.as_str()).collect();
+                    rules.push(&rule.slug);
+                    return Err(CompileError::TooManyCandidates {
+                        proto: rule.protocol.name(),
+                        port,
+                        rules: rules.join(", "),
+                    });
+                }
+                set.entries[set.len as usize] = entry;
+                set.len += 1;
+            }
+        }
+        if sets.len() > MAX_PORT_ENTRIES as usize {
+            return Err(CompileError::TooManyPorts { count: sets.len() });
+        }
+    }
+    Ok(sets)
+}
+
+/// The value a longest-prefix lookup of `addr` returns from compiled entries; the
+/// userspace twin of the kernel's trie lookup, for tests.
+pub fn lookup(compiled: &Compiled, addr: std::net::IpAddr) -> Option<AddrInfo> {
+    match addr {
+        std::net::IpAddr::V4(a) => compiled
+            .v4
+            .iter()
+            .filter(|(net, _)| net.contains(&a))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(_, info)| *info),
+        std::net::IpAddr::V6(a) => compiled
+            .v6
+            .iter()
+            .filter(|(net, _)| net.contains(&a))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(_, info)| *info),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Direction, Network, PortRange, Protocol, Role, Rule};
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn policy(roles: [Option<Vec<IpNet>>; 4], rules: Vec<Rule>) -> Policy {
+        Policy {
+            networks: vec![
+                Network {
+                    name: "n3".into(),
+                    scope: Scope::Enforce,
+                    description: String::new(),
+                    prefixes: vec![net("10.207.112.0/22"), net("10.207.116.0/22")],
+                },
+                Network {
+                    name: "aws".into(),
+                    scope: Scope::Count,
+                    description: String::new(),
+                    prefixes: vec![net("3.0.0.0/8"), net("3.5.0.0/16"), net("2001:db8::/32")],
+                },
+            ],
+            roles,
+            rules,
+            sha256: String::new(),
+            warnings: vec![],
+        }
+    }
+
+    fn rule(slug: &str, proto: Protocol, ports: &[(u16, u16)], from: Endpoint, to: Endpoint) -> Rule {
+        Rule {
+            slug: slug.into(),
+            description: String::new(),
+            hostnames: vec![],
+            protocol: proto,
+            ports: ports.iter().map(|&(first, last)| PortRange { first, last }).collect(),
+            direction: Direction::Outbound,
+            from: vec![from],
+            to: vec![to],
+        }
+    }
+
+    #[test]
+    fn nested_prefixes_inherit_classes_and_roles_stop_at_enforce_networks() {
+        let p = policy(
+            [Some(vec![net("10.0.0.0/8"), net("3.5.1.0/24")]), None, None, None],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        let at = |s: &str| lookup(&c, s.parse().unwrap()).unwrap();
+        let lan = role_bit(Role::LAN.0);
+        assert_eq!(at("10.1.2.3"), AddrInfo { classes: lan, network: NO_NETWORK, _pad: 0 });
+        assert_eq!(at("10.207.116.9"), AddrInfo { classes: network_bit(0), network: 0, _pad: 0 });
+        assert_eq!(at("3.5.1.1").classes, network_bit(1) | lan);
+        assert_eq!(at("3.5.2.1").classes, network_bit(1));
+        assert_eq!(at("3.9.9.9").classes, network_bit(1));
+        assert_eq!(at("2001:db8::1").classes, network_bit(1));
+        assert!(lookup(&c, "8.8.8.8".parse().unwrap()).is_none());
+        let unset = role_bit(1) | role_bit(2) | role_bit(3);
+        assert_eq!(c.config.unset_roles, unset);
+    }
+
+    #[test]
+    fn covered_rules_are_left_out_of_a_port_and_order_is_kept() {
+        let lan = Endpoint::Role(Role::LAN);
+        let p = policy(
+            [None, None, None, None],
+            vec![
+                rule("a", Protocol::Tcp, &[(443, 443)], lan, Endpoint::Network(0)),
+                rule("b", Protocol::Tcp, &[(443, 444)], lan, Endpoint::Network(0)),
+                rule("c", Protocol::Tcp, &[(443, 443)], lan, Endpoint::Network(1)),
+            ],
+        );
+        let c = compile(&p).unwrap();
+        let s443 = c.ports[&PortKey::new(6, 443)];
+        assert_eq!(s443.len, 2);
+        assert_eq!((s443.entries[0].rule, s443.entries[1].rule), (0, 2));
+        let s444 = c.ports[&PortKey::new(6, 444)];
+        assert_eq!((s444.len, s444.entries[0].rule), (1, 1));
+    }
+
+    #[test]
+    fn capacity_limits_are_errors() {
+        let rules = (0..=MAX_CANDIDATES as u32)
+            .map(|i| {
+                rule(&format!("r{i}"), Protocol::Udp, &[(53, 53)], Endpoint::Role(Role::LAN), Endpoint::Network(i % 2))
+            })
+            .collect::<Vec<_>>();
+        // Only two distinct pairs: fits.
+        assert!(compile(&policy([None, None, None, None], rules)).is_ok());
+        let mut p = policy([None, None, None, None], vec![]);
+        for i in 0..=MAX_CANDIDATES as u32 {
+            p.networks.push(Network {
+                name: format!("x{i}"),
+                scope: Scope::Count,
+                description: String::new(),
+                prefixes: vec![],
+            });
+            p.rules.push(rule(&format!("r{i}"), Protocol::Udp, &[(53, 53)], Endpoint::Role(Role::LAN), Endpoint::Network(2 + i)));
+        }
+        let err = compile(&p).unwrap_err().to_string();
+        assert!(err.contains("udp/53") && err.contains("r8"), "{err}");
+        let wide = policy(
+            [None, None, None, None],
+            vec![rule("wide", Protocol::Tcp, &[(1, 65535)], Endpoint::Role(Role::LAN), Endpoint::Network(0))],
+        );
+        assert!(matches!(compile(&wide), Err(CompileError::TooManyPorts { .. })));
+    }
+}

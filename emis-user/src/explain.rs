@@ -1,0 +1,180 @@
+//! What `emis explain` and `emis check` print: one packet's verdict from the reference
+//! model, and a summary of a policy.
+
+use std::{fmt::Write as _, net::IpAddr};
+
+use anyhow::{bail, Result};
+use emis_common::{Decision, PROTO_ICMP, PROTO_ICMPV6};
+use serde::Serialize;
+
+use crate::{
+    compile::Compiled,
+    loader::Mode,
+    model,
+    packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
+    policy::{Policy, Role, Scope},
+};
+
+pub struct ExplainRequest {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: String,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: String,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Explanation {
+    /// allow, deny or pass.
+    pub verdict: &'static str,
+    /// The rule's slug for allowed packets.
+    pub rule: Option<String>,
+    /// forward or reply for allowed packets.
+    pub path: Option<&'static str>,
+    /// The deny or pass reason (no_rule, out_of_scope, ...), or null when a rule allowed it.
+    pub reason: Option<&'static str>,
+    /// The enforce-scope network a denied packet touched.
+    pub network: Option<String>,
+    /// What the enforcer does with it: pass, drop, or audit (passed, counted as would-deny).
+    pub action: &'static str,
+    pub sentence: String,
+}
+
+pub fn parse_tcp_flags(text: &str) -> Result<u8> {
+    let mut flags = 0;
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        flags |= match name.to_ascii_lowercase().as_str() {
+            "syn" => TCP_SYN,
+            "ack" => TCP_ACK,
+            "fin" => TCP_FIN,
+            "rst" => TCP_RST,
+            "psh" => TCP_PSH,
+            other => bail!("--tcp-flags: unknown flag {other:?}; use syn, ack, fin, rst, psh separated by commas"),
+        };
+    }
+    Ok(flags)
+}
+
+pub fn explain(policy: &Policy, request: &ExplainRequest) -> Result<Explanation> {
+    if request.src.is_ipv4() != request.dst.is_ipv4() {
+        bail!("--src and --dst must both be IPv4 or both IPv6");
+    }
+    let packet = match request.proto.to_ascii_lowercase().as_str() {
+        "tcp" => PacketSpec::tcp(request.src, request.dst, request.sport, request.dport, parse_tcp_flags(&request.tcp_flags)?),
+        "udp" => PacketSpec::udp(request.src, request.dst, request.sport, request.dport),
+        "icmp" | "icmpv6" => PacketSpec::icmp_echo(request.src, request.dst),
+        other => bail!("--proto: unknown protocol {other:?}; use tcp, udp or icmp"),
+    };
+    let decision = model::decide(policy, &packet.build());
+    let flow = match packet.proto {
+        PROTO_ICMP | PROTO_ICMPV6 => format!("{} {} -> {}", request.proto, request.src, request.dst),
+        _ => format!("{} {}:{} -> {}:{}", request.proto, request.src, request.sport, request.dst, request.dport),
+    };
+    Ok(match decision {
+        Decision::Allow { rule, path } => {
+            let rule = &policy.rules[rule as usize];
+            Explanation {
+                verdict: "allow",
+                rule: Some(rule.slug.clone()),
+                path: Some(path.name()),
+                reason: None,
+                network: None,
+                action: "pass",
+                sentence: format!("{flow}: allow ({}) by rule {} \"{}\"", path.name(), rule.slug, rule.description),
+            }
+        }
+        Decision::Deny { reason, network } => {
+            let network = policy.networks[network as usize].name.clone();
+            let action = match request.mode {
+                Mode::Enforce => "drop",
+                Mode::Audit => "audit",
+            };
+            Explanation {
+                verdict: "deny",
+                rule: None,
+                path: None,
+                reason: Some(reason.name()),
+                sentence: format!("{flow}: deny ({}) touching enforce-scope network {network}; action {action}", reason.name()),
+                network: Some(network),
+                action,
+            }
+        }
+        Decision::Pass { reason } => Explanation {
+            verdict: "pass",
+            rule: None,
+            path: None,
+            reason: Some(reason.name()),
+            network: None,
+            action: "pass",
+            sentence: format!("{flow}: pass ({})", reason.name()),
+        },
+    })
+}
+
+/// What `emis check` prints.
+pub fn summary(policy: &Policy, compiled: &Compiled) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "spec sha256 {}", policy.sha256);
+    let _ = writeln!(out, "\nnetworks:");
+    for net in &policy.networks {
+        let shown: Vec<String> = net.prefixes.iter().take(4).map(|p| p.to_string()).collect();
+        let more = net.prefixes.len().saturating_sub(shown.len());
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<7} {:>7} prefixes  {}{}",
+            net.name,
+            net.scope.name(),
+            net.prefixes.len(),
+            shown.join(" "),
+            if more > 0 { format!(" (+{more} more)") } else { String::new() }
+        );
+    }
+    let _ = writeln!(out, "\nsite roles:");
+    for role in Role::ALL {
+        match policy.role(role) {
+            Some(prefixes) => {
+                let list: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+                let _ = writeln!(out, "  {:<16} {}", role.name(), list.join(" "));
+            }
+            None => {
+                let _ = writeln!(out, "  {:<16} unset: any address outside the enforce-scope networks", role.name());
+            }
+        }
+    }
+    let _ = writeln!(out, "\nrules ({}):", policy.rules.len());
+    for rule in &policy.rules {
+        let ports: Vec<String> = rule.ports.iter().map(|p| p.to_string()).collect();
+        let from: Vec<&str> = rule.from.iter().map(|e| policy.endpoint_name(*e)).collect();
+        let to: Vec<&str> = rule.to.iter().map(|e| policy.endpoint_name(*e)).collect();
+        let _ = writeln!(
+            out,
+            "  {:<36} {:<8} {}/{:<12} {} -> {}",
+            rule.slug,
+            rule.direction.name(),
+            rule.protocol.name(),
+            ports.join(","),
+            from.join("|"),
+            to.join("|")
+        );
+    }
+    let enforce = policy.networks.iter().filter(|n| n.scope == Scope::Enforce).count();
+    let _ = writeln!(
+        out,
+        "\ncompiled: {} IPv4 and {} IPv6 trie entries, {} (protocol, port) entries; {} enforce-scope networks",
+        compiled.v4.len(),
+        compiled.v6.len(),
+        compiled.ports.len(),
+        enforce
+    );
+    if policy.warnings.is_empty() {
+        let _ = writeln!(out, "no warnings");
+    } else {
+        let _ = writeln!(out, "\nwarnings ({}):", policy.warnings.len());
+        for w in &policy.warnings {
+            let _ = writeln!(out, "  - {w}");
+        }
+    }
+    out
+}

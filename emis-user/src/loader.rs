@@ -1,0 +1,179 @@
+//! Loads the embedded kernel program, fills its maps from a compiled policy and
+//! attaches it to interfaces; dropping the returned [`aya::Ebpf`] detaches it.
+
+use std::{os::fd::AsRawFd, path::Path};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use emis_common::{
+    AddrInfo, Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG, MAP_PORTS, MODE_AUDIT,
+    MODE_ENFORCE, PROGRAM_NAME,
+};
+
+use crate::compile::Compiled;
+
+/// The kernel program, built by build.rs (aya-build) and embedded in this binary.
+pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/emis"));
+
+/// Whether denied packets are dropped or only counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    pub fn raw(self) -> u32 {
+        match self {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Audit => MODE_AUDIT,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// How to attach: let the kernel choose native with a generic fallback, or force one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Checks what loading needs, with errors that say what to do.
+pub fn preflight() -> Result<()> {
+    if PROGRAM_OBJECT.is_empty() {
+        bail!(
+            "this emis binary was built with AYA_BUILD_SKIP=1 and carries no kernel program; \
+             rebuild it with `cargo xtask build`"
+        );
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("loading an XDP program needs root (CAP_BPF and CAP_NET_ADMIN): run emis as root");
+    }
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    Ok(())
+}
+
+/// Loads the program through the verifier and fills every map from `compiled`.
+pub fn load(compiled: &Compiled, mode: Mode) -> Result<Ebpf> {
+    preflight()?;
+    let mut ebpf = EbpfLoader::new()
+        .load(PROGRAM_OBJECT)
+        .context("loading the emis kernel object")?;
+    fill_maps(&mut ebpf, compiled, mode)?;
+    let program: &mut Xdp = program_mut(&mut ebpf)?;
+    program.load().context("the kernel verifier rejected the emis program")?;
+    Ok(ebpf)
+}
+
+pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or_else(|| anyhow!("the kernel object has no program named {PROGRAM_NAME}"))?
+        .try_into()
+        .context("the emis program is not an XDP program")
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).ok_or_else(|| anyhow!("the kernel object has no map named {name}"))
+}
+
+fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, mode: Mode) -> Result<()> {
+    let mut v4: LpmTrie<_, [u8; 4], AddrInfo> = LpmTrie::try_from(map_mut(ebpf, MAP_ADDR_V4)?)?;
+    for (net, info) in &compiled.v4 {
+        v4.insert(&Key::new(net.prefix_len().into(), net.network().octets()), info, 0)
+            .with_context(|| format!("inserting {net} into {MAP_ADDR_V4}"))?;
+    }
+    let mut v6: LpmTrie<_, [u8; 16], AddrInfo> = LpmTrie::try_from(map_mut(ebpf, MAP_ADDR_V6)?)?;
+    for (net, info) in &compiled.v6 {
+        v6.insert(&Key::new(net.prefix_len().into(), net.network().octets()), info, 0)
+            .with_context(|| format!("inserting {net} into {MAP_ADDR_V6}"))?;
+    }
+    let mut ports: HashMap<_, PortKey, RuleSet> = HashMap::try_from(map_mut(ebpf, MAP_PORTS)?)?;
+    for (key, set) in &compiled.ports {
+        ports.insert(key, set, 0).with_context(|| format!("inserting port {} into {MAP_PORTS}", key.port))?;
+    }
+    let mut config: Array<_, Config> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
+    config.set(0, Config { mode: mode.raw(), ..compiled.config }, 0)?;
+    Ok(())
+}
+
+/// Switches a loaded program between enforce and audit through its config map.
+pub fn set_mode<T: std::borrow::BorrowMut<MapData>>(config: &mut Array<T, Config>, mode: Mode) -> Result<()> {
+    let mut value = config.get(&0, 0)?;
+    value.mode = mode.raw();
+    config.set(0, value, 0)?;
+    Ok(())
+}
+
+/// Attaches the loaded program to each interface, inside network namespace `netns` if given
+/// (only the attaching thread joins it, so the metrics listener stays where emis runs).
+pub fn attach(ebpf: &mut Ebpf, ifaces: &[String], mode: AttachMode, netns: Option<&str>) -> Result<Vec<(String, &'static str)>> {
+    let program = program_mut(ebpf)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Some(netns) = netns {
+                    join_netns(netns)?;
+                }
+                let mut attached = Vec::new();
+                for iface in ifaces {
+                    let how = attach_one(program, iface, mode)
+                        .with_context(|| match netns {
+                            Some(ns) => format!("attaching to {iface} in network namespace {ns}"),
+                            None => format!("attaching to {iface}"),
+                        })?;
+                    attached.push((iface.clone(), how));
+                }
+                Ok(attached)
+            })
+            .join()
+            .map_err(|_| anyhow!("the attaching thread panicked"))?
+    })
+}
+
+fn attach_one(program: &mut Xdp, iface: &str, mode: AttachMode) -> Result<&'static str> {
+    match mode {
+        AttachMode::Native => program.attach(iface, XdpMode::Driver).map(|_| "native"),
+        AttachMode::Skb => program.attach(iface, XdpMode::Skb).map(|_| "skb"),
+        AttachMode::Auto => match program.attach(iface, XdpMode::Driver) {
+            Ok(_) => Ok("native"),
+            Err(aya::programs::ProgramError::UnknownInterface { name }) => {
+                return Err(anyhow!("no interface named {name}: check `ip link`"))
+            }
+            Err(native) => {
+                tracing::warn!(%iface, error = %native, "native XDP refused; using generic (skb) mode");
+                program.attach(iface, XdpMode::Skb).map(|_| "skb")
+            }
+        },
+    }
+    .map_err(|e| match e {
+        aya::programs::ProgramError::UnknownInterface { name } => {
+            anyhow!("no interface named {name}: check `ip link`")
+        }
+        other => anyhow!(other),
+    })
+}
+
+/// Moves the calling thread into the named network namespace.
+pub fn join_netns(name: &str) -> Result<()> {
+    let path = Path::new("/run/netns").join(name);
+    let file = std::fs::File::open(&path)
+        .with_context(|| format!("opening {}: is there a network namespace {name}? (ip netns list)", path.display()))?;
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("joining network namespace {name}"));
+    }
+    Ok(())
+}

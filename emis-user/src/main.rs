@@ -1,0 +1,312 @@
+//! The `emis` command: run the enforcer, check a spec, explain a verdict, read counters.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use emis::{
+    compile::compile,
+    explain::{explain, ExplainRequest},
+    loader::{self, AttachMode, Mode},
+    metrics::{self, EnforcerCollector},
+    policy::Policy,
+    spec::{load_policy, SiteOptions, Source},
+    stats::{mode_of, Labels, Snapshot, State},
+};
+use emis_common::{MAP_CONFIG, MAP_STATS};
+
+#[derive(Parser)]
+#[command(name = "emis", version, about = "XDP enforcer for the EMIS Web network requirements")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the policy into the kernel, attach to interfaces and serve metrics until stopped.
+    Run(RunArgs),
+    /// Validate a spec and site, and summarise networks, prefixes and rules.
+    Check(PolicyArgs),
+    /// Show the verdict the policy gives one packet (the reference model the kernel must agree with).
+    Explain(ExplainArgs),
+    /// Show the counters of the running enforcer.
+    Stats(StatsArgs),
+    /// Switch the running enforcer between enforce and audit without reloading it.
+    Mode(ModeArgs),
+}
+
+#[derive(Args, Clone)]
+struct PolicyArgs {
+    /// Spec file (TOML); the embedded EMIS Web spec when omitted.
+    #[arg(long, value_name = "FILE")]
+    spec: Option<PathBuf>,
+    /// Site file (TOML) giving the addresses of the site roles.
+    #[arg(long, value_name = "FILE")]
+    site: Option<PathBuf>,
+    /// Addresses of a site role, as ROLE=CIDR (lan, clinical-server, surgery, local-sites); repeatable.
+    #[arg(long = "site-net", value_name = "ROLE=CIDR")]
+    site_net: Vec<String>,
+    /// Amazon's ip-ranges.json, to fill count-scope networks that name an aws_region.
+    #[arg(long = "aws-ip-ranges", value_name = "FILE")]
+    aws_ip_ranges: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Interface to attach to; repeat for each side of the gateway.
+    #[arg(long = "iface", required = true, value_name = "IF")]
+    ifaces: Vec<String>,
+    /// enforce drops what the policy denies; audit passes it and counts it as would-deny.
+    #[arg(long, value_enum, default_value = "enforce")]
+    mode: Mode,
+    /// auto tries native (driver) XDP and falls back to generic; native or skb force one.
+    #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
+    xdp_mode: AttachMode,
+    /// Address of the Prometheus endpoint (/metrics).
+    #[arg(long = "metrics-addr", default_value = "127.0.0.1:9469")]
+    metrics_addr: SocketAddr,
+    /// Attach to interfaces inside this named network namespace (ip netns); emis itself stays where it runs.
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    /// Where the counter and config maps are pinned (bpffs).
+    #[arg(long = "pin-dir", default_value = "/sys/fs/bpf/emis")]
+    pin_dir: PathBuf,
+    /// Where the state file for `emis stats` and `emis mode` is written.
+    #[arg(long = "state-dir", default_value = "/run/emis")]
+    state_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[arg(long)]
+    src: IpAddr,
+    #[arg(long)]
+    dst: IpAddr,
+    /// tcp, udp or icmp.
+    #[arg(long)]
+    proto: String,
+    #[arg(long, default_value_t = 40000)]
+    sport: u16,
+    #[arg(long, default_value_t = 0)]
+    dport: u16,
+    /// TCP flags, comma separated: syn, ack, fin, rst, psh.
+    #[arg(long = "tcp-flags", default_value = "syn")]
+    tcp_flags: String,
+    /// The mode to report the action for.
+    #[arg(long, value_enum, default_value = "enforce")]
+    mode: Mode,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    #[arg(long = "state-dir", default_value = "/run/emis")]
+    state_dir: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ModeArgs {
+    #[arg(value_enum)]
+    mode: Mode,
+    #[arg(long = "state-dir", default_value = "/run/emis")]
+    state_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EMIS_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check(args) => check(&args),
+        Command::Explain(args) => explain_cmd(&args),
+        Command::Stats(args) => stats(&args),
+        Command::Mode(args) => mode(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &PolicyArgs) -> Result<Policy> {
+    let spec = match &args.spec {
+        Some(path) => Source::read(path)?,
+        None => Source::default_spec(),
+    };
+    let site = SiteOptions {
+        site_file: args.site.as_deref().map(Source::read).transpose()?,
+        site_nets: args.site_net.clone(),
+        aws_ip_ranges: args.aws_ip_ranges.as_deref().map(Source::read).transpose()?,
+    };
+    Ok(load_policy(&spec, &site)?)
+}
+
+fn check(args: &PolicyArgs) -> Result<()> {
+    let policy = load(args)?;
+    let compiled = compile(&policy)?;
+    print!("{}", emis::explain::summary(&policy, &compiled));
+    Ok(())
+}
+
+fn explain_cmd(args: &ExplainArgs) -> Result<()> {
+    let policy = load(&args.policy)?;
+    let request = ExplainRequest {
+        src: args.src,
+        dst: args.dst,
+        proto: args.proto.clone(),
+        sport: args.sport,
+        dport: args.dport,
+        tcp_flags: args.tcp_flags.clone(),
+        mode: args.mode,
+    };
+    let answer = explain(&policy, &request)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&answer)?);
+    } else {
+        println!("{}", answer.sentence);
+    }
+    Ok(())
+}
+
+fn stats(args: &StatsArgs) -> Result<()> {
+    let state = State::read(&args.state_dir)?;
+    let snapshot = Snapshot::read(&state.stats_map()?)?;
+    let mode = mode_of(&state.config_map()?.get(&0, 0)?);
+    let report = snapshot.report(&state.labels);
+    if args.json {
+        let value = serde_json::json!({
+            "mode": mode.name(),
+            "spec_sha256": state.spec_sha256,
+            "interfaces": state.interfaces,
+            "rules": report.rules,
+            "denied": report.denied,
+            "passed": report.passed,
+        });
+        println!("{value}");
+    } else {
+        print!("{}", report.to_table(mode, &state.spec_sha256));
+    }
+    Ok(())
+}
+
+fn mode(args: &ModeArgs) -> Result<()> {
+    let state = State::read(&args.state_dir)?;
+    loader::set_mode(&mut state.config_map()?, args.mode)?;
+    println!("mode is now {}", args.mode.name());
+    Ok(())
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let policy = load(&args.policy)?;
+    let compiled = compile(&policy)?;
+    for warning in &policy.warnings {
+        tracing::warn!("{warning}");
+    }
+    let unset: Vec<&str> = emis::policy::Role::ALL
+        .iter()
+        .filter(|r| policy.role(**r).is_none())
+        .map(|r| r.name())
+        .collect();
+    if !unset.is_empty() {
+        tracing::info!(roles = %unset.join(", "), "unset site roles stand for any address outside the enforce-scope networks");
+    }
+    if let Ok(old) = State::read(&args.state_dir) {
+        if old.pid != std::process::id() && pid_alive(old.pid) {
+            bail!(
+                "another emis (pid {}) is running with state dir {}; stop it or pass another --state-dir and --pin-dir",
+                old.pid,
+                args.state_dir.display()
+            );
+        }
+    }
+    let mut ebpf = loader::load(&compiled, args.mode)?;
+    std::fs::create_dir_all(&args.pin_dir).with_context(|| {
+        format!("creating {} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)", args.pin_dir.display())
+    })?;
+    for name in [MAP_STATS, MAP_CONFIG] {
+        let path = args.pin_dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        ebpf.map(name)
+            .context("map missing from the kernel object")?
+            .pin(&path)
+            .with_context(|| format!("pinning {name} at {} (is {} on bpffs?)", path.display(), args.pin_dir.display()))?;
+    }
+    let attached = loader::attach(&mut ebpf, &args.ifaces, args.xdp_mode, args.netns.as_deref())?;
+    for (iface, how) in &attached {
+        tracing::info!(%iface, mode = how, netns = args.netns.as_deref().unwrap_or("-"), "attached");
+    }
+    let state = State {
+        pid: std::process::id(),
+        pin_dir: args.pin_dir.clone(),
+        spec_sha256: policy.sha256.clone(),
+        interfaces: args.ifaces.clone(),
+        labels: Labels::of(&policy),
+    };
+    state.write(&args.state_dir)?;
+    tracing::info!(
+        rules = policy.rules.len(),
+        v4_prefixes = compiled.v4.len(),
+        v6_prefixes = compiled.v6.len(),
+        mode = args.mode.name(),
+        spec_sha256 = %policy.sha256,
+        "policy loaded"
+    );
+    let result = serve_until_signal(&args, &state, &policy);
+    let _ = std::fs::remove_file(args.state_dir.join(emis::stats::STATE_FILE));
+    for name in [MAP_STATS, MAP_CONFIG] {
+        let _ = std::fs::remove_file(args.pin_dir.join(name));
+    }
+    drop(ebpf);
+    tracing::info!("detached");
+    result
+}
+
+fn serve_until_signal(args: &RunArgs, state: &State, policy: &Policy) -> Result<()> {
+    let collector = EnforcerCollector {
+        stats: Mutex::new(state.stats_map()?),
+        config: Mutex::new(state.config_map()?),
+        labels: Labels::of(policy),
+        spec_sha256: policy.sha256.clone(),
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(collector));
+    let registry = Arc::new(registry);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = metrics::bind(args.metrics_addr).await?;
+        tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            served = metrics::serve(listener, registry) => served,
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: detaching"); Ok(()) }
+            _ = term.recv() => { tracing::info!("SIGTERM: detaching"); Ok(()) }
+        }
+    })
+}

@@ -1,0 +1,203 @@
+//! Builds Ethernet frames from a flow description: what `emis explain` judges, and what
+//! the kernel tests and the benchmark feed to the program.
+
+use std::net::IpAddr;
+
+use emis_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+/// One packet to build. Defaults: no VLAN tags, no IP options, TCP flags SYN, 0 payload bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketSpec {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, anything else).
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    /// Outer to inner (802.1ad then 802.1Q for QinQ): (TPID, VLAN id).
+    pub vlans: Vec<(u16, u16)>,
+    /// IPv4 option bytes, padded to a multiple of 4 with end-of-list.
+    pub ipv4_options: Vec<u8>,
+    /// IPv6 extension headers before the L4 header: (header type, total length in bytes).
+    pub ipv6_ext: Vec<(u8, usize)>,
+    pub payload_len: usize,
+}
+
+impl PacketSpec {
+    pub fn new(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Self {
+        Self {
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            tcp_flags: TCP_SYN,
+            vlans: vec![],
+            ipv4_options: vec![],
+            ipv6_ext: vec![],
+            payload_len: 0,
+        }
+    }
+
+    pub fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Self {
+        Self { tcp_flags: flags, ..Self::new(src, dst, PROTO_TCP, sport, dport) }
+    }
+
+    pub fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Self {
+        Self::new(src, dst, PROTO_UDP, sport, dport)
+    }
+
+    /// Echo request for the address family of `src`.
+    pub fn icmp_echo(src: IpAddr, dst: IpAddr) -> Self {
+        let proto = if src.is_ipv4() { PROTO_ICMP } else { PROTO_ICMPV6 };
+        Self::new(src, dst, proto, 0, 0)
+    }
+
+    pub fn with_vlans(mut self, vlans: &[(u16, u16)]) -> Self {
+        self.vlans = vlans.to_vec();
+        self
+    }
+
+    /// The Ethernet frame.
+    pub fn build(&self) -> Vec<u8> {
+        let l4 = self.l4_bytes();
+        let mut frame = Vec::with_capacity(64 + l4.len());
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]); // destination MAC
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // source MAC
+        for &(tpid, vid) in &self.vlans {
+            frame.extend_from_slice(&tpid.to_be_bytes());
+            frame.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+        }
+        match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                frame.extend_from_slice(&0x0800u16.to_be_bytes());
+                let mut options = self.ipv4_options.clone();
+                while options.len() % 4 != 0 {
+                    options.push(0);
+                }
+                let header_len = 20 + options.len();
+                let total = (header_len + l4.len()) as u16;
+                let mut ip = vec![0u8; 20];
+                ip[0] = 0x40 | (header_len / 4) as u8;
+                ip[2..4].copy_from_slice(&total.to_be_bytes());
+                ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+                ip[6] = 0x40; // don't fragment
+                ip[8] = 64;
+                ip[9] = self.proto;
+                ip[12..16].copy_from_slice(&src.octets());
+                ip[16..20].copy_from_slice(&dst.octets());
+                ip.extend_from_slice(&options);
+                let sum = checksum(&ip);
+                ip[10..12].copy_from_slice(&sum.to_be_bytes());
+                frame.extend_from_slice(&ip);
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+                let ext_len: usize = self.ipv6_ext.iter().map(|&(_, len)| len).sum();
+                let mut ip = vec![0u8; 40];
+                ip[0] = 0x60;
+                ip[4..6].copy_from_slice(&((ext_len + l4.len()) as u16).to_be_bytes());
+                ip[6] = self.ipv6_ext.first().map_or(self.proto, |&(kind, _)| kind);
+                ip[7] = 64;
+                ip[8..24].copy_from_slice(&src.octets());
+                ip[24..40].copy_from_slice(&dst.octets());
+                frame.extend_from_slice(&ip);
+                for (i, &(kind, len)) in self.ipv6_ext.iter().enumerate() {
+                    let next = self.ipv6_ext.get(i + 1).map_or(self.proto, |&(k, _)| k);
+                    frame.extend_from_slice(&ipv6_ext_header(kind, next, len));
+                }
+            }
+            _ => panic!("source and destination must be of one address family"),
+        }
+        frame.extend_from_slice(&l4);
+        frame
+    }
+
+    fn l4_bytes(&self) -> Vec<u8> {
+        let payload = vec![0xabu8; self.payload_len];
+        let mut l4 = match self.proto {
+            PROTO_TCP => {
+                let mut tcp = vec![0u8; 20];
+                tcp[0..2].copy_from_slice(&self.sport.to_be_bytes());
+                tcp[2..4].copy_from_slice(&self.dport.to_be_bytes());
+                tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+                tcp[12] = 5 << 4;
+                tcp[13] = self.tcp_flags;
+                tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+                tcp
+            }
+            PROTO_UDP => {
+                let mut udp = vec![0u8; 8];
+                udp[0..2].copy_from_slice(&self.sport.to_be_bytes());
+                udp[2..4].copy_from_slice(&self.dport.to_be_bytes());
+                udp[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+                udp
+            }
+            PROTO_ICMP => vec![8, 0, 0, 0, 0, 1, 0, 1],
+            PROTO_ICMPV6 => vec![128, 0, 0, 0, 0, 1, 0, 1],
+            _ => vec![0u8; 8],
+        };
+        l4.extend_from_slice(&payload);
+        l4
+    }
+}
+
+/// An IPv6 extension header of `kind` and total `len` bytes (rounded to its unit).
+fn ipv6_ext_header(kind: u8, next: u8, len: usize) -> Vec<u8> {
+    let (unit, bias) = if kind == 51 { (4, 2) } else { (8, 1) };
+    let len = if kind == 44 { 8 } else { len.max(8).div_ceil(unit) * unit };
+    let mut header = vec![0u8; len];
+    header[0] = next;
+    if kind != 44 {
+        header[1] = (len / unit - bias) as u8;
+    }
+    header
+}
+
+/// The Internet checksum of `bytes`.
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in bytes.chunks(2) {
+        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { (chunk[0] as u16) << 8 };
+        sum += word as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{parse, Frame};
+
+    #[test]
+    fn built_frames_parse_back() {
+        let src: IpAddr = "192.168.10.2".parse().unwrap();
+        let dst: IpAddr = "10.207.116.10".parse().unwrap();
+        let mut p = PacketSpec::tcp(src, dst, 40000, 443, TCP_SYN).with_vlans(&[(0x88a8, 10), (0x8100, 20)]);
+        p.ipv4_options = vec![1, 1, 1];
+        let Frame::Ip(facts) = parse(&p.build()) else { panic!() };
+        assert!(!facts.malformed && !facts.fragment);
+        let l4 = facts.l4.unwrap();
+        assert_eq!((l4.sport, l4.dport, l4.bare_syn), (40000, 443, true));
+        let frame = p.build();
+        assert_eq!(checksum(&frame[22..46]), 0, "IPv4 header checksum verifies");
+
+        let mut p6 = PacketSpec::udp("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap(), 1, 2);
+        p6.ipv6_ext = vec![(0, 8), (60, 24), (43, 16)];
+        let Frame::Ip(facts) = parse(&p6.build()) else { panic!() };
+        assert_eq!(facts.l4.map(|l| l.dport), Some(2));
+        p6.ipv6_ext = vec![(60, 8); 7];
+        let Frame::Ip(facts) = parse(&p6.build()) else { panic!() };
+        assert!(facts.malformed, "past the extension-header bound");
+    }
+}

@@ -1,0 +1,170 @@
+//! The validated policy: networks, site roles and rules, resolved to ids.
+//! `spec` builds it from TOML; `compile` turns it into map entries and `model` judges packets with it.
+
+use emis_common::{ROLE_COUNT, ROLE_NAMES};
+use ipnet::IpNet;
+
+/// Whether a network's traffic must match a rule (`Enforce`) or is only counted (`Count`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Enforce,
+    Count,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Enforce => "enforce",
+            Scope::Count => "count",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    pub scope: Scope,
+    pub description: String,
+    pub prefixes: Vec<IpNet>,
+}
+
+/// A site role: the operator's addresses for it, or `None` for "any address
+/// outside the enforce-scope networks".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Role(pub u32);
+
+impl Role {
+    pub const LAN: Role = Role(emis_common::ROLE_LAN);
+    pub const CLINICAL_SERVER: Role = Role(emis_common::ROLE_CLINICAL_SERVER);
+    pub const SURGERY: Role = Role(emis_common::ROLE_SURGERY);
+    pub const LOCAL_SITES: Role = Role(emis_common::ROLE_LOCAL_SITES);
+    pub const ALL: [Role; ROLE_COUNT as usize] =
+        [Role::LAN, Role::CLINICAL_SERVER, Role::SURGERY, Role::LOCAL_SITES];
+
+    pub fn name(self) -> &'static str {
+        ROLE_NAMES[self.0 as usize]
+    }
+
+    pub fn from_name(name: &str) -> Option<Role> {
+        ROLE_NAMES.iter().position(|n| *n == name).map(|i| Role(i as u32))
+    }
+}
+
+/// One side of a rule: a network (by index into `Policy::networks`) or a site role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Network(u32),
+    Role(Role),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => emis_common::PROTO_TCP,
+            Protocol::Udp => emis_common::PROTO_UDP,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Outbound,
+    Inbound,
+    Local,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+            Direction::Local => "local",
+        }
+    }
+}
+
+/// An inclusive port range; a single port is `first == last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn contains(self, port: u16) -> bool {
+        self.first <= port && port <= self.last
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub slug: String,
+    pub description: String,
+    pub hostnames: Vec<String>,
+    pub protocol: Protocol,
+    pub ports: Vec<PortRange>,
+    pub direction: Direction,
+    pub from: Vec<Endpoint>,
+    pub to: Vec<Endpoint>,
+}
+
+impl Rule {
+    pub fn has_port(&self, port: u16) -> bool {
+        self.ports.iter().any(|r| r.contains(port))
+    }
+}
+
+/// A spec and a site, validated. Rule ids are indices into `rules`; network ids into `networks`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub networks: Vec<Network>,
+    /// Indexed by `Role.0`.
+    pub roles: [Option<Vec<IpNet>>; ROLE_COUNT as usize],
+    pub rules: Vec<Rule>,
+    /// SHA-256 of the spec text (and site, if any), hex; shown in `emis_policy_info`.
+    pub sha256: String,
+    /// Findings that do not stop the policy from loading (shadowed rules, redundant prefixes).
+    pub warnings: Vec<String>,
+}
+
+impl Policy {
+    pub fn role(&self, role: Role) -> Option<&[IpNet]> {
+        self.roles[role.0 as usize].as_deref()
+    }
+
+    pub fn network_id(&self, name: &str) -> Option<u32> {
+        self.networks.iter().position(|n| n.name == name).map(|i| i as u32)
+    }
+
+    pub fn endpoint_name(&self, endpoint: Endpoint) -> &str {
+        match endpoint {
+            Endpoint::Network(id) => &self.networks[id as usize].name,
+            Endpoint::Role(role) => role.name(),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Runs the loaded kernel program on frames with BPF_PROG_TEST_RUN, without attaching it:
+//! what the kernel tests and the benchmark use to get real verdicts and timings.
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{Array, MapData, PerCpuArray},
+    programs::{TestRun, TestRunOptions},
+    Ebpf,
+};
+use emis_common::{Config, Counter, MAP_CONFIG, MAP_STATS};
+
+use crate::{
+    compile::compile,
+    loader::{self, Mode},
+    policy::Policy,
+    stats::{sum_cpus, Snapshot},
+};
+
+/// The kernel program loaded with one policy, not attached anywhere.
+pub struct TestProgram {
+    ebpf: Ebpf,
+}
+
+/// One run's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunResult {
+    /// The XDP action (1 drop, 2 pass; 0 would be aborted).
+    pub action: u32,
+    /// Mean nanoseconds per run, as the kernel measured it.
+    pub ns_per_run: u64,
+}
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+impl TestProgram {
+    pub fn load(policy: &Policy, mode: Mode) -> Result<TestProgram> {
+        let compiled = compile(policy)?;
+        Ok(TestProgram { ebpf: loader::load(&compiled, mode)? })
+    }
+
+    /// Runs the program `repeat` times on `frame`.
+    pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
+        let program = loader::program_mut(&mut self.ebpf)?;
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+            .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
+        Ok(RunResult {
+            action: result.return_value,
+            ns_per_run: result.duration.as_nanos() as u64,
+        })
+    }
+
+    pub fn run(&mut self, frame: &[u8]) -> Result<u32> {
+        Ok(self.run_repeat(frame, 1)?.action)
+    }
+
+    pub fn stats_map(&mut self) -> Result<PerCpuArray<&mut MapData, Counter>> {
+        Ok(PerCpuArray::try_from(self.ebpf.map_mut(MAP_STATS).context("no stats map")?)?)
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        Snapshot::read(&self.stats_map()?)
+    }
+
+    /// One counter slot, summed over CPUs.
+    pub fn counter(&mut self, index: u32) -> Result<Counter> {
+        let map = self.stats_map()?;
+        Ok(sum_cpus(&map.get(&index, 0)?))
+    }
+
+    pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
+        let mut config: Array<&mut MapData, Config> =
+            Array::try_from(self.ebpf.map_mut(MAP_CONFIG).context("no config map")?)?;
+        loader::set_mode(&mut config, mode)
+    }
+}
