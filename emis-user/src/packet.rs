@@ -28,6 +28,10 @@ pub struct PacketSpec {
     /// IPv6 extension headers before the L4 header: (header type, total length in bytes).
     pub ipv6_ext: Vec<(u8, usize)>,
     pub payload_len: usize,
+    /// Fragment offset in 8-byte units and the more-fragments flag: in the IPv4 header, or in
+    /// the first IPv6 fragment header (type 44) of `ipv6_ext`.
+    pub frag_offset: u16,
+    pub more_fragments: bool,
 }
 
 impl PacketSpec {
@@ -43,6 +47,8 @@ impl PacketSpec {
             ipv4_options: vec![],
             ipv6_ext: vec![],
             payload_len: 0,
+            frag_offset: 0,
+            more_fragments: false,
         }
     }
 
@@ -88,7 +94,9 @@ impl PacketSpec {
                 ip[0] = 0x40 | (header_len / 4) as u8;
                 ip[2..4].copy_from_slice(&total.to_be_bytes());
                 ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-                ip[6] = 0x40; // don't fragment
+                let frag = (self.frag_offset & 0x1fff) | if self.more_fragments { 0x2000 } else { 0 };
+                let frag = if frag == 0 { 0x4000 } else { frag }; // don't fragment when whole
+                ip[6..8].copy_from_slice(&frag.to_be_bytes());
                 ip[8] = 64;
                 ip[9] = self.proto;
                 ip[12..16].copy_from_slice(&src.octets());
@@ -111,7 +119,12 @@ impl PacketSpec {
                 frame.extend_from_slice(&ip);
                 for (i, &(kind, len)) in self.ipv6_ext.iter().enumerate() {
                     let next = self.ipv6_ext.get(i + 1).map_or(self.proto, |&(k, _)| k);
-                    frame.extend_from_slice(&ipv6_ext_header(kind, next, len));
+                    let mut header = ipv6_ext_header(kind, next, len);
+                    if kind == 44 {
+                        let field = (self.frag_offset << 3) | u16::from(self.more_fragments);
+                        header[2..4].copy_from_slice(&field.to_be_bytes());
+                    }
+                    frame.extend_from_slice(&header);
                 }
             }
             _ => panic!("source and destination must be of one address family"),

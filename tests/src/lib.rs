@@ -1,0 +1,87 @@
+//! Helpers shared by the integration tests: the embedded policy with a test site, a
+//! seeded generator of structured random frames, and a kernel-versus-model comparison.
+
+use std::net::IpAddr;
+
+use anyhow::{ensure, Result};
+use emis::{
+    loader::Mode,
+    model,
+    policy::Policy,
+    spec::{load_policy, SiteOptions, Source},
+    testrun::{TestProgram, XDP_ABORTED, XDP_DROP, XDP_PASS},
+};
+use emis_common::{stats_index, Decision};
+
+pub mod generate;
+
+/// The site used by the kernel tests: every role set, so role boundaries are exercised.
+pub const TEST_SITE: &[&str] = &[
+    "lan=192.168.10.0/24",
+    "clinical-server=192.168.10.5/32",
+    "surgery=192.168.10.0/25",
+    "local-sites=192.168.10.0/24",
+    "local-sites=192.168.20.0/24",
+    "lan=2001:db8:10::/48",
+];
+
+/// A small stand-in for Amazon's ip-ranges.json: two eu-west-2 ranges and one elsewhere.
+pub const TEST_AWS_RANGES: &str = r#"{
+  "syncToken": "1", "createDate": "2026-11-01-00-00-00",
+  "prefixes": [
+    {"ip_prefix": "3.8.0.0/14", "region": "eu-west-2", "service": "AMAZON", "network_border_group": "eu-west-2"},
+    {"ip_prefix": "18.130.0.0/16", "region": "eu-west-2", "service": "EC2", "network_border_group": "eu-west-2"},
+    {"ip_prefix": "52.95.0.0/16", "region": "us-east-1", "service": "AMAZON", "network_border_group": "us-east-1"}
+  ],
+  "ipv6_prefixes": [
+    {"ipv6_prefix": "2a05:d01c::/36", "region": "eu-west-2", "service": "AMAZON", "network_border_group": "eu-west-2"}
+  ]
+}"#;
+
+/// The embedded spec, with the site roles given as `ROLE=CIDR` strings and, if asked, the test AWS ranges.
+pub fn default_policy(site_nets: &[&str], with_aws: bool) -> Policy {
+    let site = SiteOptions {
+        site_nets: site_nets.iter().map(|s| s.to_string()).collect(),
+        aws_ip_ranges: with_aws.then(|| Source { name: "test-ip-ranges.json".into(), text: TEST_AWS_RANGES.into() }),
+        ..Default::default()
+    };
+    load_policy(&Source::default_spec(), &site).expect("the embedded spec loads")
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+/// The XDP action the policy requires for `decision` under `mode`.
+pub fn expected_action(decision: Decision, mode: Mode) -> u32 {
+    match decision {
+        Decision::Deny { .. } if mode == Mode::Enforce => XDP_DROP,
+        _ => XDP_PASS,
+    }
+}
+
+/// Runs `frame` through the kernel and checks action and counter against the reference model.
+/// Returns the model's decision.
+pub fn check_frame(prog: &mut TestProgram, policy: &Policy, mode: Mode, frame: &[u8]) -> Result<Decision> {
+    let decision = model::decide(policy, frame);
+    let index = stats_index(decision, mode.raw());
+    let before = prog.counter(index)?;
+    let action = prog.run(frame)?;
+    let after = prog.counter(index)?;
+    ensure!(action != XDP_ABORTED, "XDP_ABORTED for frame {}", hex(frame));
+    ensure!(
+        action == expected_action(decision, mode),
+        "kernel action {action} but the model decided {decision:?} for frame {}",
+        hex(frame)
+    );
+    ensure!(
+        after.packets == before.packets + 1 && after.bytes == before.bytes + frame.len() as u64,
+        "counter {index} for {decision:?} went from {before:?} to {after:?} for frame {}",
+        hex(frame)
+    );
+    Ok(decision)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
