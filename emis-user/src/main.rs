@@ -133,6 +133,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("EMIS_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -247,6 +248,8 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     let mut ebpf = loader::load(&compiled, args.mode)?;
+    // Whatever happens from here on, leave no pins or state file behind.
+    let _cleanup = Cleanup { pin_dir: args.pin_dir.clone(), state_dir: args.state_dir.clone() };
     std::fs::create_dir_all(&args.pin_dir).with_context(|| {
         format!("creating {} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)", args.pin_dir.display())
     })?;
@@ -279,13 +282,26 @@ fn run(args: RunArgs) -> Result<()> {
         "policy loaded"
     );
     let result = serve_until_signal(&args, &state, &policy);
-    let _ = std::fs::remove_file(args.state_dir.join(emis::stats::STATE_FILE));
-    for name in [MAP_STATS, MAP_CONFIG] {
-        let _ = std::fs::remove_file(args.pin_dir.join(name));
-    }
     drop(ebpf);
     tracing::info!("detached");
     result
+}
+
+/// Removes the pins and the state file of this run when it ends, however it ends.
+struct Cleanup {
+    pin_dir: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.state_dir.join(emis::stats::STATE_FILE));
+        for name in [MAP_STATS, MAP_CONFIG] {
+            let _ = std::fs::remove_file(self.pin_dir.join(name));
+        }
+        // Only succeeds when empty, so a shared directory is left alone.
+        let _ = std::fs::remove_dir(&self.pin_dir);
+    }
 }
 
 fn serve_until_signal(args: &RunArgs, state: &State, policy: &Policy) -> Result<()> {

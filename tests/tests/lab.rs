@@ -1,0 +1,214 @@
+//! End to end: `emis run` on both veths of a gateway namespace between a site and the
+//! EMIS networks; real TCP connections, `emis stats`, `emis mode` and `/metrics` over HTTP.
+//! Needs root and network namespaces.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use emis_lab::{tcp_connects, Host, Lab, TcpServers, EMIS_INTERNET, EMIS_PRIMARY, OUT_OF_SCOPE};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The `emis` binary of this build (`cargo xtask test` builds it first).
+fn emis_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("EMIS_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/emis
+    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join("emis");
+    assert!(path.exists(), "{} is missing: build it with `cargo build -p emis-user` (cargo xtask test does)", path.display());
+    path
+}
+
+/// A running `emis run`, stopped with SIGINT on drop.
+struct Enforcer {
+    child: Child,
+    state_dir: PathBuf,
+    pin_dir: PathBuf,
+    metrics: String,
+}
+
+impl Enforcer {
+    fn start(lab: &Lab, name: &str, metrics_port: u16, extra: &[&str]) -> Enforcer {
+        let state_dir = std::env::temp_dir().join(format!("emis-test-{name}"));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/emis-test-{name}"));
+        let metrics = format!("127.0.0.1:{metrics_port}");
+        let gw = lab.ns(Host::Gateway);
+        let mut args = vec![
+            "run", "--netns", &gw, "--iface", "gw-site", "--iface", "gw-emis", "--metrics-addr", &metrics,
+            "--site-net", "lan=192.168.10.0/24", "--site-net", "clinical-server=192.168.10.5/32",
+        ];
+        let state = state_dir.to_str().unwrap().to_string();
+        let pins = pin_dir.to_str().unwrap().to_string();
+        args.extend(["--state-dir", &state, "--pin-dir", &pins]);
+        args.extend(extra);
+        let child = Command::new(emis_bin()).args(&args).stdin(Stdio::null()).spawn().expect("starting emis run");
+        let mut enforcer = Enforcer { child, state_dir, pin_dir, metrics };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(&enforcer.metrics, "/metrics").is_err() {
+            if let Some(status) = enforcer.child.try_wait().unwrap() {
+                panic!("emis run exited early with {status}");
+            }
+            assert!(Instant::now() < deadline, "emis run did not serve /metrics within 20 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        enforcer
+    }
+
+    fn metrics(&self) -> String {
+        http_get(&self.metrics, "/metrics").expect("scraping /metrics")
+    }
+
+    fn emis(&self, args: &[&str]) -> String {
+        let out = Command::new(emis_bin())
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .output()
+            .expect("running emis");
+        assert!(out.status.success(), "emis {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "emis run exited with {status} after SIGINT");
+        assert!(!self.pin_dir.join("EMIS_STATS").exists(), "pins are removed on exit");
+    }
+}
+
+impl Drop for Enforcer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    if !response.starts_with("HTTP/1.0 200") && !response.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("unexpected response: {response}")));
+    }
+    Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+}
+
+/// The value of the sample whose name and labels contain every one of `parts`.
+fn sample(metrics: &str, name: &str, parts: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && parts.iter().all(|p| l.contains(p)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+fn connects(lab: &Lab, addr: Ipv4Addr, port: u16) -> bool {
+    tcp_connects(&lab.ns(Host::Site), addr, port, TIMEOUT).expect("probing from the site namespace")
+}
+
+fn xdp_attached(lab: &Lab, iface: &str) -> bool {
+    let out = Command::new("ip").args(["-n", &lab.ns(Host::Gateway), "link", "show", iface]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
+}
+
+#[test]
+fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
+    let lab = Lab::create("emise2e").expect("creating the lab namespaces (run as root)");
+    let _servers = TcpServers::start(
+        &lab.ns(Host::Emis),
+        &[(EMIS_PRIMARY, 443), (EMIS_PRIMARY, 444), (EMIS_INTERNET, 443), (OUT_OF_SCOPE, 443)],
+    )
+    .expect("servers in the EMIS namespace");
+    // Before the enforcer runs, every port is reachable: the lab itself routes.
+    assert!(connects(&lab, EMIS_PRIMARY, 444), "the lab routes site -> EMIS without emis");
+
+    let enforcer = Enforcer::start(&lab, "e2e", 19469, &[]);
+    assert!(xdp_attached(&lab, "gw-site") && xdp_attached(&lab, "gw-emis"));
+
+    assert!(connects(&lab, EMIS_PRIMARY, 443), "client-spine-messaging (tcp 443 to Table 1) is allowed");
+    assert!(connects(&lab, EMIS_INTERNET, 443), "tcp 443 to Table 3 is allowed");
+    assert!(connects(&lab, OUT_OF_SCOPE, 443), "out-of-scope traffic passes");
+    assert!(!connects(&lab, EMIS_PRIMARY, 444), "tcp 444 to Table 1 has no rule and is dropped");
+
+    let metrics = enforcer.metrics();
+    let spine = ["rule=\"client-spine-messaging\"", "direction=\"outbound\""];
+    assert!(sample(&metrics, "emis_rule_packets_total", &[spine[0], spine[1], "path=\"forward\""]) >= 2, "{metrics}");
+    assert!(sample(&metrics, "emis_rule_packets_total", &[spine[0], "path=\"reply\""]) >= 1, "{metrics}");
+    assert!(sample(&metrics, "emis_rule_bytes_total", &[spine[0], "path=\"forward\""]) >= 2 * 54, "{metrics}");
+    assert!(sample(&metrics, "emis_rule_packets_total", &["rule=\"web-mobile-openapi\"", "path=\"forward\""]) >= 2);
+    let dropped = sample(&metrics, "emis_denied_packets_total", &["reason=\"no_rule\"", "network=\"emis-n3\"", "action=\"drop\""]);
+    assert!(dropped >= 1, "{metrics}");
+    assert!(sample(&metrics, "emis_passed_packets_total", &["reason=\"out_of_scope\""]) >= 2, "{metrics}");
+    assert!(metrics.contains("emis_policy_info{mode=\"enforce\",spec_sha256=\""), "{metrics}");
+
+    let stats: serde_json::Value = serde_json::from_str(&enforcer.emis(&["stats", "--json"])).unwrap();
+    let denied = stats["denied"].as_array().unwrap();
+    assert!(denied.iter().any(|d| d["reason"] == "no_rule" && d["network"] == "emis-n3" && d["packets"].as_u64() >= Some(1)));
+    let table = enforcer.emis(&["stats"]);
+    assert!(table.contains("client-spine-messaging") && table.contains("no_rule"), "{table}");
+
+    // Audit: the same denied flow now passes, and is counted as would-deny.
+    assert!(enforcer.emis(&["mode", "audit"]).contains("audit"));
+    assert!(connects(&lab, EMIS_PRIMARY, 444), "audit mode passes what enforce mode drops");
+    let metrics = enforcer.metrics();
+    assert!(sample(&metrics, "emis_denied_packets_total", &["reason=\"no_rule\"", "action=\"audit\""]) >= 1, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "emis_denied_packets_total", &["reason=\"no_rule\"", "network=\"emis-n3\"", "action=\"drop\""]),
+        dropped,
+        "nothing more was dropped in audit mode"
+    );
+    assert!(metrics.contains("emis_policy_info{mode=\"audit\""), "{metrics}");
+
+    enforcer.stop();
+    assert!(!xdp_attached(&lab, "gw-site") && !xdp_attached(&lab, "gw-emis"), "SIGINT detaches");
+    assert!(connects(&lab, EMIS_PRIMARY, 444), "without emis the lab routes again");
+}
+
+#[test]
+fn started_in_audit_mode_nothing_is_dropped_but_everything_is_counted() {
+    let lab = Lab::create("emisaud").expect("creating the lab namespaces (run as root)");
+    let _servers = TcpServers::start(&lab.ns(Host::Emis), &[(EMIS_PRIMARY, 443), (EMIS_PRIMARY, 33999)]).unwrap();
+    let enforcer = Enforcer::start(&lab, "audit", 19470, &["--mode", "audit"]);
+    assert!(connects(&lab, EMIS_PRIMARY, 33999), "audit mode lets a denied flow through");
+    let metrics = enforcer.metrics();
+    assert!(
+        sample(&metrics, "emis_denied_packets_total", &["reason=\"no_rule\"", "network=\"emis-n3\"", "action=\"audit\""]) >= 2,
+        "the SYN and the server's reply are both counted as would-deny: {metrics}"
+    );
+    assert_eq!(sample(&metrics, "emis_denied_packets_total", &["action=\"drop\""]), 0);
+    assert!(connects(&lab, EMIS_PRIMARY, 443));
+    assert!(sample(&metrics, "emis_rule_packets_total", &["rule=\"client-spine-messaging\""]) == 0);
+    let metrics = enforcer.metrics();
+    assert!(sample(&metrics, "emis_rule_packets_total", &["rule=\"client-spine-messaging\""]) >= 2);
+    enforcer.stop();
+}
+
+#[test]
+fn run_refuses_an_unknown_interface_and_leaves_nothing_behind() {
+    let lab = Lab::create("emisbad").expect("creating the lab namespaces (run as root)");
+    let state_dir = std::env::temp_dir().join("emis-test-badiface");
+    let out = Command::new(emis_bin())
+        .args(["run", "--netns", &lab.ns(Host::Gateway), "--iface", "gw-site", "--iface", "nosuch0"])
+        .args(["--metrics-addr", "127.0.0.1:19471", "--pin-dir", "/sys/fs/bpf/emis-test-badiface"])
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nosuch0"), "{stderr}");
+    assert!(!xdp_attached(&lab, "gw-site"), "a failed start detaches what it attached");
+    assert!(!state_dir.join("state.json").exists());
+}
