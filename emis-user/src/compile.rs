@@ -26,7 +26,11 @@ pub enum CompileError {
         "{proto}/{port} is listed by more than {MAX_CANDIDATES} rules with different sources or \
          destinations ({rules}); merge some of them or split the port across fewer networks"
     )]
-    TooManyCandidates { proto: &'static str, port: u16, rules: String },
+    TooManyCandidates {
+        proto: &'static str,
+        port: u16,
+        rules: String,
+    },
     #[error(
         "the rules list {count} distinct (protocol, port) pairs; the port map holds {MAX_PORT_ENTRIES}. \
          Narrow the widest port ranges"
@@ -50,12 +54,30 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     let mut add = |net: IpNet, classes: u64, network: u32| match net.trunc() {
-        IpNet::V4(net) => v4.push((net, AddrInfo { classes, network, _pad: 0 })),
-        IpNet::V6(net) => v6.push((net, AddrInfo { classes, network, _pad: 0 })),
+        IpNet::V4(net) => v4.push((
+            net,
+            AddrInfo {
+                classes,
+                network,
+                _pad: 0,
+            },
+        )),
+        IpNet::V6(net) => v6.push((
+            net,
+            AddrInfo {
+                classes,
+                network,
+                _pad: 0,
+            },
+        )),
     };
     for (id, network) in policy.networks.iter().enumerate() {
         let id = id as u32;
-        let enforce = if network.scope == Scope::Enforce { id } else { NO_NETWORK };
+        let enforce = if network.scope == Scope::Enforce {
+            id
+        } else {
+            NO_NETWORK
+        };
         for prefix in &network.prefixes {
             add(*prefix, network_bit(id), enforce);
         }
@@ -71,8 +93,16 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
             None => unset_roles |= role_bit(role.0),
         }
     }
-    let v4 = flatten(v4, |n| (u32::from(n.network()) as u128, n.prefix_len()), |a, b| a.contains(b));
-    let v6 = flatten(v6, |n| (u128::from(n.network()), n.prefix_len()), |a, b| a.contains(b));
+    let v4 = flatten(
+        v4,
+        |n| (u32::from(n.network()) as u128, n.prefix_len()),
+        |a, b| a.contains(b),
+    );
+    let v6 = flatten(
+        v6,
+        |n| (u128::from(n.network()), n.prefix_len()),
+        |a, b| a.contains(b),
+    );
     for (family, count) in [("IPv4", v4.len()), ("IPv6", v6.len())] {
         if count > MAX_PREFIXES as usize {
             return Err(CompileError::TooManyPrefixes { family, count });
@@ -82,7 +112,11 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         v4,
         v6,
         ports: port_sets(policy)?,
-        config: Config { unset_roles, mode: 0, _pad: 0 },
+        config: Config {
+            unset_roles,
+            mode: 0,
+            _pad: 0,
+        },
     })
 }
 
@@ -108,7 +142,10 @@ fn flatten<N: Copy + Eq>(
     let mut stack: Vec<(N, AddrInfo)> = Vec::new();
     let mut out = Vec::with_capacity(merged.len());
     for (net, info) in merged {
-        while stack.last().is_some_and(|(outer, _)| !contains(outer, &net)) {
+        while stack
+            .last()
+            .is_some_and(|(outer, _)| !contains(outer, &net))
+        {
             stack.pop();
         }
         let mut folded = info;
@@ -152,8 +189,10 @@ fn port_sets(policy: &Policy) -> Result<BTreeMap<PortKey, RuleSet>, CompileError
                     continue;
                 }
                 if set.len as usize == MAX_CANDIDATES {
-                    let mut rules: Vec<&str> =
-                        existing.iter().map(|e| policy.rules[e.rule as usize].slug.as_str()).collect();
+                    let mut rules: Vec<&str> = existing
+                        .iter()
+                        .map(|e| policy.rules[e.rule as usize].slug.as_str())
+                        .collect();
                     rules.push(&rule.slug);
                     return Err(CompileError::TooManyCandidates {
                         proto: rule.protocol.name(),
@@ -220,33 +259,63 @@ mod tests {
             rules,
             sha256: String::new(),
             warnings: vec![],
+            shadowed: vec![],
         }
     }
 
-    fn rule(slug: &str, proto: Protocol, ports: &[(u16, u16)], from: Endpoint, to: Endpoint) -> Rule {
+    fn rule(
+        slug: &str,
+        proto: Protocol,
+        ports: &[(u16, u16)],
+        from: Endpoint,
+        to: Endpoint,
+    ) -> Rule {
         Rule {
             slug: slug.into(),
             description: String::new(),
             hostnames: vec![],
             protocol: proto,
-            ports: ports.iter().map(|&(first, last)| PortRange { first, last }).collect(),
+            ports: ports
+                .iter()
+                .map(|&(first, last)| PortRange { first, last })
+                .collect(),
             direction: Direction::Outbound,
             from: vec![from],
             to: vec![to],
+            note: None,
         }
     }
 
     #[test]
     fn nested_prefixes_inherit_classes_and_roles_stop_at_enforce_networks() {
         let p = policy(
-            [Some(vec![net("10.0.0.0/8"), net("3.5.1.0/24")]), None, None, None],
+            [
+                Some(vec![net("10.0.0.0/8"), net("3.5.1.0/24")]),
+                None,
+                None,
+                None,
+            ],
             vec![],
         );
         let c = compile(&p).unwrap();
         let at = |s: &str| lookup(&c, s.parse().unwrap()).unwrap();
         let lan = role_bit(Role::LAN.0);
-        assert_eq!(at("10.1.2.3"), AddrInfo { classes: lan, network: NO_NETWORK, _pad: 0 });
-        assert_eq!(at("10.207.116.9"), AddrInfo { classes: network_bit(0), network: 0, _pad: 0 });
+        assert_eq!(
+            at("10.1.2.3"),
+            AddrInfo {
+                classes: lan,
+                network: NO_NETWORK,
+                _pad: 0
+            }
+        );
+        assert_eq!(
+            at("10.207.116.9"),
+            AddrInfo {
+                classes: network_bit(0),
+                network: 0,
+                _pad: 0
+            }
+        );
         assert_eq!(at("3.5.1.1").classes, network_bit(1) | lan);
         assert_eq!(at("3.5.2.1").classes, network_bit(1));
         assert_eq!(at("3.9.9.9").classes, network_bit(1));
@@ -279,7 +348,13 @@ mod tests {
     fn capacity_limits_are_errors() {
         let rules = (0..=MAX_CANDIDATES as u32)
             .map(|i| {
-                rule(&format!("r{i}"), Protocol::Udp, &[(53, 53)], Endpoint::Role(Role::LAN), Endpoint::Network(i % 2))
+                rule(
+                    &format!("r{i}"),
+                    Protocol::Udp,
+                    &[(53, 53)],
+                    Endpoint::Role(Role::LAN),
+                    Endpoint::Network(i % 2),
+                )
             })
             .collect::<Vec<_>>();
         // Only two distinct pairs: fits.
@@ -292,14 +367,29 @@ mod tests {
                 description: String::new(),
                 prefixes: vec![],
             });
-            p.rules.push(rule(&format!("r{i}"), Protocol::Udp, &[(53, 53)], Endpoint::Role(Role::LAN), Endpoint::Network(2 + i)));
+            p.rules.push(rule(
+                &format!("r{i}"),
+                Protocol::Udp,
+                &[(53, 53)],
+                Endpoint::Role(Role::LAN),
+                Endpoint::Network(2 + i),
+            ));
         }
         let err = compile(&p).unwrap_err().to_string();
         assert!(err.contains("udp/53") && err.contains("r8"), "{err}");
         let wide = policy(
             [None, None, None, None],
-            vec![rule("wide", Protocol::Tcp, &[(1, 65535)], Endpoint::Role(Role::LAN), Endpoint::Network(0))],
+            vec![rule(
+                "wide",
+                Protocol::Tcp,
+                &[(1, 65535)],
+                Endpoint::Role(Role::LAN),
+                Endpoint::Network(0),
+            )],
         );
-        assert!(matches!(compile(&wide), Err(CompileError::TooManyPorts { .. })));
+        assert!(matches!(
+            compile(&wide),
+            Err(CompileError::TooManyPorts { .. })
+        ));
     }
 }

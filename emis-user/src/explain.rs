@@ -62,15 +62,26 @@ pub fn explain(policy: &Policy, request: &ExplainRequest) -> Result<Explanation>
         bail!("--src and --dst must both be IPv4 or both IPv6");
     }
     let packet = match request.proto.to_ascii_lowercase().as_str() {
-        "tcp" => PacketSpec::tcp(request.src, request.dst, request.sport, request.dport, parse_tcp_flags(&request.tcp_flags)?),
+        "tcp" => PacketSpec::tcp(
+            request.src,
+            request.dst,
+            request.sport,
+            request.dport,
+            parse_tcp_flags(&request.tcp_flags)?,
+        ),
         "udp" => PacketSpec::udp(request.src, request.dst, request.sport, request.dport),
         "icmp" | "icmpv6" => PacketSpec::icmp_echo(request.src, request.dst),
         other => bail!("--proto: unknown protocol {other:?}; use tcp, udp or icmp"),
     };
     let decision = model::decide(policy, &packet.build());
     let flow = match packet.proto {
-        PROTO_ICMP | PROTO_ICMPV6 => format!("{} {} -> {}", request.proto, request.src, request.dst),
-        _ => format!("{} {}:{} -> {}:{}", request.proto, request.src, request.sport, request.dst, request.dport),
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            format!("{} {} -> {}", request.proto, request.src, request.dst)
+        }
+        _ => format!(
+            "{} {}:{} -> {}:{}",
+            request.proto, request.src, request.sport, request.dst, request.dport
+        ),
     };
     Ok(match decision {
         Decision::Allow { rule, path } => {
@@ -82,7 +93,12 @@ pub fn explain(policy: &Policy, request: &ExplainRequest) -> Result<Explanation>
                 reason: None,
                 network: None,
                 action: "pass",
-                sentence: format!("{flow}: allow ({}) by rule {} \"{}\"", path.name(), rule.slug, rule.description),
+                sentence: format!(
+                    "{flow}: allow ({}) by rule {} \"{}\"",
+                    path.name(),
+                    rule.slug,
+                    rule.description
+                ),
             }
         }
         Decision::Deny { reason, network } => {
@@ -96,7 +112,10 @@ pub fn explain(policy: &Policy, request: &ExplainRequest) -> Result<Explanation>
                 rule: None,
                 path: None,
                 reason: Some(reason.name()),
-                sentence: format!("{flow}: deny ({}) touching enforce-scope network {network}; action {action}", reason.name()),
+                sentence: format!(
+                    "{flow}: deny ({}) touching enforce-scope network {network}; action {action}",
+                    reason.name()
+                ),
                 network: Some(network),
                 action,
             }
@@ -128,7 +147,11 @@ pub fn summary(policy: &Policy, compiled: &Compiled) -> String {
             net.scope.name(),
             net.prefixes.len(),
             shown.join(" "),
-            if more > 0 { format!(" (+{more} more)") } else { String::new() }
+            if more > 0 {
+                format!(" (+{more} more)")
+            } else {
+                String::new()
+            }
         );
     }
     let _ = writeln!(out, "\nsite roles:");
@@ -139,7 +162,11 @@ pub fn summary(policy: &Policy, compiled: &Compiled) -> String {
                 let _ = writeln!(out, "  {:<16} {}", role.name(), list.join(" "));
             }
             None => {
-                let _ = writeln!(out, "  {:<16} unset: any address outside the enforce-scope networks", role.name());
+                let _ = writeln!(
+                    out,
+                    "  {:<16} unset: any address outside the enforce-scope networks",
+                    role.name()
+                );
             }
         }
     }
@@ -159,7 +186,11 @@ pub fn summary(policy: &Policy, compiled: &Compiled) -> String {
             to.join("|")
         );
     }
-    let enforce = policy.networks.iter().filter(|n| n.scope == Scope::Enforce).count();
+    let enforce = policy
+        .networks
+        .iter()
+        .filter(|n| n.scope == Scope::Enforce)
+        .count();
     let _ = writeln!(
         out,
         "\ncompiled: {} IPv4 and {} IPv6 trie entries, {} (protocol, port) entries; {} enforce-scope networks",
@@ -168,6 +199,16 @@ pub fn summary(policy: &Policy, compiled: &Compiled) -> String {
         compiled.ports.len(),
         enforce
     );
+    if !policy.shadowed.is_empty() {
+        let _ = writeln!(out, "\nshared counters: these rules match only packets an earlier rule matches, so their traffic is counted under it:");
+        for &(rule, under) in &policy.shadowed {
+            let _ = writeln!(
+                out,
+                "  {:<36} -> {}",
+                policy.rules[rule as usize].slug, policy.rules[under as usize].slug
+            );
+        }
+    }
     if policy.warnings.is_empty() {
         let _ = writeln!(out, "no warnings");
     } else {

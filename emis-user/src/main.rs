@@ -21,7 +21,11 @@ use emis::{
 use emis_common::{MAP_CONFIG, MAP_STATS};
 
 #[derive(Parser)]
-#[command(name = "emis", version, about = "XDP enforcer for the EMIS Web network requirements")]
+#[command(
+    name = "emis",
+    version,
+    about = "XDP enforcer for the EMIS Web network requirements"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -130,7 +134,8 @@ struct ModeArgs {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EMIS_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("EMIS_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -160,7 +165,11 @@ fn load(args: &PolicyArgs) -> Result<Policy> {
     let site = SiteOptions {
         site_file: args.site.as_deref().map(Source::read).transpose()?,
         site_nets: args.site_net.clone(),
-        aws_ip_ranges: args.aws_ip_ranges.as_deref().map(Source::read).transpose()?,
+        aws_ip_ranges: args
+            .aws_ip_ranges
+            .as_deref()
+            .map(Source::read)
+            .transpose()?,
     };
     Ok(load_policy(&spec, &site)?)
 }
@@ -230,6 +239,12 @@ fn run(args: RunArgs) -> Result<()> {
     for warning in &policy.warnings {
         tracing::warn!("{warning}");
     }
+    if !policy.shadowed.is_empty() {
+        tracing::info!(
+            "{} rules match only packets an earlier rule matches and are counted under it (`emis check` lists them)",
+            policy.shadowed.len()
+        );
+    }
     let unset: Vec<&str> = emis::policy::Role::ALL
         .iter()
         .filter(|r| policy.role(**r).is_none())
@@ -249,9 +264,15 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let mut ebpf = loader::load(&compiled, args.mode)?;
     // Whatever happens from here on, leave no pins or state file behind.
-    let _cleanup = Cleanup { pin_dir: args.pin_dir.clone(), state_dir: args.state_dir.clone() };
+    let _cleanup = Cleanup {
+        pin_dir: args.pin_dir.clone(),
+        state_dir: args.state_dir.clone(),
+    };
     std::fs::create_dir_all(&args.pin_dir).with_context(|| {
-        format!("creating {} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)", args.pin_dir.display())
+        format!(
+            "creating {} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)",
+            args.pin_dir.display()
+        )
     })?;
     for name in [MAP_STATS, MAP_CONFIG] {
         let path = args.pin_dir.join(name);
@@ -259,9 +280,20 @@ fn run(args: RunArgs) -> Result<()> {
         ebpf.map(name)
             .context("map missing from the kernel object")?
             .pin(&path)
-            .with_context(|| format!("pinning {name} at {} (is {} on bpffs?)", path.display(), args.pin_dir.display()))?;
+            .with_context(|| {
+                format!(
+                    "pinning {name} at {} (is {} on bpffs?)",
+                    path.display(),
+                    args.pin_dir.display()
+                )
+            })?;
     }
-    let attached = loader::attach(&mut ebpf, &args.ifaces, args.xdp_mode, args.netns.as_deref())?;
+    let attached = loader::attach(
+        &mut ebpf,
+        &args.ifaces,
+        args.xdp_mode,
+        args.netns.as_deref(),
+    )?;
     for (iface, how) in &attached {
         tracing::info!(%iface, mode = how, netns = args.netns.as_deref().unwrap_or("-"), "attached");
     }
@@ -314,7 +346,9 @@ fn serve_until_signal(args: &RunArgs, state: &State, policy: &Policy) -> Result<
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(collector));
     let registry = Arc::new(registry);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let listener = metrics::bind(args.metrics_addr).await?;
         tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);

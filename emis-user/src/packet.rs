@@ -53,7 +53,10 @@ impl PacketSpec {
     }
 
     pub fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Self {
-        Self { tcp_flags: flags, ..Self::new(src, dst, PROTO_TCP, sport, dport) }
+        Self {
+            tcp_flags: flags,
+            ..Self::new(src, dst, PROTO_TCP, sport, dport)
+        }
     }
 
     pub fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Self {
@@ -62,7 +65,11 @@ impl PacketSpec {
 
     /// Echo request for the address family of `src`.
     pub fn icmp_echo(src: IpAddr, dst: IpAddr) -> Self {
-        let proto = if src.is_ipv4() { PROTO_ICMP } else { PROTO_ICMPV6 };
+        let proto = if src.is_ipv4() {
+            PROTO_ICMP
+        } else {
+            PROTO_ICMPV6
+        };
         Self::new(src, dst, proto, 0, 0)
     }
 
@@ -85,7 +92,7 @@ impl PacketSpec {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 frame.extend_from_slice(&0x0800u16.to_be_bytes());
                 let mut options = self.ipv4_options.clone();
-                while options.len() % 4 != 0 {
+                while !options.len().is_multiple_of(4) {
                     options.push(0);
                 }
                 let header_len = 20 + options.len();
@@ -94,7 +101,8 @@ impl PacketSpec {
                 ip[0] = 0x40 | (header_len / 4) as u8;
                 ip[2..4].copy_from_slice(&total.to_be_bytes());
                 ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-                let frag = (self.frag_offset & 0x1fff) | if self.more_fragments { 0x2000 } else { 0 };
+                let frag =
+                    (self.frag_offset & 0x1fff) | if self.more_fragments { 0x2000 } else { 0 };
                 let frag = if frag == 0 { 0x4000 } else { frag }; // don't fragment when whole
                 ip[6..8].copy_from_slice(&frag.to_be_bytes());
                 ip[8] = 64;
@@ -165,7 +173,11 @@ impl PacketSpec {
 /// An IPv6 extension header of `kind` and total `len` bytes (rounded to its unit).
 fn ipv6_ext_header(kind: u8, next: u8, len: usize) -> Vec<u8> {
     let (unit, bias) = if kind == 51 { (4, 2) } else { (8, 1) };
-    let len = if kind == 44 { 8 } else { len.max(8).div_ceil(unit) * unit };
+    let len = if kind == 44 {
+        8
+    } else {
+        len.max(8).div_ceil(unit) * unit
+    };
     let mut header = vec![0u8; len];
     header[0] = next;
     if kind != 44 {
@@ -178,7 +190,11 @@ fn ipv6_ext_header(kind: u8, next: u8, len: usize) -> Vec<u8> {
 pub fn checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for chunk in bytes.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { (chunk[0] as u16) << 8 };
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            (chunk[0] as u16) << 8
+        };
         sum += word as u32;
     }
     while sum >> 16 != 0 {
@@ -196,21 +212,33 @@ mod tests {
     fn built_frames_parse_back() {
         let src: IpAddr = "192.168.10.2".parse().unwrap();
         let dst: IpAddr = "10.207.116.10".parse().unwrap();
-        let mut p = PacketSpec::tcp(src, dst, 40000, 443, TCP_SYN).with_vlans(&[(0x88a8, 10), (0x8100, 20)]);
+        let mut p = PacketSpec::tcp(src, dst, 40000, 443, TCP_SYN)
+            .with_vlans(&[(0x88a8, 10), (0x8100, 20)]);
         p.ipv4_options = vec![1, 1, 1];
-        let Frame::Ip(facts) = parse(&p.build()) else { panic!() };
+        let Frame::Ip(facts) = parse(&p.build()) else {
+            panic!()
+        };
         assert!(!facts.malformed && !facts.fragment);
         let l4 = facts.l4.unwrap();
         assert_eq!((l4.sport, l4.dport, l4.bare_syn), (40000, 443, true));
         let frame = p.build();
         assert_eq!(checksum(&frame[22..46]), 0, "IPv4 header checksum verifies");
 
-        let mut p6 = PacketSpec::udp("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap(), 1, 2);
+        let mut p6 = PacketSpec::udp(
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+            1,
+            2,
+        );
         p6.ipv6_ext = vec![(0, 8), (60, 24), (43, 16)];
-        let Frame::Ip(facts) = parse(&p6.build()) else { panic!() };
+        let Frame::Ip(facts) = parse(&p6.build()) else {
+            panic!()
+        };
         assert_eq!(facts.l4.map(|l| l.dport), Some(2));
         p6.ipv6_ext = vec![(60, 8); 7];
-        let Frame::Ip(facts) = parse(&p6.build()) else { panic!() };
+        let Frame::Ip(facts) = parse(&p6.build()) else {
+            panic!()
+        };
         assert!(facts.malformed, "past the extension-header bound");
     }
 }

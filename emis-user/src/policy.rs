@@ -39,15 +39,22 @@ impl Role {
     pub const CLINICAL_SERVER: Role = Role(emis_common::ROLE_CLINICAL_SERVER);
     pub const SURGERY: Role = Role(emis_common::ROLE_SURGERY);
     pub const LOCAL_SITES: Role = Role(emis_common::ROLE_LOCAL_SITES);
-    pub const ALL: [Role; ROLE_COUNT as usize] =
-        [Role::LAN, Role::CLINICAL_SERVER, Role::SURGERY, Role::LOCAL_SITES];
+    pub const ALL: [Role; ROLE_COUNT as usize] = [
+        Role::LAN,
+        Role::CLINICAL_SERVER,
+        Role::SURGERY,
+        Role::LOCAL_SITES,
+    ];
 
     pub fn name(self) -> &'static str {
         ROLE_NAMES[self.0 as usize]
     }
 
     pub fn from_name(name: &str) -> Option<Role> {
-        ROLE_NAMES.iter().position(|n| *n == name).map(|i| Role(i as u32))
+        ROLE_NAMES
+            .iter()
+            .position(|n| *n == name)
+            .map(|i| Role(i as u32))
     }
 }
 
@@ -131,6 +138,8 @@ pub struct Rule {
     pub direction: Direction,
     pub from: Vec<Endpoint>,
     pub to: Vec<Endpoint>,
+    /// Where the document is inconsistent or incomplete for this row.
+    pub note: Option<String>,
 }
 
 impl Rule {
@@ -148,8 +157,11 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// SHA-256 of the spec text (and site, if any), hex; shown in `emis_policy_info`.
     pub sha256: String,
-    /// Findings that do not stop the policy from loading (shadowed rules, redundant prefixes).
+    /// Findings that do not stop the policy from loading (redundant or overlapping prefixes).
     pub warnings: Vec<String>,
+    /// (rule, earlier rule): the rule matches only packets the earlier one already matches,
+    /// so its traffic is counted under the earlier one.
+    pub shadowed: Vec<(u32, u32)>,
 }
 
 impl Policy {
@@ -158,7 +170,10 @@ impl Policy {
     }
 
     pub fn network_id(&self, name: &str) -> Option<u32> {
-        self.networks.iter().position(|n| n.name == name).map(|i| i as u32)
+        self.networks
+            .iter()
+            .position(|n| n.name == name)
+            .map(|i| i as u32)
     }
 
     pub fn endpoint_name(&self, endpoint: Endpoint) -> &str {
