@@ -41,7 +41,8 @@ pub const ROLE_CLINICAL_SERVER: u32 = 1;
 pub const ROLE_SURGERY: u32 = 2;
 pub const ROLE_LOCAL_SITES: u32 = 3;
 pub const ROLE_COUNT: u32 = 4;
-pub const ROLE_NAMES: [&str; ROLE_COUNT as usize] = ["lan", "clinical-server", "surgery", "local-sites"];
+pub const ROLE_NAMES: [&str; ROLE_COUNT as usize] =
+    ["lan", "clinical-server", "surgery", "local-sites"];
 
 /// The class bit of network `id`.
 pub const fn network_bit(id: u32) -> u64 {
@@ -84,7 +85,11 @@ pub struct PortKey {
 
 impl PortKey {
     pub const fn new(proto: u8, port: u16) -> Self {
-        Self { port, proto, _pad: 0 }
+        Self {
+            port,
+            proto,
+            _pad: 0,
+        }
     }
 }
 
@@ -220,8 +225,11 @@ pub const PASS_REASON_COUNT: u32 = 3;
 pub const PASS_REASON_SLOTS: u32 = 8;
 
 impl PassReason {
-    pub const ALL: [PassReason; PASS_REASON_COUNT as usize] =
-        [PassReason::NonIp, PassReason::OutOfScope, PassReason::Unparsed];
+    pub const ALL: [PassReason; PASS_REASON_COUNT as usize] = [
+        PassReason::NonIp,
+        PassReason::OutOfScope,
+        PassReason::Unparsed,
+    ];
     pub const fn name(self) -> &'static str {
         match self {
             PassReason::NonIp => "non_ip",
@@ -269,7 +277,11 @@ pub const fn stats_index(decision: Decision, mode: u32) -> u32 {
     match decision {
         Decision::Allow { rule, path } => rule_index(rule, path),
         Decision::Deny { reason, network } => {
-            let action = if mode == MODE_AUDIT { Action::Audit } else { Action::Drop };
+            let action = if mode == MODE_AUDIT {
+                Action::Audit
+            } else {
+                Action::Drop
+            };
             deny_index(action, reason, network)
         }
         Decision::Pass { reason } => pass_index(reason),

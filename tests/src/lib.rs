@@ -42,7 +42,10 @@ pub const TEST_AWS_RANGES: &str = r#"{
 pub fn default_policy(site_nets: &[&str], with_aws: bool) -> Policy {
     let site = SiteOptions {
         site_nets: site_nets.iter().map(|s| s.to_string()).collect(),
-        aws_ip_ranges: with_aws.then(|| Source { name: "test-ip-ranges.json".into(), text: TEST_AWS_RANGES.into() }),
+        aws_ip_ranges: with_aws.then(|| Source {
+            name: "test-ip-ranges.json".into(),
+            text: TEST_AWS_RANGES.into(),
+        }),
         ..Default::default()
     };
     load_policy(&Source::default_spec(), &site).expect("the embedded spec loads")
@@ -62,13 +65,22 @@ pub fn expected_action(decision: Decision, mode: Mode) -> u32 {
 
 /// Runs `frame` through the kernel and checks action and counter against the reference model.
 /// Returns the model's decision.
-pub fn check_frame(prog: &mut TestProgram, policy: &Policy, mode: Mode, frame: &[u8]) -> Result<Decision> {
+pub fn check_frame(
+    prog: &mut TestProgram,
+    policy: &Policy,
+    mode: Mode,
+    frame: &[u8],
+) -> Result<Decision> {
     let decision = model::decide(policy, frame);
     let index = stats_index(decision, mode.raw());
     let before = prog.counter(index)?;
     let action = prog.run(frame)?;
     let after = prog.counter(index)?;
-    ensure!(action != XDP_ABORTED, "XDP_ABORTED for frame {}", hex(frame));
+    ensure!(
+        action != XDP_ABORTED,
+        "XDP_ABORTED for frame {}",
+        hex(frame)
+    );
     ensure!(
         action == expected_action(decision, mode),
         "kernel action {action} but the model decided {decision:?} for frame {}",

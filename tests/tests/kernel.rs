@@ -41,7 +41,10 @@ fn frame(proto: u8, src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8)
 }
 
 fn in_enforce_scope(policy: &Policy, addr: IpAddr) -> bool {
-    policy.networks.iter().any(|n| n.scope == Scope::Enforce && n.prefixes.iter().any(|p| p.contains(&addr)))
+    policy
+        .networks
+        .iter()
+        .any(|n| n.scope == Scope::Enforce && n.prefixes.iter().any(|p| p.contains(&addr)))
 }
 
 #[test]
@@ -56,37 +59,75 @@ fn every_rule_allows_its_traffic_and_its_replies_and_denies_a_neighbouring_port(
 
         let forward = frame(proto, src, dst, 40000, port, TCP_SYN);
         let decision = check_frame(&mut prog, &policy, Mode::Enforce, &forward).unwrap();
-        let Decision::Allow { rule: counted, path: Path::Forward } = decision else {
-            panic!("rule {}: forward packet {src} -> {dst}:{port} got {decision:?}", rule.slug);
+        let Decision::Allow {
+            rule: counted,
+            path: Path::Forward,
+        } = decision
+        else {
+            panic!(
+                "rule {}: forward packet {src} -> {dst}:{port} got {decision:?}",
+                rule.slug
+            );
         };
         // Rules that match the same packets count under the first of them in spec order.
         let counted_rule = &policy.rules[counted as usize];
-        assert!(counted as usize <= id && counted_rule.protocol == rule.protocol && counted_rule.has_port(port));
+        assert!(
+            counted as usize <= id
+                && counted_rule.protocol == rule.protocol
+                && counted_rule.has_port(port)
+        );
 
         let reply = frame(proto, dst, src, port, 40000, TCP_SYN | TCP_ACK);
         let decision = check_frame(&mut prog, &policy, Mode::Enforce, &reply).unwrap();
         assert!(
-            matches!(decision, Decision::Allow { path: Path::Reply, .. } | Decision::Allow { path: Path::Forward, .. }),
+            matches!(
+                decision,
+                Decision::Allow {
+                    path: Path::Reply,
+                    ..
+                } | Decision::Allow {
+                    path: Path::Forward,
+                    ..
+                }
+            ),
             "rule {}: reply got {decision:?}",
             rule.slug
         );
 
         let neighbour = (1..100u16)
             .flat_map(|d| [port.wrapping_add(d), port.wrapping_sub(d)])
-            .find(|&p| !policy.rules.iter().any(|r| r.protocol == rule.protocol && r.has_port(p)))
+            .find(|&p| {
+                !policy
+                    .rules
+                    .iter()
+                    .any(|r| r.protocol == rule.protocol && r.has_port(p))
+            })
             .unwrap();
         let denied = frame(proto, src, dst, 40000, neighbour, TCP_SYN);
         let decision = check_frame(&mut prog, &policy, Mode::Enforce, &denied).unwrap();
         if in_enforce_scope(&policy, src) || in_enforce_scope(&policy, dst) {
             assert!(
-                matches!(decision, Decision::Deny { reason: DenyReason::NoRule, .. }),
+                matches!(
+                    decision,
+                    Decision::Deny {
+                        reason: DenyReason::NoRule,
+                        ..
+                    }
+                ),
                 "rule {}: neighbouring port {neighbour} got {decision:?}",
                 rule.slug
             );
             assert_eq!(prog.run(&denied).unwrap(), XDP_DROP);
         } else {
             // Site-to-site and count-scope (AWS) traffic is never dropped for lack of a rule.
-            assert_eq!(decision, Decision::Pass { reason: PassReason::OutOfScope }, "rule {}", rule.slug);
+            assert_eq!(
+                decision,
+                Decision::Pass {
+                    reason: PassReason::OutOfScope
+                },
+                "rule {}",
+                rule.slug
+            );
         }
     }
 }
@@ -97,9 +138,22 @@ fn a_bare_syn_from_an_emis_port_is_not_a_reply() {
     let mut prog = load(&policy, Mode::Enforce);
     let syn = PacketSpec::tcp(ip("10.207.116.10"), ip("192.168.10.2"), 443, 40000, TCP_SYN).build();
     let decision = check_frame(&mut prog, &policy, Mode::Enforce, &syn).unwrap();
-    assert!(matches!(decision, Decision::Deny { reason: DenyReason::NoRule, .. }));
+    assert!(matches!(
+        decision,
+        Decision::Deny {
+            reason: DenyReason::NoRule,
+            ..
+        }
+    ));
     assert_eq!(prog.run(&syn).unwrap(), XDP_DROP);
-    let fin = PacketSpec::tcp(ip("10.207.116.10"), ip("192.168.10.2"), 443, 40000, TCP_FIN | TCP_ACK).build();
+    let fin = PacketSpec::tcp(
+        ip("10.207.116.10"),
+        ip("192.168.10.2"),
+        443,
+        40000,
+        TCP_FIN | TCP_ACK,
+    )
+    .build();
     assert_eq!(prog.run(&fin).unwrap(), XDP_PASS);
 }
 
@@ -107,8 +161,14 @@ fn a_bare_syn_from_an_emis_port_is_not_a_reply() {
 fn variants(base: &PacketSpec) -> Vec<(String, PacketSpec)> {
     let mut out = vec![("plain".to_string(), base.clone())];
     out.push(("802.1Q".into(), base.clone().with_vlans(&[(0x8100, 10)])));
-    out.push(("QinQ 802.1ad+802.1Q".into(), base.clone().with_vlans(&[(0x88a8, 100), (0x8100, 10)])));
-    out.push(("double 802.1Q".into(), base.clone().with_vlans(&[(0x8100, 100), (0x8100, 10)])));
+    out.push((
+        "QinQ 802.1ad+802.1Q".into(),
+        base.clone().with_vlans(&[(0x88a8, 100), (0x8100, 10)]),
+    ));
+    out.push((
+        "double 802.1Q".into(),
+        base.clone().with_vlans(&[(0x8100, 100), (0x8100, 10)]),
+    ));
     if base.src.is_ipv4() {
         for len in [1usize, 3, 4, 8, 20, 40] {
             let mut p = base.clone();
@@ -116,7 +176,11 @@ fn variants(base: &PacketSpec) -> Vec<(String, PacketSpec)> {
             out.push((format!("IPv4 options {len} bytes"), p));
         }
     } else {
-        for chain in [vec![(0u8, 8usize)], vec![(0, 8), (60, 16), (43, 24)], vec![(60, 8); 6]] {
+        for chain in [
+            vec![(0u8, 8usize)],
+            vec![(0, 8), (60, 16), (43, 24)],
+            vec![(60, 8); 6],
+        ] {
             let mut p = base.clone();
             p.ipv6_ext = chain.clone();
             out.push((format!("IPv6 extension headers {chain:?}"), p));
@@ -132,11 +196,29 @@ fn vlan_tags_ip_options_and_ipv6_extension_headers_do_not_change_the_verdict() {
     let cases = [
         PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 443, TCP_SYN),
         PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 444, TCP_SYN),
-        PacketSpec::tcp(ip("10.207.116.10"), ip("192.168.10.2"), 443, 40000, TCP_SYN | TCP_ACK),
+        PacketSpec::tcp(
+            ip("10.207.116.10"),
+            ip("192.168.10.2"),
+            443,
+            40000,
+            TCP_SYN | TCP_ACK,
+        ),
         PacketSpec::udp(ip("192.168.10.2"), ip("192.168.20.7"), 40000, 8090),
         PacketSpec::tcp(ip("192.168.10.2"), ip("198.51.100.10"), 40000, 22, TCP_SYN),
-        PacketSpec::tcp(ip("2001:db8:10::2"), ip("2a05:d01c::10"), 40000, 443, TCP_SYN),
-        PacketSpec::tcp(ip("2001:db8:10::2"), ip("2a05:d01c::10"), 40000, 22, TCP_SYN),
+        PacketSpec::tcp(
+            ip("2001:db8:10::2"),
+            ip("2a05:d01c::10"),
+            40000,
+            443,
+            TCP_SYN,
+        ),
+        PacketSpec::tcp(
+            ip("2001:db8:10::2"),
+            ip("2a05:d01c::10"),
+            40000,
+            22,
+            TCP_SYN,
+        ),
     ];
     for base in cases {
         let expected = model::decide(&policy, &base.build());
@@ -150,11 +232,27 @@ fn vlan_tags_ip_options_and_ipv6_extension_headers_do_not_change_the_verdict() {
     let triple = PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 444, TCP_SYN)
         .with_vlans(&[(0x88a8, 1), (0x8100, 2), (0x8100, 3)])
         .build();
-    assert_eq!(check_frame(&mut prog, &policy, Mode::Enforce, &triple).unwrap(), Decision::Pass { reason: PassReason::NonIp });
+    assert_eq!(
+        check_frame(&mut prog, &policy, Mode::Enforce, &triple).unwrap(),
+        Decision::Pass {
+            reason: PassReason::NonIp
+        }
+    );
     // Past the extension-header bound an in-scope packet is malformed.
-    let mut deep = PacketSpec::tcp(ip("2001:db8:10::2"), ip("2001:db8:10::3"), 40000, 443, TCP_SYN);
+    let mut deep = PacketSpec::tcp(
+        ip("2001:db8:10::2"),
+        ip("2001:db8:10::3"),
+        40000,
+        443,
+        TCP_SYN,
+    );
     deep.ipv6_ext = vec![(60, 8); 7];
-    assert_eq!(check_frame(&mut prog, &policy, Mode::Enforce, &deep.build()).unwrap(), Decision::Pass { reason: PassReason::OutOfScope });
+    assert_eq!(
+        check_frame(&mut prog, &policy, Mode::Enforce, &deep.build()).unwrap(),
+        Decision::Pass {
+            reason: PassReason::OutOfScope
+        }
+    );
 }
 
 #[test]
@@ -163,16 +261,30 @@ fn in_scope_icmp_fragments_and_other_protocols_are_denied_with_their_reasons() {
     let mut prog = load(&policy, Mode::Enforce);
     let site = ip("192.168.10.2");
     let n3 = ip("10.207.116.10");
-    let reason = |prog: &mut TestProgram, frame: &[u8]| match check_frame(prog, &policy, Mode::Enforce, frame).unwrap() {
+    let reason = |prog: &mut TestProgram, frame: &[u8]| match check_frame(
+        prog,
+        &policy,
+        Mode::Enforce,
+        frame,
+    )
+    .unwrap()
+    {
         Decision::Deny { reason, network } => {
             assert_eq!(policy.networks[network as usize].name, "emis-n3");
             reason
         }
         other => panic!("expected a denial, got {other:?}"),
     };
-    assert_eq!(reason(&mut prog, &PacketSpec::icmp_echo(site, n3).build()), DenyReason::Icmp);
+    assert_eq!(
+        reason(&mut prog, &PacketSpec::icmp_echo(site, n3).build()),
+        DenyReason::Icmp
+    );
     for proto in [47u8, 50, 4, 132] {
-        assert_eq!(reason(&mut prog, &PacketSpec::new(site, n3, proto, 0, 0).build()), DenyReason::Protocol, "protocol {proto}");
+        assert_eq!(
+            reason(&mut prog, &PacketSpec::new(site, n3, proto, 0, 0).build()),
+            DenyReason::Protocol,
+            "protocol {proto}"
+        );
     }
     let mut first = PacketSpec::tcp(site, n3, 40000, 443, TCP_SYN);
     first.more_fragments = true;
@@ -189,22 +301,39 @@ fn in_scope_icmp_fragments_and_other_protocols_are_denied_with_their_reasons() {
     // Out of scope, the same packets pass.
     let outside = ip("198.51.100.10");
     assert_eq!(
-        check_frame(&mut prog, &policy, Mode::Enforce, &PacketSpec::icmp_echo(site, outside).build()).unwrap(),
-        Decision::Pass { reason: PassReason::OutOfScope }
+        check_frame(
+            &mut prog,
+            &policy,
+            Mode::Enforce,
+            &PacketSpec::icmp_echo(site, outside).build()
+        )
+        .unwrap(),
+        Decision::Pass {
+            reason: PassReason::OutOfScope
+        }
     );
     // Non-IP frames pass: an ARP request.
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
     arp.extend_from_slice(&[0u8; 28]);
-    assert_eq!(check_frame(&mut prog, &policy, Mode::Enforce, &arp).unwrap(), Decision::Pass { reason: PassReason::NonIp });
+    assert_eq!(
+        check_frame(&mut prog, &policy, Mode::Enforce, &arp).unwrap(),
+        Decision::Pass {
+            reason: PassReason::NonIp
+        }
+    );
 }
 
 #[test]
 fn audit_mode_passes_denied_packets_and_counts_them_and_switches_without_reload() {
     let policy = default_policy(TEST_SITE, false);
     let mut prog = load(&policy, Mode::Audit);
-    let denied = PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 444, TCP_SYN).build();
-    assert!(matches!(check_frame(&mut prog, &policy, Mode::Audit, &denied).unwrap(), Decision::Deny { .. }));
+    let denied =
+        PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 444, TCP_SYN).build();
+    assert!(matches!(
+        check_frame(&mut prog, &policy, Mode::Audit, &denied).unwrap(),
+        Decision::Deny { .. }
+    ));
     assert_eq!(prog.run(&denied).unwrap(), XDP_PASS);
     prog.set_mode(Mode::Enforce).unwrap();
     assert_eq!(prog.run(&denied).unwrap(), XDP_DROP);
@@ -222,13 +351,26 @@ fn every_truncation_of_every_packet_kind_is_decided_like_the_model_and_never_abo
         PacketSpec::udp(site, ip("192.168.20.7"), 40000, 8088),
         PacketSpec::icmp_echo(site, n3),
         PacketSpec::new(site, n3, 47, 0, 0),
-        PacketSpec::tcp(ip("2001:db8:10::2"), ip("2a05:d01c::10"), 40000, 443, TCP_SYN),
+        PacketSpec::tcp(
+            ip("2001:db8:10::2"),
+            ip("2a05:d01c::10"),
+            40000,
+            443,
+            TCP_SYN,
+        ),
         PacketSpec::udp(ip("2001:db8:10::2"), ip("2001:db8:10::3"), 1, 8090),
     ];
-    let mut with_options = PacketSpec::tcp(site, n3, 40000, 443, TCP_SYN).with_vlans(&[(0x88a8, 1), (0x8100, 2)]);
+    let mut with_options =
+        PacketSpec::tcp(site, n3, 40000, 443, TCP_SYN).with_vlans(&[(0x88a8, 1), (0x8100, 2)]);
     with_options.ipv4_options = vec![1; 12];
     kinds.push(with_options);
-    let mut with_ext = PacketSpec::tcp(ip("2001:db8:10::2"), ip("2a05:d01c::10"), 40000, 443, TCP_SYN);
+    let mut with_ext = PacketSpec::tcp(
+        ip("2001:db8:10::2"),
+        ip("2a05:d01c::10"),
+        40000,
+        443,
+        TCP_SYN,
+    );
     with_ext.ipv6_ext = vec![(0, 8), (44, 8), (60, 24)];
     kinds.push(with_ext);
     let mut runs = 0u64;
@@ -243,13 +385,20 @@ fn every_truncation_of_every_packet_kind_is_decided_like_the_model_and_never_abo
             runs += 1;
         }
     }
-    assert_eq!(prog.snapshot().unwrap().total_packets() - before, runs, "each packet is counted exactly once");
+    assert_eq!(
+        prog.snapshot().unwrap().total_packets() - before,
+        runs,
+        "each packet is counted exactly once"
+    );
 }
 
 #[test]
 fn kernel_agrees_with_the_reference_model_on_ten_thousand_random_frames() {
     let policy = default_policy(TEST_SITE, true);
-    let seed = std::env::var("EMIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_2026);
+    let seed = std::env::var("EMIS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026);
     for mode in [Mode::Enforce, Mode::Audit] {
         let mut prog = load(&policy, mode);
         let mut generator = Generator::new(seed);
@@ -266,8 +415,15 @@ fn kernel_agrees_with_the_reference_model_on_ten_thousand_random_frames() {
                 Decision::Pass { .. } => {}
             }
         }
-        assert_eq!(prog.snapshot().unwrap().total_packets(), count, "each packet is counted exactly once");
+        assert_eq!(
+            prog.snapshot().unwrap().total_packets(),
+            count,
+            "each packet is counted exactly once"
+        );
         // The generator must exercise both sides of the policy, or this test proves little.
-        assert!(allowed > count / 50 && denied > count / 10, "allowed {allowed}, denied {denied} of {count}");
+        assert!(
+            allowed > count / 50 && denied > count / 10,
+            "allowed {allowed}, denied {denied} of {count}"
+        );
     }
 }

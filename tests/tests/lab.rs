@@ -21,8 +21,16 @@ fn emis_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/emis
-    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join("emis");
-    assert!(path.exists(), "{} is missing: build it with `cargo build -p emis-user` (cargo xtask test does)", path.display());
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("emis");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p emis-user` (cargo xtask test does)",
+        path.display()
+    );
     path
 }
 
@@ -41,21 +49,44 @@ impl Enforcer {
         let metrics = format!("127.0.0.1:{metrics_port}");
         let gw = lab.ns(Host::Gateway);
         let mut args = vec![
-            "run", "--netns", &gw, "--iface", "gw-site", "--iface", "gw-emis", "--metrics-addr", &metrics,
-            "--site-net", "lan=192.168.10.0/24", "--site-net", "clinical-server=192.168.10.5/32",
+            "run",
+            "--netns",
+            &gw,
+            "--iface",
+            "gw-site",
+            "--iface",
+            "gw-emis",
+            "--metrics-addr",
+            &metrics,
+            "--site-net",
+            "lan=192.168.10.0/24",
+            "--site-net",
+            "clinical-server=192.168.10.5/32",
         ];
         let state = state_dir.to_str().unwrap().to_string();
         let pins = pin_dir.to_str().unwrap().to_string();
         args.extend(["--state-dir", &state, "--pin-dir", &pins]);
         args.extend(extra);
-        let child = Command::new(emis_bin()).args(&args).stdin(Stdio::null()).spawn().expect("starting emis run");
-        let mut enforcer = Enforcer { child, state_dir, pin_dir, metrics };
+        let child = Command::new(emis_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting emis run");
+        let mut enforcer = Enforcer {
+            child,
+            state_dir,
+            pin_dir,
+            metrics,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while http_get(&enforcer.metrics, "/metrics").is_err() {
             if let Some(status) = enforcer.child.try_wait().unwrap() {
                 panic!("emis run exited early with {status}");
             }
-            assert!(Instant::now() < deadline, "emis run did not serve /metrics within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "emis run did not serve /metrics within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         enforcer
@@ -72,15 +103,25 @@ impl Enforcer {
             .arg(&self.state_dir)
             .output()
             .expect("running emis");
-        assert!(out.status.success(), "emis {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "emis {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
     fn stop(mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "emis run exited with {status} after SIGINT");
-        assert!(!self.pin_dir.join("EMIS_STATS").exists(), "pins are removed on exit");
+        assert!(
+            status.success(),
+            "emis run exited with {status} after SIGINT"
+        );
+        assert!(
+            !self.pin_dir.join("EMIS_STATS").exists(),
+            "pins are removed on exit"
+        );
     }
 }
 
@@ -100,9 +141,14 @@ fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     if !response.starts_with("HTTP/1.0 200") && !response.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("unexpected response: {response}")));
+        return Err(std::io::Error::other(format!(
+            "unexpected response: {response}"
+        )));
     }
-    Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
 }
 
 /// The value of the sample whose name and labels contain every one of `parts`.
@@ -119,7 +165,10 @@ fn connects(lab: &Lab, addr: Ipv4Addr, port: u16) -> bool {
 }
 
 fn xdp_attached(lab: &Lab, iface: &str) -> bool {
-    let out = Command::new("ip").args(["-n", &lab.ns(Host::Gateway), "link", "show", iface]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-n", &lab.ns(Host::Gateway), "link", "show", iface])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).contains("xdp")
 }
 
@@ -128,70 +177,198 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
     let lab = Lab::create("emise2e").expect("creating the lab namespaces (run as root)");
     let _servers = TcpServers::start(
         &lab.ns(Host::Emis),
-        &[(EMIS_PRIMARY, 443), (EMIS_PRIMARY, 444), (EMIS_INTERNET, 443), (OUT_OF_SCOPE, 443)],
+        &[
+            (EMIS_PRIMARY, 443),
+            (EMIS_PRIMARY, 444),
+            (EMIS_INTERNET, 443),
+            (OUT_OF_SCOPE, 443),
+        ],
     )
     .expect("servers in the EMIS namespace");
     // Before the enforcer runs, every port is reachable: the lab itself routes.
-    assert!(connects(&lab, EMIS_PRIMARY, 444), "the lab routes site -> EMIS without emis");
+    assert!(
+        connects(&lab, EMIS_PRIMARY, 444),
+        "the lab routes site -> EMIS without emis"
+    );
 
     let enforcer = Enforcer::start(&lab, "e2e", 19469, &[]);
     assert!(xdp_attached(&lab, "gw-site") && xdp_attached(&lab, "gw-emis"));
 
-    assert!(connects(&lab, EMIS_PRIMARY, 443), "client-spine-messaging (tcp 443 to Table 1) is allowed");
-    assert!(connects(&lab, EMIS_INTERNET, 443), "tcp 443 to Table 3 is allowed");
-    assert!(connects(&lab, OUT_OF_SCOPE, 443), "out-of-scope traffic passes");
-    assert!(!connects(&lab, EMIS_PRIMARY, 444), "tcp 444 to Table 1 has no rule and is dropped");
+    assert!(
+        connects(&lab, EMIS_PRIMARY, 443),
+        "client-spine-messaging (tcp 443 to Table 1) is allowed"
+    );
+    assert!(
+        connects(&lab, EMIS_INTERNET, 443),
+        "tcp 443 to Table 3 is allowed"
+    );
+    assert!(
+        connects(&lab, OUT_OF_SCOPE, 443),
+        "out-of-scope traffic passes"
+    );
+    assert!(
+        !connects(&lab, EMIS_PRIMARY, 444),
+        "tcp 444 to Table 1 has no rule and is dropped"
+    );
 
     let metrics = enforcer.metrics();
     let spine = ["rule=\"client-spine-messaging\"", "direction=\"outbound\""];
-    assert!(sample(&metrics, "emis_rule_packets_total", &[spine[0], spine[1], "path=\"forward\""]) >= 2, "{metrics}");
-    assert!(sample(&metrics, "emis_rule_packets_total", &[spine[0], "path=\"reply\""]) >= 1, "{metrics}");
-    assert!(sample(&metrics, "emis_rule_bytes_total", &[spine[0], "path=\"forward\""]) >= 2 * 54, "{metrics}");
-    assert!(sample(&metrics, "emis_rule_packets_total", &["rule=\"web-mobile-openapi\"", "path=\"forward\""]) >= 2);
-    let dropped = sample(&metrics, "emis_denied_packets_total", &["reason=\"no_rule\"", "network=\"emis-n3\"", "action=\"drop\""]);
+    assert!(
+        sample(
+            &metrics,
+            "emis_rule_packets_total",
+            &[spine[0], spine[1], "path=\"forward\""]
+        ) >= 2,
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "emis_rule_packets_total",
+            &[spine[0], "path=\"reply\""]
+        ) >= 1,
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "emis_rule_bytes_total",
+            &[spine[0], "path=\"forward\""]
+        ) >= 2 * 54,
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "emis_rule_packets_total",
+            &["rule=\"web-mobile-openapi\"", "path=\"forward\""]
+        ) >= 2
+    );
+    let dropped = sample(
+        &metrics,
+        "emis_denied_packets_total",
+        &[
+            "reason=\"no_rule\"",
+            "network=\"emis-n3\"",
+            "action=\"drop\"",
+        ],
+    );
     assert!(dropped >= 1, "{metrics}");
-    assert!(sample(&metrics, "emis_passed_packets_total", &["reason=\"out_of_scope\""]) >= 2, "{metrics}");
-    assert!(metrics.contains("emis_policy_info{mode=\"enforce\",spec_sha256=\""), "{metrics}");
+    assert!(
+        sample(
+            &metrics,
+            "emis_passed_packets_total",
+            &["reason=\"out_of_scope\""]
+        ) >= 2,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("emis_policy_info{mode=\"enforce\",spec_sha256=\""),
+        "{metrics}"
+    );
 
-    let stats: serde_json::Value = serde_json::from_str(&enforcer.emis(&["stats", "--json"])).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&enforcer.emis(&["stats", "--json"])).unwrap();
     let denied = stats["denied"].as_array().unwrap();
-    assert!(denied.iter().any(|d| d["reason"] == "no_rule" && d["network"] == "emis-n3" && d["packets"].as_u64() >= Some(1)));
+    assert!(denied.iter().any(|d| d["reason"] == "no_rule"
+        && d["network"] == "emis-n3"
+        && d["packets"].as_u64() >= Some(1)));
     let table = enforcer.emis(&["stats"]);
-    assert!(table.contains("client-spine-messaging") && table.contains("no_rule"), "{table}");
+    assert!(
+        table.contains("client-spine-messaging") && table.contains("no_rule"),
+        "{table}"
+    );
 
     // Audit: the same denied flow now passes, and is counted as would-deny.
     assert!(enforcer.emis(&["mode", "audit"]).contains("audit"));
-    assert!(connects(&lab, EMIS_PRIMARY, 444), "audit mode passes what enforce mode drops");
+    assert!(
+        connects(&lab, EMIS_PRIMARY, 444),
+        "audit mode passes what enforce mode drops"
+    );
     let metrics = enforcer.metrics();
-    assert!(sample(&metrics, "emis_denied_packets_total", &["reason=\"no_rule\"", "action=\"audit\""]) >= 1, "{metrics}");
+    assert!(
+        sample(
+            &metrics,
+            "emis_denied_packets_total",
+            &["reason=\"no_rule\"", "action=\"audit\""]
+        ) >= 1,
+        "{metrics}"
+    );
     assert_eq!(
-        sample(&metrics, "emis_denied_packets_total", &["reason=\"no_rule\"", "network=\"emis-n3\"", "action=\"drop\""]),
+        sample(
+            &metrics,
+            "emis_denied_packets_total",
+            &[
+                "reason=\"no_rule\"",
+                "network=\"emis-n3\"",
+                "action=\"drop\""
+            ]
+        ),
         dropped,
         "nothing more was dropped in audit mode"
     );
-    assert!(metrics.contains("emis_policy_info{mode=\"audit\""), "{metrics}");
+    assert!(
+        metrics.contains("emis_policy_info{mode=\"audit\""),
+        "{metrics}"
+    );
 
     enforcer.stop();
-    assert!(!xdp_attached(&lab, "gw-site") && !xdp_attached(&lab, "gw-emis"), "SIGINT detaches");
-    assert!(connects(&lab, EMIS_PRIMARY, 444), "without emis the lab routes again");
+    assert!(
+        !xdp_attached(&lab, "gw-site") && !xdp_attached(&lab, "gw-emis"),
+        "SIGINT detaches"
+    );
+    assert!(
+        connects(&lab, EMIS_PRIMARY, 444),
+        "without emis the lab routes again"
+    );
 }
 
 #[test]
 fn started_in_audit_mode_nothing_is_dropped_but_everything_is_counted() {
     let lab = Lab::create("emisaud").expect("creating the lab namespaces (run as root)");
-    let _servers = TcpServers::start(&lab.ns(Host::Emis), &[(EMIS_PRIMARY, 443), (EMIS_PRIMARY, 33999)]).unwrap();
+    let _servers = TcpServers::start(
+        &lab.ns(Host::Emis),
+        &[(EMIS_PRIMARY, 443), (EMIS_PRIMARY, 33999)],
+    )
+    .unwrap();
     let enforcer = Enforcer::start(&lab, "audit", 19470, &["--mode", "audit"]);
-    assert!(connects(&lab, EMIS_PRIMARY, 33999), "audit mode lets a denied flow through");
+    assert!(
+        connects(&lab, EMIS_PRIMARY, 33999),
+        "audit mode lets a denied flow through"
+    );
     let metrics = enforcer.metrics();
     assert!(
-        sample(&metrics, "emis_denied_packets_total", &["reason=\"no_rule\"", "network=\"emis-n3\"", "action=\"audit\""]) >= 2,
+        sample(
+            &metrics,
+            "emis_denied_packets_total",
+            &[
+                "reason=\"no_rule\"",
+                "network=\"emis-n3\"",
+                "action=\"audit\""
+            ]
+        ) >= 2,
         "the SYN and the server's reply are both counted as would-deny: {metrics}"
     );
-    assert_eq!(sample(&metrics, "emis_denied_packets_total", &["action=\"drop\""]), 0);
+    assert_eq!(
+        sample(&metrics, "emis_denied_packets_total", &["action=\"drop\""]),
+        0
+    );
     assert!(connects(&lab, EMIS_PRIMARY, 443));
-    assert!(sample(&metrics, "emis_rule_packets_total", &["rule=\"client-spine-messaging\""]) == 0);
+    assert!(
+        sample(
+            &metrics,
+            "emis_rule_packets_total",
+            &["rule=\"client-spine-messaging\""]
+        ) == 0
+    );
     let metrics = enforcer.metrics();
-    assert!(sample(&metrics, "emis_rule_packets_total", &["rule=\"client-spine-messaging\""]) >= 2);
+    assert!(
+        sample(
+            &metrics,
+            "emis_rule_packets_total",
+            &["rule=\"client-spine-messaging\""]
+        ) >= 2
+    );
     enforcer.stop();
 }
 
@@ -200,8 +377,21 @@ fn run_refuses_an_unknown_interface_and_leaves_nothing_behind() {
     let lab = Lab::create("emisbad").expect("creating the lab namespaces (run as root)");
     let state_dir = std::env::temp_dir().join("emis-test-badiface");
     let out = Command::new(emis_bin())
-        .args(["run", "--netns", &lab.ns(Host::Gateway), "--iface", "gw-site", "--iface", "nosuch0"])
-        .args(["--metrics-addr", "127.0.0.1:19471", "--pin-dir", "/sys/fs/bpf/emis-test-badiface"])
+        .args([
+            "run",
+            "--netns",
+            &lab.ns(Host::Gateway),
+            "--iface",
+            "gw-site",
+            "--iface",
+            "nosuch0",
+        ])
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:19471",
+            "--pin-dir",
+            "/sys/fs/bpf/emis-test-badiface",
+        ])
         .arg("--state-dir")
         .arg(&state_dir)
         .output()
@@ -209,6 +399,9 @@ fn run_refuses_an_unknown_interface_and_leaves_nothing_behind() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nosuch0"), "{stderr}");
-    assert!(!xdp_attached(&lab, "gw-site"), "a failed start detaches what it attached");
+    assert!(
+        !xdp_attached(&lab, "gw-site"),
+        "a failed start detaches what it attached"
+    );
     assert!(!state_dir.join("state.json").exists());
 }

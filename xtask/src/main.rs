@@ -1,0 +1,198 @@
+//! `cargo xtask`: developer tasks for emis. See `cargo xtask --help`.
+
+mod demo;
+mod interrupt;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use emis_lab::Lab;
+use util::{cargo, run};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Developer tasks for emis, the XDP enforcer of the EMIS Web network requirements",
+    bin_name = "cargo xtask"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install or check what building and running emis needs (idempotent): rust-src for
+    /// nightly, bpf-linker 0.10.0, iproute2/ethtool/bpftool/curl, bpffs on /sys/fs/bpf.
+    Setup,
+    /// Setup, then `cargo build --release -p emis-user` (builds and embeds the eBPF program).
+    Build,
+    /// Setup and build, then run emis on the gateway of a namespace lab and drive
+    /// allowed, denied and out-of-scope flows through it. Needs root.
+    Demo {
+        /// Leave the lab and emis running until Enter is pressed.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Setup, then `cargo test --all-targets [ARGS]` over the default members (every
+    /// crate but the eBPF one). The integration tests need root.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`; use `-- -- ARGS` for the test
+        /// harness, e.g. `cargo xtask test -- -- --nocapture`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Create or tear down the namespace lab for manual experiments. Needs root.
+    Lab {
+        /// Namespace-name prefix: namespaces are PREFIX-site, PREFIX-gw, PREFIX-emis.
+        #[arg(long, global = true, default_value = "emislab")]
+        prefix: String,
+        #[command(subcommand)]
+        action: LabAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Create the lab and leave it running.
+    Up,
+    /// Delete the lab's namespaces.
+    Down,
+}
+
+fn main() {
+    util::ensure_cargo_bin_on_path();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => build(),
+        Cmd::Demo { keep } => demo::demo(keep),
+        Cmd::Test { args } => test(&args),
+        Cmd::Lab { prefix, action } => match action {
+            LabAction::Up => lab_up(&prefix),
+            LabAction::Down => lab_down(&prefix),
+        },
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(if interrupt::interrupted() { 130 } else { 1 });
+    }
+}
+
+/// `cargo xtask build`.
+pub fn build() -> Result<()> {
+    setup::setup()?;
+    run(cargo().args(["build", "--release", "-p", "emis-user"]))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup::setup()?;
+    if !util::is_root() {
+        println!("note: not running as root; the namespace and XDP integration tests will fail");
+    }
+    // The lab tests run the `emis` binary itself, from target/debug.
+    run(cargo().args(["build", "-p", "emis-user", "--bins"]))?;
+    let mut cmd = cargo();
+    // The default members, not `--workspace`: emis-ebpf is a member that builds only
+    // for bpfel-unknown-none (emis-user's build.rs drives it); see Cargo.toml.
+    cmd.args(["test", "--all-targets"]).args(args);
+    println!("==> {}", util::show(&cmd));
+    let status = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        eprintln!("error: `{}` failed ({status})", util::show(&cmd));
+    }
+    std::process::exit(util::exit_code(status));
+}
+
+fn lab_up(prefix: &str) -> Result<()> {
+    emis_lab::require_root_and_tools()?;
+    println!("==> create lab {prefix}");
+    let lab = Lab::create(prefix)?;
+    demo::print_topology(&lab);
+    let [site, gw, emis] = lab.namespaces();
+    let [gw_site, gw_emis] = lab.gateway_ifaces();
+    println!(
+        "\nThe lab stays up. Try:\n  \
+         ip netns exec {site} bash                   # a shell on the site LAN\n  \
+         ip netns exec {emis} python3 -m http.server -b {primary} 443 &\n  \
+         ip netns exec {site} curl -m 3 http://{primary}:443/\n  \
+         target/release/emis run --netns {gw} --iface {gw_site} --iface {gw_emis} \
+         --site-net lan={net}\n\
+         Tear it down with: cargo xtask lab down --prefix {prefix}",
+        primary = emis_lab::EMIS_PRIMARY,
+        net = emis_lab::SITE_NET,
+    );
+    lab.keep();
+    Ok(())
+}
+
+fn lab_down(prefix: &str) -> Result<()> {
+    emis_lab::require_root_and_tools()?;
+    println!("==> delete lab {prefix}");
+    let removed = Lab::remove(prefix)?;
+    if removed.is_empty() {
+        println!("    no namespaces of lab {prefix} were present");
+    } else {
+        println!("    deleted {}", removed.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_args_after_double_dash_reach_cargo() {
+        let cli =
+            Cli::try_parse_from(["xtask", "test", "--", "-p", "emis-lab", "--", "--nocapture"])
+                .unwrap();
+        match cli.cmd {
+            Cmd::Test { args } => assert_eq!(args, ["-p", "emis-lab", "--", "--nocapture"]),
+            _ => panic!("not test"),
+        }
+    }
+
+    #[test]
+    fn lab_prefix_goes_either_side() {
+        for argv in [
+            &["xtask", "lab", "up", "--prefix", "p1"][..],
+            &["xtask", "lab", "--prefix", "p1", "up"][..],
+        ] {
+            match Cli::try_parse_from(argv).unwrap().cmd {
+                Cmd::Lab {
+                    prefix,
+                    action: LabAction::Up,
+                } => assert_eq!(prefix, "p1"),
+                _ => panic!("{argv:?}"),
+            }
+        }
+        match Cli::try_parse_from(["xtask", "lab", "down"]).unwrap().cmd {
+            Cmd::Lab {
+                prefix,
+                action: LabAction::Down,
+            } => assert_eq!(prefix, "emislab"),
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn demo_keep_flag() {
+        match Cli::try_parse_from(["xtask", "demo", "--keep"])
+            .unwrap()
+            .cmd
+        {
+            Cmd::Demo { keep } => assert!(keep),
+            _ => panic!(),
+        }
+    }
+}
