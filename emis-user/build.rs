@@ -10,10 +10,15 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = root.join("emis-ebpf");
     let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
     // The kernel program also depends on the shared types.
-    println!("cargo:rerun-if-changed={}", root.join("emis-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("emis-common").display()
+    );
     // A host-only build (AYA_BUILD_SKIP=1) still needs a file to embed; the loader
     // refuses an empty object with an error that says how to rebuild.
-    if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+    if std::env::var_os("AYA_BUILD_SKIP")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    {
         let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
         let object = std::path::Path::new(&out_dir).join("emis");
         if !object.exists() {

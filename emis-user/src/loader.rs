@@ -10,8 +10,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use emis_common::{
-    AddrInfo, Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG, MAP_PORTS, MODE_AUDIT,
-    MODE_ENFORCE, PROGRAM_NAME,
+    AddrInfo, Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG, MAP_PORTS,
+    MODE_AUDIT, MODE_ENFORCE, PROGRAM_NAME,
 };
 
 use crate::compile::Compiled;
@@ -20,7 +20,9 @@ use crate::compile::Compiled;
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/emis"));
 
 /// Whether denied packets are dropped or only counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Enforce,
@@ -62,7 +64,10 @@ pub fn preflight() -> Result<()> {
         bail!("loading an XDP program needs root (CAP_BPF and CAP_NET_ADMIN): run emis as root");
     }
     // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     Ok(())
 }
@@ -75,7 +80,9 @@ pub fn load(compiled: &Compiled, mode: Mode) -> Result<Ebpf> {
         .context("loading the emis kernel object")?;
     fill_maps(&mut ebpf, compiled, mode)?;
     let program: &mut Xdp = program_mut(&mut ebpf)?;
-    program.load().context("the kernel verifier rejected the emis program")?;
+    program
+        .load()
+        .context("the kernel verifier rejected the emis program")?;
     Ok(ebpf)
 }
 
@@ -87,31 +94,52 @@ pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name).ok_or_else(|| anyhow!("the kernel object has no map named {name}"))
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("the kernel object has no map named {name}"))
 }
 
 fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, mode: Mode) -> Result<()> {
     let mut v4: LpmTrie<_, [u8; 4], AddrInfo> = LpmTrie::try_from(map_mut(ebpf, MAP_ADDR_V4)?)?;
     for (net, info) in &compiled.v4 {
-        v4.insert(&Key::new(net.prefix_len().into(), net.network().octets()), info, 0)
-            .with_context(|| format!("inserting {net} into {MAP_ADDR_V4}"))?;
+        v4.insert(
+            &Key::new(net.prefix_len().into(), net.network().octets()),
+            info,
+            0,
+        )
+        .with_context(|| format!("inserting {net} into {MAP_ADDR_V4}"))?;
     }
     let mut v6: LpmTrie<_, [u8; 16], AddrInfo> = LpmTrie::try_from(map_mut(ebpf, MAP_ADDR_V6)?)?;
     for (net, info) in &compiled.v6 {
-        v6.insert(&Key::new(net.prefix_len().into(), net.network().octets()), info, 0)
-            .with_context(|| format!("inserting {net} into {MAP_ADDR_V6}"))?;
+        v6.insert(
+            &Key::new(net.prefix_len().into(), net.network().octets()),
+            info,
+            0,
+        )
+        .with_context(|| format!("inserting {net} into {MAP_ADDR_V6}"))?;
     }
     let mut ports: HashMap<_, PortKey, RuleSet> = HashMap::try_from(map_mut(ebpf, MAP_PORTS)?)?;
     for (key, set) in &compiled.ports {
-        ports.insert(key, set, 0).with_context(|| format!("inserting port {} into {MAP_PORTS}", key.port))?;
+        ports
+            .insert(key, set, 0)
+            .with_context(|| format!("inserting port {} into {MAP_PORTS}", key.port))?;
     }
     let mut config: Array<_, Config> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
-    config.set(0, Config { mode: mode.raw(), ..compiled.config }, 0)?;
+    config.set(
+        0,
+        Config {
+            mode: mode.raw(),
+            ..compiled.config
+        },
+        0,
+    )?;
     Ok(())
 }
 
 /// Switches a loaded program between enforce and audit through its config map.
-pub fn set_mode<T: std::borrow::BorrowMut<MapData>>(config: &mut Array<T, Config>, mode: Mode) -> Result<()> {
+pub fn set_mode<T: std::borrow::BorrowMut<MapData>>(
+    config: &mut Array<T, Config>,
+    mode: Mode,
+) -> Result<()> {
     let mut value = config.get(&0, 0)?;
     value.mode = mode.raw();
     config.set(0, value, 0)?;
@@ -120,7 +148,12 @@ pub fn set_mode<T: std::borrow::BorrowMut<MapData>>(config: &mut Array<T, Config
 
 /// Attaches the loaded program to each interface, inside network namespace `netns` if given
 /// (only the attaching thread joins it, so the metrics listener stays where emis runs).
-pub fn attach(ebpf: &mut Ebpf, ifaces: &[String], mode: AttachMode, netns: Option<&str>) -> Result<Vec<(String, &'static str)>> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    ifaces: &[String],
+    mode: AttachMode,
+    netns: Option<&str>,
+) -> Result<Vec<(String, &'static str)>> {
     let program = program_mut(ebpf)?;
     std::thread::scope(|scope| {
         scope
@@ -130,11 +163,10 @@ pub fn attach(ebpf: &mut Ebpf, ifaces: &[String], mode: AttachMode, netns: Optio
                 }
                 let mut attached = Vec::new();
                 for iface in ifaces {
-                    let how = attach_one(program, iface, mode)
-                        .with_context(|| match netns {
-                            Some(ns) => format!("attaching to {iface} in network namespace {ns}"),
-                            None => format!("attaching to {iface}"),
-                        })?;
+                    let how = attach_one(program, iface, mode).with_context(|| match netns {
+                        Some(ns) => format!("attaching to {iface} in network namespace {ns}"),
+                        None => format!("attaching to {iface}"),
+                    })?;
                     attached.push((iface.clone(), how));
                 }
                 Ok(attached)
@@ -170,10 +202,15 @@ fn attach_one(program: &mut Xdp, iface: &str, mode: AttachMode) -> Result<&'stat
 /// Moves the calling thread into the named network namespace.
 pub fn join_netns(name: &str) -> Result<()> {
     let path = Path::new("/run/netns").join(name);
-    let file = std::fs::File::open(&path)
-        .with_context(|| format!("opening {}: is there a network namespace {name}? (ip netns list)", path.display()))?;
+    let file = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "opening {}: is there a network namespace {name}? (ip netns list)",
+            path.display()
+        )
+    })?;
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("joining network namespace {name}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("joining network namespace {name}"));
     }
     Ok(())
 }

@@ -26,7 +26,9 @@ pub struct EnforcerCollector {
 
 impl std::fmt::Debug for EnforcerCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnforcerCollector").field("spec_sha256", &self.spec_sha256).finish()
+        f.debug_struct("EnforcerCollector")
+            .field("spec_sha256", &self.spec_sha256)
+            .finish()
     }
 }
 
@@ -36,7 +38,12 @@ fn counter_family<L: prometheus_client::encoding::EncodeLabelSet>(
     help: &str,
     rows: impl Iterator<Item = (L, u64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
     for (labels, value) in rows {
         ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
     }
@@ -45,17 +52,31 @@ fn counter_family<L: prometheus_client::encoding::EncodeLabelSet>(
 
 impl Collector for EnforcerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = match self.stats.lock().map_err(|_| ()).and_then(|m| Snapshot::read(&m).map_err(|_| ())) {
+        let snapshot = match self
+            .stats
+            .lock()
+            .map_err(|_| ())
+            .and_then(|m| Snapshot::read(&m).map_err(|_| ()))
+        {
             Ok(s) => s,
             Err(()) => {
                 tracing::error!("reading the counter map failed; this scrape has no counters");
                 return Ok(());
             }
         };
-        let mode = self.config.lock().ok().and_then(|c| c.get(&0, 0).ok()).map(|c| mode_of(&c));
+        let mode = self
+            .config
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&0, 0).ok())
+            .map(|c| mode_of(&c));
         let report = snapshot.report(&self.labels);
         let rule_labels = |r: &crate::stats::RuleRow| {
-            vec![("rule", r.rule.clone()), ("direction", r.direction.clone()), ("path", r.path.to_string())]
+            vec![
+                ("rule", r.rule.clone()),
+                ("direction", r.direction.clone()),
+                ("path", r.path.to_string()),
+            ]
         };
         counter_family(
             &mut encoder,
@@ -70,7 +91,11 @@ impl Collector for EnforcerCollector {
             report.rules.iter().map(|r| (rule_labels(r), r.bytes)),
         )?;
         let deny_labels = |d: &crate::stats::DenyRow| {
-            vec![("reason", d.reason.to_string()), ("network", d.network.clone()), ("action", d.action.to_string())]
+            vec![
+                ("reason", d.reason.to_string()),
+                ("network", d.network.clone()),
+                ("action", d.action.to_string()),
+            ]
         };
         counter_family(
             &mut encoder,
@@ -88,13 +113,19 @@ impl Collector for EnforcerCollector {
             &mut encoder,
             "emis_passed_packets",
             "Packets passed without a rule: non-IP, out of scope, or unreadable addresses",
-            report.passed.iter().map(|p| (vec![("reason", p.reason.to_string())], p.packets)),
+            report
+                .passed
+                .iter()
+                .map(|p| (vec![("reason", p.reason.to_string())], p.packets)),
         )?;
         counter_family(
             &mut encoder,
             "emis_passed_bytes",
             "Bytes passed without a rule: non-IP, out of scope, or unreadable addresses",
-            report.passed.iter().map(|p| (vec![("reason", p.reason.to_string())], p.bytes)),
+            report
+                .passed
+                .iter()
+                .map(|p| (vec![("reason", p.reason.to_string())], p.bytes)),
         )?;
         let mut info = encoder.encode_descriptor(
             "emis_policy_info",
@@ -129,7 +160,10 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>) -
                 match render(&registry) {
                     Ok(body) => (
                         axum::http::StatusCode::OK,
-                        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         body,
                     ),
                     Err(e) => (

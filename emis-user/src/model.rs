@@ -164,7 +164,11 @@ fn parse_l4(frame: &[u8], proto: u8, offset: usize, l4_len: usize) -> Option<L4F
             if data_offset < 20 || data_offset > l4_len {
                 return None;
             }
-            Some(L4Facts { sport: be16(tcp, 0), dport: be16(tcp, 2), bare_syn: tcp[13] & 0x12 == 0x02 })
+            Some(L4Facts {
+                sport: be16(tcp, 0),
+                dport: be16(tcp, 2),
+                bare_syn: tcp[13] & 0x12 == 0x02,
+            })
         }
         PROTO_UDP => {
             let udp = frame.get(offset..offset + 8).filter(|_| l4_len >= 8)?;
@@ -172,7 +176,11 @@ fn parse_l4(frame: &[u8], proto: u8, offset: usize, l4_len: usize) -> Option<L4F
             if udp_len < 8 || udp_len > l4_len {
                 return None;
             }
-            Some(L4Facts { sport: be16(udp, 0), dport: be16(udp, 2), bare_syn: false })
+            Some(L4Facts {
+                sport: be16(udp, 0),
+                dport: be16(udp, 2),
+                bare_syn: false,
+            })
         }
         _ => None,
     }
@@ -221,8 +229,12 @@ fn first_rule(policy: &Policy, proto: u8, port: u16, from: u64, to: u64) -> Opti
 /// The verdict POLICY.md requires for `frame`, with stateless replies.
 pub fn decide(policy: &Policy, frame: &[u8]) -> Decision {
     match parse(frame) {
-        Frame::NonIp => Decision::Pass { reason: PassReason::NonIp },
-        Frame::Unparsed => Decision::Pass { reason: PassReason::Unparsed },
+        Frame::NonIp => Decision::Pass {
+            reason: PassReason::NonIp,
+        },
+        Frame::Unparsed => Decision::Pass {
+            reason: PassReason::Unparsed,
+        },
         Frame::Ip(facts) => decide_ip(policy, &facts),
     }
 }
@@ -230,12 +242,18 @@ pub fn decide(policy: &Policy, frame: &[u8]) -> Decision {
 pub fn decide_ip(policy: &Policy, facts: &IpFacts) -> Decision {
     let (src, src_net) = classify(policy, facts.src);
     let (dst, dst_net) = classify(policy, facts.dst);
-    let network = if dst_net != NO_NETWORK { dst_net } else { src_net };
+    let network = if dst_net != NO_NETWORK {
+        dst_net
+    } else {
+        src_net
+    };
     let deny_or_pass = |reason| {
         if network != NO_NETWORK {
             Decision::Deny { reason, network }
         } else {
-            Decision::Pass { reason: PassReason::OutOfScope }
+            Decision::Pass {
+                reason: PassReason::OutOfScope,
+            }
         }
     };
     if facts.malformed {
@@ -253,11 +271,17 @@ pub fn decide_ip(policy: &Policy, facts: &IpFacts) -> Decision {
         return deny_or_pass(DenyReason::Malformed);
     };
     if let Some(rule) = first_rule(policy, facts.proto, l4.dport, src, dst) {
-        return Decision::Allow { rule, path: Path::Forward };
+        return Decision::Allow {
+            rule,
+            path: Path::Forward,
+        };
     }
     if !l4.bare_syn {
         if let Some(rule) = first_rule(policy, facts.proto, l4.sport, dst, src) {
-            return Decision::Allow { rule, path: Path::Reply };
+            return Decision::Allow {
+                rule,
+                path: Path::Reply,
+            };
         }
     }
     deny_or_pass(DenyReason::NoRule)

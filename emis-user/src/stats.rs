@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use emis_common::{
-    deny_index, pass_index, rule_index, Action, Config, Counter, DenyReason, PassReason, Path as RulePath,
-    MAP_CONFIG, MAP_STATS, MAX_NETWORKS, STATS_LEN,
+    deny_index, pass_index, rule_index, Action, Config, Counter, DenyReason, PassReason,
+    Path as RulePath, MAP_CONFIG, MAP_STATS, MAX_NETWORKS, STATS_LEN,
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +33,11 @@ pub struct Labels {
 impl Labels {
     pub fn of(policy: &Policy) -> Labels {
         Labels {
-            rules: policy.rules.iter().map(|r| (r.slug.clone(), r.direction.name().to_string())).collect(),
+            rules: policy
+                .rules
+                .iter()
+                .map(|r| (r.slug.clone(), r.direction.name().to_string()))
+                .collect(),
             networks: policy.networks.iter().map(|n| n.name.clone()).collect(),
         }
     }
@@ -43,10 +47,12 @@ pub const STATE_FILE: &str = "state.json";
 
 impl State {
     pub fn write(&self, state_dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
         let path = state_dir.join(STATE_FILE);
         let tmp = state_dir.join(".state.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
@@ -54,20 +60,25 @@ impl State {
     pub fn read(state_dir: &Path) -> Result<State> {
         let path = state_dir.join(STATE_FILE);
         let text = std::fs::read(&path).with_context(|| {
-            format!("reading {}: is `emis run` running with this --state-dir?", path.display())
+            format!(
+                "reading {}: is `emis run` running with this --state-dir?",
+                path.display()
+            )
         })?;
         serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
     pub fn stats_map(&self) -> Result<PerCpuArray<MapData, Counter>> {
         let path = self.pin_dir.join(MAP_STATS);
-        let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
         Ok(PerCpuArray::try_from(Map::from_map_data(data)?)?)
     }
 
     pub fn config_map(&self) -> Result<Array<MapData, Config>> {
         let path = self.pin_dir.join(MAP_CONFIG);
-        let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
         Ok(Array::try_from(Map::from_map_data(data)?)?)
     }
 }
@@ -79,7 +90,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn read<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, Counter>) -> Result<Snapshot> {
+    pub fn read<T: std::borrow::Borrow<MapData>>(
+        map: &PerCpuArray<T, Counter>,
+    ) -> Result<Snapshot> {
         let mut counters = Vec::with_capacity(STATS_LEN as usize);
         for values in map.iter() {
             counters.push(sum_cpus(&values.context("reading the counter map")?));
@@ -88,7 +101,10 @@ impl Snapshot {
     }
 
     pub fn at(&self, index: u32) -> Counter {
-        self.counters.get(index as usize).copied().unwrap_or_default()
+        self.counters
+            .get(index as usize)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Sum over every slot: each packet the program saw is in exactly one.
@@ -132,10 +148,18 @@ impl Snapshot {
             .iter()
             .map(|&reason| {
                 let c = self.at(pass_index(reason));
-                PassRow { reason: reason.name(), packets: c.packets, bytes: c.bytes }
+                PassRow {
+                    reason: reason.name(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                }
             })
             .collect();
-        Report { rules, denied, passed }
+        Report {
+            rules,
+            denied,
+            passed,
+        }
     }
 }
 
@@ -176,29 +200,54 @@ impl Report {
     pub fn to_table(&self, mode: Mode, spec_sha256: &str) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
-        let _ = writeln!(out, "mode {}   spec sha256 {}", mode.name(), &spec_sha256[..spec_sha256.len().min(16)]);
-        let _ = writeln!(out, "\n{:<36} {:<9} {:<8} {:>12} {:>14}", "RULE", "DIRECTION", "PATH", "PACKETS", "BYTES");
+        let _ = writeln!(
+            out,
+            "mode {}   spec sha256 {}",
+            mode.name(),
+            &spec_sha256[..spec_sha256.len().min(16)]
+        );
+        let _ = writeln!(
+            out,
+            "\n{:<36} {:<9} {:<8} {:>12} {:>14}",
+            "RULE", "DIRECTION", "PATH", "PACKETS", "BYTES"
+        );
         let mut idle = 0;
         for row in &self.rules {
             if row.packets == 0 {
                 idle += 1;
                 continue;
             }
-            let _ = writeln!(out, "{:<36} {:<9} {:<8} {:>12} {:>14}", row.rule, row.direction, row.path, row.packets, row.bytes);
+            let _ = writeln!(
+                out,
+                "{:<36} {:<9} {:<8} {:>12} {:>14}",
+                row.rule, row.direction, row.path, row.packets, row.bytes
+            );
         }
         if idle > 0 {
             let _ = writeln!(out, "({idle} rule/path rows with no traffic not shown)");
         }
-        let _ = writeln!(out, "\n{:<12} {:<20} {:<7} {:>12} {:>14}", "DENIED", "NETWORK", "ACTION", "PACKETS", "BYTES");
+        let _ = writeln!(
+            out,
+            "\n{:<12} {:<20} {:<7} {:>12} {:>14}",
+            "DENIED", "NETWORK", "ACTION", "PACKETS", "BYTES"
+        );
         for row in &self.denied {
-            let _ = writeln!(out, "{:<12} {:<20} {:<7} {:>12} {:>14}", row.reason, row.network, row.action, row.packets, row.bytes);
+            let _ = writeln!(
+                out,
+                "{:<12} {:<20} {:<7} {:>12} {:>14}",
+                row.reason, row.network, row.action, row.packets, row.bytes
+            );
         }
         if self.denied.is_empty() {
             let _ = writeln!(out, "(none)");
         }
         let _ = writeln!(out, "\n{:<12} {:>12} {:>14}", "PASSED", "PACKETS", "BYTES");
         for row in &self.passed {
-            let _ = writeln!(out, "{:<12} {:>12} {:>14}", row.reason, row.packets, row.bytes);
+            let _ = writeln!(
+                out,
+                "{:<12} {:>12} {:>14}",
+                row.reason, row.packets, row.bytes
+            );
         }
         out
     }

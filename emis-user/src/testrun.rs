@@ -37,14 +37,20 @@ pub const XDP_PASS: u32 = 2;
 impl TestProgram {
     pub fn load(policy: &Policy, mode: Mode) -> Result<TestProgram> {
         let compiled = compile(policy)?;
-        Ok(TestProgram { ebpf: loader::load(&compiled, mode)? })
+        Ok(TestProgram {
+            ebpf: loader::load(&compiled, mode)?,
+        })
     }
 
     /// Runs the program `repeat` times on `frame`.
     pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
         let program = loader::program_mut(&mut self.ebpf)?;
         let result = program
-            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::new()
+            })
             .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
         Ok(RunResult {
             action: result.return_value,
@@ -57,7 +63,9 @@ impl TestProgram {
     }
 
     pub fn stats_map(&mut self) -> Result<PerCpuArray<&mut MapData, Counter>> {
-        Ok(PerCpuArray::try_from(self.ebpf.map_mut(MAP_STATS).context("no stats map")?)?)
+        Ok(PerCpuArray::try_from(
+            self.ebpf.map_mut(MAP_STATS).context("no stats map")?,
+        )?)
     }
 
     /// Every counter, summed over CPUs.
