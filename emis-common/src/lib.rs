@@ -15,8 +15,19 @@ pub const MAP_PORTS: &str = "EMIS_PORTS";
 pub const MAP_CONFIG: &str = "EMIS_CONFIG";
 /// Name of the per-CPU array of [`Counter`]s, laid out by [`stats_index`].
 pub const MAP_STATS: &str = "EMIS_STATS";
+/// Name of the LRU map from [`FlowKey`] to [`FlowValue`]: flows a rule allowed.
+pub const MAP_FLOWS: &str = "EMIS_FLOWS";
+/// Name of the LRU map from [`FragKey`] to [`FragValue`]: datagrams whose first fragment was allowed.
+pub const MAP_FRAGS: &str = "EMIS_FRAGS";
+/// Name of the per-CPU array of flow-table events, indexed by `FLOW_EVENT_*`.
+pub const MAP_FLOW_EVENTS: &str = "EMIS_FLOW_EVENTS";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "emis";
+
+/// Flow-table entries unless `emis run --flow-table-size` says otherwise.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 131_072;
+/// Datagrams whose later fragments are awaited at once.
+pub const FRAG_TABLE_SIZE: u32 = 16_384;
 
 /// Networks a spec may name; network `i` owns class bit `i`.
 pub const MAX_NETWORKS: u32 = 32;
@@ -114,6 +125,10 @@ pub struct RuleSet {
 
 pub const MODE_ENFORCE: u32 = 0;
 pub const MODE_AUDIT: u32 = 1;
+/// Replies are packets of a flow a rule allowed, remembered in the flow table.
+pub const REPLIES_STATEFUL: u32 = 0;
+/// Replies are recognised from ports and addresses alone (for asymmetric routing).
+pub const REPLIES_STATELESS: u32 = 1;
 
 /// Run-time settings, changed in place without reloading the program.
 #[repr(C)]
@@ -123,8 +138,91 @@ pub struct Config {
     pub unset_roles: u64,
     /// [`MODE_ENFORCE`] or [`MODE_AUDIT`].
     pub mode: u32,
+    /// [`REPLIES_STATEFUL`] or [`REPLIES_STATELESS`].
+    pub replies: u32,
+    /// Non-zero: ICMP echo to and from enforce-scope networks passes.
+    pub icmp_echo: u32,
     pub _pad: u32,
+    /// How long a flow lives without packets, by [`FlowValue::state`], in nanoseconds.
+    pub tcp_syn_timeout_ns: u64,
+    pub tcp_established_timeout_ns: u64,
+    pub tcp_closing_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+    /// How long an allowed first fragment's datagram waits for its later fragments.
+    pub fragment_timeout_ns: u64,
 }
+
+/// A flow as its first allowed packet saw it; addresses are IPv4 in the first 4 bytes or IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+impl FlowKey {
+    /// The key of the other direction of this flow.
+    pub const fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            family: self.family,
+            _pad: [0; 2],
+        }
+    }
+}
+
+pub const FLOW_TCP_SYN_SENT: u32 = 1;
+pub const FLOW_TCP_ESTABLISHED: u32 = 2;
+pub const FLOW_TCP_CLOSING: u32 = 3;
+pub const FLOW_UDP: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub last_seen_ns: u64,
+    /// The rule that allowed the flow; its replies are counted under it.
+    pub rule: u32,
+    /// One of the `FLOW_*` states.
+    pub state: u32,
+}
+
+/// A fragmented datagram: addresses, protocol and IP identification.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The decision its first fragment got, which its later fragments share.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragValue {
+    pub last_seen_ns: u64,
+    pub rule: u32,
+    pub path: u32,
+}
+
+/// Slots of the flow-event array: a new flow entered the table, an insert failed,
+/// an expired flow was removed when met.
+pub const FLOW_EVENT_CREATED: u32 = 0;
+pub const FLOW_EVENT_INSERT_FAILED: u32 = 1;
+pub const FLOW_EVENT_EXPIRED: u32 = 2;
+pub const FLOW_EVENT_COUNT: u32 = 4;
 
 /// Packets and bytes of one decision.
 #[repr(C)]
@@ -138,17 +236,29 @@ pub struct Counter {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Path {
+    /// The packet itself matches the rule.
     Forward = 0,
+    /// The packet answers a flow the rule allowed.
     Reply = 1,
+    /// An ICMP error about a flow the rule allowed (path MTU discovery, unreachable, ...).
+    Related = 2,
 }
-pub const PATH_COUNT: u32 = 2;
+pub const PATH_COUNT: u32 = 3;
 
 impl Path {
-    pub const ALL: [Path; PATH_COUNT as usize] = [Path::Forward, Path::Reply];
+    pub const ALL: [Path; PATH_COUNT as usize] = [Path::Forward, Path::Reply, Path::Related];
     pub const fn name(self) -> &'static str {
         match self {
             Path::Forward => "forward",
             Path::Reply => "reply",
+            Path::Related => "related",
+        }
+    }
+    pub const fn from_raw(raw: u32) -> Path {
+        match raw {
+            0 => Path::Forward,
+            1 => Path::Reply,
+            _ => Path::Related,
         }
     }
 }
@@ -161,9 +271,9 @@ pub enum DenyReason {
     NoRule = 0,
     /// A truncated or inconsistent header, or more IPv6 extension headers than the bound.
     Malformed = 1,
-    /// A fragment of an in-scope datagram.
+    /// A later fragment of an in-scope datagram whose first fragment was not allowed.
     Fragment = 2,
-    /// ICMP or ICMPv6 to or from an enforce-scope network.
+    /// ICMP or ICMPv6 that is neither an error about an allowed flow nor permitted echo.
     Icmp = 3,
     /// An IP protocol other than TCP, UDP and ICMP.
     Protocol = 4,
@@ -220,8 +330,10 @@ pub enum PassReason {
     OutOfScope = 1,
     /// The frame is too short to read both addresses, so no scope can apply.
     Unparsed = 2,
+    /// ICMP echo to or from an enforce-scope network, which the spec permits.
+    IcmpEcho = 3,
 }
-pub const PASS_REASON_COUNT: u32 = 3;
+pub const PASS_REASON_COUNT: u32 = 4;
 pub const PASS_REASON_SLOTS: u32 = 8;
 
 impl PassReason {
@@ -229,12 +341,14 @@ impl PassReason {
         PassReason::NonIp,
         PassReason::OutOfScope,
         PassReason::Unparsed,
+        PassReason::IcmpEcho,
     ];
     pub const fn name(self) -> &'static str {
         match self {
             PassReason::NonIp => "non_ip",
             PassReason::OutOfScope => "out_of_scope",
             PassReason::Unparsed => "unparsed",
+            PassReason::IcmpEcho => "icmp_echo",
         }
     }
 }
@@ -297,4 +411,8 @@ mod pod {
     unsafe impl aya::Pod for RuleSet {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
 }

@@ -1,10 +1,9 @@
 //! One small, bounded parser per header: Ethernet with up to two VLAN tags, IPv4 with
-//! options, IPv6 with a bounded extension-header walk, TCP and UDP. Every read is bounds-checked.
+//! options, IPv6 with a bounded extension-header walk, TCP, UDP, and the packet an ICMP
+//! error quotes. Every read is bounds-checked; no parser looks anything up.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
-use emis_common::{AddrInfo, MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, NO_NETWORK};
-
-use crate::{ADDR_V4, ADDR_V6};
+use aya_ebpf::programs::XdpContext;
+use emis_common::{MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, PROTO_TCP, PROTO_UDP};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -13,6 +12,7 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const MAX_VLAN_TAGS: usize = 2;
 const IPV6_HLEN: usize = 40;
+const IPV6_FRAGMENT: u8 = 44;
 
 /// A fixed-size window of the frame at `offset`, or `None` if the frame is shorter.
 #[inline(always)]
@@ -30,16 +30,40 @@ pub fn be16(b: &[u8], i: usize) -> u16 {
     u16::from_be_bytes([b[i], b[i + 1]])
 }
 
-/// What the L3 parsers learn: enough to classify the addresses and find the L4 header.
+/// An address as the maps key it: IPv4 in the first four bytes, or IPv6.
+pub type Addr = [u8; 16];
+
+#[inline(always)]
+fn v4_addr(b: &[u8], i: usize) -> Addr {
+    let mut a = [0u8; 16];
+    a[0] = b[i];
+    a[1] = b[i + 1];
+    a[2] = b[i + 2];
+    a[3] = b[i + 3];
+    a
+}
+
+#[inline(always)]
+fn v6_addr(b: &[u8], i: usize) -> Addr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[i..i + 16]);
+    a
+}
+
+/// What the IP parsers learn.
 pub struct L3 {
-    pub src: AddrInfo,
-    pub dst: AddrInfo,
+    pub src: Addr,
+    pub dst: Addr,
+    pub v6: bool,
     pub proto: u8,
     pub l4_offset: usize,
     /// Bytes of L4 header and payload the IP header vouches for and the frame holds.
     pub l4_len: usize,
     pub malformed: bool,
     pub fragment: bool,
+    /// In 8-byte units; non-zero for a later fragment.
+    pub frag_offset: u16,
+    pub frag_id: u32,
 }
 
 pub enum Parsed {
@@ -49,6 +73,7 @@ pub enum Parsed {
 }
 
 /// Ethernet and up to two VLAN tags, then the IP header.
+#[inline(always)]
 pub fn parse_frame(ctx: &XdpContext) -> Parsed {
     let Some(eth) = bytes_at::<ETH_HLEN>(ctx, 0) else {
         return Parsed::Unparsed;
@@ -72,37 +97,12 @@ pub fn parse_frame(ctx: &XdpContext) -> Parsed {
     }
 }
 
-#[inline(always)]
-fn lookup_v4(addr: [u8; 4]) -> AddrInfo {
-    match ADDR_V4.get(Key::new(32, addr)) {
-        Some(info) => *info,
-        None => AddrInfo {
-            classes: 0,
-            network: NO_NETWORK,
-            _pad: 0,
-        },
-    }
-}
-
-#[inline(always)]
-fn lookup_v6(addr: [u8; 16]) -> AddrInfo {
-    match ADDR_V6.get(Key::new(128, addr)) {
-        Some(info) => *info,
-        None => AddrInfo {
-            classes: 0,
-            network: NO_NETWORK,
-            _pad: 0,
-        },
-    }
-}
-
 /// IPv4 with options (through IHL); lengths are checked against the frame.
+#[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
     let Some(ip) = bytes_at::<20>(ctx, offset) else {
         return Parsed::Unparsed;
     };
-    let src = lookup_v4([ip[12], ip[13], ip[14], ip[15]]);
-    let dst = lookup_v4([ip[16], ip[17], ip[18], ip[19]]);
     let header_len = ((ip[0] & 0x0f) as usize) * 4;
     let total_len = be16(ip, 2) as usize;
     let frame_left = (ctx.data_end() - ctx.data()).saturating_sub(offset);
@@ -110,34 +110,37 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
         ip[0] >> 4 != 4 || header_len < 20 || total_len < header_len || total_len > frame_left;
     let flags_fragment = be16(ip, 6);
     Parsed::Ip(L3 {
-        src,
-        dst,
+        src: v4_addr(ip, 12),
+        dst: v4_addr(ip, 16),
+        v6: false,
         proto: ip[9],
         l4_offset: offset + header_len,
         l4_len: total_len.saturating_sub(header_len),
         malformed,
         // More-fragments set or a non-zero offset.
         fragment: flags_fragment & 0x3fff != 0,
+        frag_offset: flags_fragment & 0x1fff,
+        frag_id: be16(ip, 4) as u32,
     })
 }
 
 /// IPv6, walking at most `MAX_IPV6_EXT_HEADERS` extension headers.
+#[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     let Some(ip) = bytes_at::<IPV6_HLEN>(ctx, offset) else {
         return Parsed::Unparsed;
     };
-    let mut src_addr = [0u8; 16];
-    let mut dst_addr = [0u8; 16];
-    src_addr.copy_from_slice(&ip[8..24]);
-    dst_addr.copy_from_slice(&ip[24..40]);
     let mut l3 = L3 {
-        src: lookup_v6(src_addr),
-        dst: lookup_v6(dst_addr),
+        src: v6_addr(ip, 8),
+        dst: v6_addr(ip, 24),
+        v6: true,
         proto: ip[6],
         l4_offset: offset + IPV6_HLEN,
         l4_len: be16(ip, 4) as usize,
         malformed: false,
         fragment: false,
+        frag_offset: 0,
+        frag_id: 0,
     };
     let frame_left = (ctx.data_end() - ctx.data()).saturating_sub(l3.l4_offset);
     if ip[0] >> 4 != 6 || l3.l4_len > frame_left {
@@ -163,7 +166,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
 }
 
 #[inline(always)]
-fn is_ipv6_ext_header(next: u8) -> bool {
+pub fn is_ipv6_ext_header(next: u8) -> bool {
     matches!(next, 0 | 43 | 44 | 51 | 60)
 }
 
@@ -183,10 +186,13 @@ fn ipv6_ext_header_len(ctx: &XdpContext, l3: &mut L3) -> Option<usize> {
         }
     };
     let len = match l3.proto {
-        44 => {
+        IPV6_FRAGMENT => {
+            let field = be16(ext, 2);
             // Fragment offset or more-fragments set; an atomic fragment (both clear) is whole.
-            if be16(ext, 2) & 0xfff9 != 0 {
+            if field & 0xfff9 != 0 {
                 l3.fragment = true;
+                l3.frag_offset = field >> 3;
+                l3.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
             }
             8
         }
@@ -200,7 +206,20 @@ fn ipv6_ext_header_len(ctx: &XdpContext, l3: &mut L3) -> Option<usize> {
 pub struct L4 {
     pub sport: u16,
     pub dport: u16,
-    pub bare_syn: bool,
+    pub flags: u8,
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+impl L4 {
+    /// A SYN without ACK opens a connection; it is never a reply.
+    #[inline(always)]
+    pub fn bare_syn(&self) -> bool {
+        self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
 }
 
 /// TCP: ports and flags, with the data offset checked against the IP payload.
@@ -214,30 +233,73 @@ pub fn parse_tcp(ctx: &XdpContext, offset: usize, l4_len: usize) -> Option<L4> {
     if data_offset < 20 || data_offset > l4_len {
         return None;
     }
-    let flags = tcp[13];
-    const SYN: u8 = 0x02;
-    const ACK: u8 = 0x10;
-    Some(L4 {
-        sport: be16(tcp, 0),
-        dport: be16(tcp, 2),
-        bare_syn: flags & (SYN | ACK) == SYN,
-    })
+    Some(L4 { sport: be16(tcp, 0), dport: be16(tcp, 2), flags: tcp[13] })
 }
 
-/// UDP: ports, with the UDP length checked against the IP payload.
+/// UDP: ports, with the UDP length checked against the IP payload when the datagram is
+/// `whole` (a first fragment holds only part of it).
 #[inline(always)]
-pub fn parse_udp(ctx: &XdpContext, offset: usize, l4_len: usize) -> Option<L4> {
+pub fn parse_udp(ctx: &XdpContext, offset: usize, l4_len: usize, whole: bool) -> Option<L4> {
     if offset > MAX_L4_OFFSET || l4_len < 8 {
         return None;
     }
     let udp = bytes_at::<8>(ctx, offset)?;
     let udp_len = be16(udp, 4) as usize;
-    if udp_len < 8 || udp_len > l4_len {
+    if udp_len < 8 || (whole && udp_len > l4_len) {
         return None;
     }
-    Some(L4 {
-        sport: be16(udp, 0),
-        dport: be16(udp, 2),
-        bare_syn: false,
-    })
+    Some(L4 { sport: be16(udp, 0), dport: be16(udp, 2), flags: 0 })
+}
+
+/// The ICMP or ICMPv6 type and code.
+#[inline(always)]
+pub fn parse_icmp(ctx: &XdpContext, offset: usize, l4_len: usize) -> Option<(u8, u8)> {
+    if offset > MAX_L4_OFFSET || l4_len < 8 {
+        return None;
+    }
+    let icmp = bytes_at::<8>(ctx, offset)?;
+    Some((icmp[0], icmp[1]))
+}
+
+/// The packet an ICMP error quotes: its addresses, protocol and ports.
+pub struct Quoted {
+    pub src: Addr,
+    pub dst: Addr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// The TCP or UDP packet quoted after the 8-byte ICMP header at `offset`; `None` when the
+/// quote is cut short, of another family, or not TCP/UDP straight after the IP header.
+#[inline(always)]
+pub fn parse_quoted(ctx: &XdpContext, offset: usize, l4_len: usize, v6: bool) -> Option<Quoted> {
+    let inner = offset + 8;
+    if inner > MAX_L4_OFFSET {
+        return None;
+    }
+    let (src, dst, proto, ports_at, header_len) = if v6 {
+        let ip = bytes_at::<IPV6_HLEN>(ctx, inner)?;
+        if ip[0] >> 4 != 6 {
+            return None;
+        }
+        (v6_addr(ip, 8), v6_addr(ip, 24), ip[6], inner + IPV6_HLEN, IPV6_HLEN)
+    } else {
+        let ip = bytes_at::<20>(ctx, inner)?;
+        let header_len = ((ip[0] & 0x0f) as usize) * 4;
+        // A quoted fragment other than the first carries no ports.
+        if ip[0] >> 4 != 4 || header_len < 20 || be16(ip, 6) & 0x1fff != 0 {
+            return None;
+        }
+        (v4_addr(ip, 12), v4_addr(ip, 16), ip[9], inner + header_len, header_len)
+    };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    // The quote must hold the ports within what the outer header vouches for.
+    if 8 + header_len + 4 > l4_len || ports_at > MAX_L4_OFFSET + 64 {
+        return None;
+    }
+    let ports = bytes_at::<4>(ctx, ports_at)?;
+    Some(Quoted { src, dst, proto, sport: be16(ports, 0), dport: be16(ports, 2) })
 }

@@ -112,12 +112,26 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         v4,
         v6,
         ports: port_sets(policy)?,
-        config: Config {
-            unset_roles,
-            mode: 0,
-            _pad: 0,
-        },
+        config: config(policy, unset_roles),
     })
+}
+
+/// Run-time settings from the spec; the loader sets the mode and the reply tracking.
+fn config(policy: &Policy, unset_roles: u64) -> Config {
+    let t = &policy.options.timeouts;
+    let ns = |seconds: u64| seconds * 1_000_000_000;
+    Config {
+        unset_roles,
+        mode: emis_common::MODE_ENFORCE,
+        replies: emis_common::REPLIES_STATEFUL,
+        icmp_echo: policy.options.icmp_echo as u32,
+        _pad: 0,
+        tcp_syn_timeout_ns: ns(t.tcp_syn),
+        tcp_established_timeout_ns: ns(t.tcp_established),
+        tcp_closing_timeout_ns: ns(t.tcp_closing),
+        udp_timeout_ns: ns(t.udp),
+        fragment_timeout_ns: ns(t.fragment),
+    }
 }
 
 /// Folds every enclosing prefix's classes into each prefix, so the longest match alone
@@ -260,6 +274,7 @@ mod tests {
             sha256: String::new(),
             warnings: vec![],
             shadowed: vec![],
+            options: Default::default(),
         }
     }
 

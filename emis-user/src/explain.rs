@@ -4,13 +4,13 @@
 use std::{fmt::Write as _, net::IpAddr};
 
 use anyhow::{bail, Result};
-use emis_common::{Decision, PROTO_ICMP, PROTO_ICMPV6};
+use emis_common::{Decision, Path, PROTO_ICMP, PROTO_ICMPV6};
 use serde::Serialize;
 
 use crate::{
     compile::Compiled,
-    loader::Mode,
-    model,
+    loader::{Mode, Replies},
+    model::{self, Model},
     packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
     policy::{Policy, Role, Scope},
 };
@@ -23,6 +23,7 @@ pub struct ExplainRequest {
     pub dport: u16,
     pub tcp_flags: String,
     pub mode: Mode,
+    pub replies: Replies,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub struct Explanation {
     pub network: Option<String>,
     /// What the enforcer does with it: pass, drop, or audit (passed, counted as would-deny).
     pub action: &'static str,
+    /// What depends on state the enforcer keeps (flows, fragments), if anything.
+    pub note: Option<String>,
     pub sentence: String,
 }
 
@@ -73,7 +76,18 @@ pub fn explain(policy: &Policy, request: &ExplainRequest) -> Result<Explanation>
         "icmp" | "icmpv6" => PacketSpec::icmp_echo(request.src, request.dst),
         other => bail!("--proto: unknown protocol {other:?}; use tcp, udp or icmp"),
     };
-    let decision = model::decide(policy, &packet.build());
+    let frame = packet.build();
+    let decision = Model::new(policy, request.replies).decide(&frame);
+    // A reply in stateful mode is allowed only inside a flow the forward packet opened.
+    let stateless = model::decide(policy, &frame);
+    let note = match (decision, stateless) {
+        (Decision::Deny { .. }, Decision::Allow { rule, path }) if path != Path::Forward => Some(format!(
+            "stateful replies: allowed as {} under rule {} once the flow's forward packet has been allowed",
+            path.name(),
+            policy.rules[rule as usize].slug
+        )),
+        _ => None,
+    };
     let flow = match packet.proto {
         PROTO_ICMP | PROTO_ICMPV6 => {
             format!("{} {} -> {}", request.proto, request.src, request.dst)
@@ -93,6 +107,7 @@ pub fn explain(policy: &Policy, request: &ExplainRequest) -> Result<Explanation>
                 reason: None,
                 network: None,
                 action: "pass",
+                note: None,
                 sentence: format!(
                     "{flow}: allow ({}) by rule {} \"{}\"",
                     path.name(),
@@ -113,9 +128,13 @@ pub fn explain(policy: &Policy, request: &ExplainRequest) -> Result<Explanation>
                 path: None,
                 reason: Some(reason.name()),
                 sentence: format!(
-                    "{flow}: deny ({}) touching enforce-scope network {network}; action {action}",
-                    reason.name()
+                    "{flow}: deny ({}) touching enforce-scope network {network}; action {action}{}",
+                    reason.name(),
+                    note.as_deref()
+                        .map(|n| format!("\n  note: {n}"))
+                        .unwrap_or_default()
                 ),
+                note,
                 network: Some(network),
                 action,
             }
@@ -127,6 +146,7 @@ pub fn explain(policy: &Policy, request: &ExplainRequest) -> Result<Explanation>
             reason: Some(reason.name()),
             network: None,
             action: "pass",
+            note: None,
             sentence: format!("{flow}: pass ({})", reason.name()),
         },
     })

@@ -44,6 +44,51 @@ impl Mode {
     }
 }
 
+/// How replies are recognised: from the flow table, or from ports and addresses alone.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Replies {
+    /// A reply must belong to a flow a rule allowed (the default).
+    Stateful,
+    /// For asymmetric routing, where one direction of a flow may not cross this router.
+    Stateless,
+}
+
+impl Replies {
+    pub fn raw(self) -> u32 {
+        match self {
+            Replies::Stateful => emis_common::REPLIES_STATEFUL,
+            Replies::Stateless => emis_common::REPLIES_STATELESS,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Replies::Stateful => "stateful",
+            Replies::Stateless => "stateless",
+        }
+    }
+}
+
+/// What a load sets besides the compiled policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub mode: Mode,
+    pub replies: Replies,
+    pub flow_table_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            mode: Mode::Enforce,
+            replies: Replies::Stateful,
+            flow_table_size: emis_common::DEFAULT_FLOW_TABLE_SIZE,
+        }
+    }
+}
+
 /// How to attach: let the kernel choose native with a generic fallback, or force one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -73,12 +118,21 @@ pub fn preflight() -> Result<()> {
 }
 
 /// Loads the program through the verifier and fills every map from `compiled`.
-pub fn load(compiled: &Compiled, mode: Mode) -> Result<Ebpf> {
+pub fn load(compiled: &Compiled, options: LoadOptions) -> Result<Ebpf> {
     preflight()?;
+    if options.flow_table_size == 0 {
+        bail!("--flow-table-size must be at least 1");
+    }
     let mut ebpf = EbpfLoader::new()
+        .map_max_entries(emis_common::MAP_FLOWS, options.flow_table_size)
         .load(PROGRAM_OBJECT)
-        .context("loading the emis kernel object")?;
-    fill_maps(&mut ebpf, compiled, mode)?;
+        .with_context(|| {
+            format!(
+                "loading the emis kernel object (a flow table of {} entries may not fit: try a smaller --flow-table-size)",
+                options.flow_table_size
+            )
+        })?;
+    fill_maps(&mut ebpf, compiled, options)?;
     let program: &mut Xdp = program_mut(&mut ebpf)?;
     program
         .load()
@@ -98,7 +152,7 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map>
         .ok_or_else(|| anyhow!("the kernel object has no map named {name}"))
 }
 
-fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, mode: Mode) -> Result<()> {
+fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, options: LoadOptions) -> Result<()> {
     let mut v4: LpmTrie<_, [u8; 4], AddrInfo> = LpmTrie::try_from(map_mut(ebpf, MAP_ADDR_V4)?)?;
     for (net, info) in &compiled.v4 {
         v4.insert(
@@ -124,14 +178,12 @@ fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, mode: Mode) -> Result<()> {
             .with_context(|| format!("inserting port {} into {MAP_PORTS}", key.port))?;
     }
     let mut config: Array<_, Config> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
-    config.set(
-        0,
-        Config {
-            mode: mode.raw(),
-            ..compiled.config
-        },
-        0,
-    )?;
+    let value = Config {
+        mode: options.mode.raw(),
+        replies: options.replies.raw(),
+        ..compiled.config
+    };
+    config.set(0, value, 0)?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use emis::{
     compile::compile,
     explain::{explain, ExplainRequest},
-    loader::{self, AttachMode, Mode},
+    loader::{self, AttachMode, LoadOptions, Mode, Replies},
     metrics::{self, EnforcerCollector},
     policy::Policy,
     spec::{load_policy, SiteOptions, Source},
@@ -71,6 +71,13 @@ struct RunArgs {
     /// enforce drops what the policy denies; audit passes it and counts it as would-deny.
     #[arg(long, value_enum, default_value = "enforce")]
     mode: Mode,
+    /// stateful allows replies of flows a rule allowed (tracked in a flow table); stateless
+    /// recognises replies by ports and addresses alone, for asymmetric routing.
+    #[arg(long, value_enum, default_value = "stateful")]
+    replies: Replies,
+    /// Flows the flow table holds; the least recently used are evicted when it is full.
+    #[arg(long = "flow-table-size", default_value_t = emis_common::DEFAULT_FLOW_TABLE_SIZE)]
+    flow_table_size: u32,
     /// auto tries native (driver) XDP and falls back to generic; native or skb force one.
     #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
     xdp_mode: AttachMode,
@@ -109,6 +116,9 @@ struct ExplainArgs {
     /// The mode to report the action for.
     #[arg(long, value_enum, default_value = "enforce")]
     mode: Mode,
+    /// How replies are recognised; stateful judges the packet as the first of its flow.
+    #[arg(long, value_enum, default_value = "stateful")]
+    replies: Replies,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -191,6 +201,7 @@ fn explain_cmd(args: &ExplainArgs) -> Result<()> {
         dport: args.dport,
         tcp_flags: args.tcp_flags.clone(),
         mode: args.mode,
+        replies: args.replies,
     };
     let answer = explain(&policy, &request)?;
     if args.json {
@@ -262,7 +273,12 @@ fn run(args: RunArgs) -> Result<()> {
             );
         }
     }
-    let mut ebpf = loader::load(&compiled, args.mode)?;
+    let options = LoadOptions {
+        mode: args.mode,
+        replies: args.replies,
+        flow_table_size: args.flow_table_size,
+    };
+    let mut ebpf = loader::load(&compiled, options)?;
     // Whatever happens from here on, leave no pins or state file behind.
     let _cleanup = Cleanup {
         pin_dir: args.pin_dir.clone(),
@@ -310,6 +326,8 @@ fn run(args: RunArgs) -> Result<()> {
         v4_prefixes = compiled.v4.len(),
         v6_prefixes = compiled.v6.len(),
         mode = args.mode.name(),
+        replies = args.replies.name(),
+        flow_table_size = args.flow_table_size,
         spec_sha256 = %policy.sha256,
         "policy loaded"
     );

@@ -1,17 +1,31 @@
 //! The reference verdict: what POLICY.md says the enforcer must decide for a frame,
 //! computed straight from the policy (no maps), so tests can hold the kernel to it.
+//! [`Model`] keeps its own flow and fragment tables for stateful sequences.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-use emis_common::{
-    network_bit, role_bit, Decision, DenyReason, PassReason, Path, MAX_IPV6_EXT_HEADERS,
-    MAX_L4_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use crate::policy::{Policy, Role, Scope};
+use emis_common::{
+    network_bit, role_bit, Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue,
+    PassReason, Path, FLOW_TCP_CLOSING, FLOW_TCP_ESTABLISHED, FLOW_TCP_SYN_SENT, FLOW_UDP,
+    MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP,
+};
+
+use crate::{
+    compile::endpoint_mask,
+    loader::Replies,
+    policy::{Policy, Role, Scope},
+};
 
 const ETH_HLEN: usize = 14;
 const MAX_VLAN_TAGS: usize = 2;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 /// What the parser read from a frame, before any policy applies.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,19 +44,57 @@ pub struct IpFacts {
     pub proto: u8,
     pub malformed: bool,
     pub fragment: bool,
+    /// In 8-byte units; non-zero for a later fragment.
+    pub frag_offset: u16,
+    pub frag_id: u32,
     /// Ports and flags, when the L4 header is TCP or UDP and whole.
     pub l4: Option<L4Facts>,
+    /// Type, code and the quoted packet, for ICMP of the packet's own family.
+    pub icmp: Option<IcmpFacts>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct L4Facts {
     pub sport: u16,
     pub dport: u16,
-    pub bare_syn: bool,
+    pub flags: u8,
+}
+
+impl L4Facts {
+    pub fn bare_syn(&self) -> bool {
+        self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpFacts {
+    pub kind: u8,
+    pub code: u8,
+    pub quoted: Option<Quoted>,
+}
+
+/// The TCP or UDP packet an ICMP error quotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
 }
 
 fn be16(b: &[u8], i: usize) -> u16 {
     u16::from_be_bytes([b[i], b[i + 1]])
+}
+
+fn ipv4_at(b: &[u8], i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(b[i], b[i + 1], b[i + 2], b[i + 3]))
+}
+
+fn ipv6_at(b: &[u8], i: usize) -> IpAddr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[i..i + 16]);
+    IpAddr::V6(Ipv6Addr::from(a))
 }
 
 /// Reads a frame the way the kernel program does, header by header.
@@ -78,17 +130,26 @@ fn parse_ipv4(frame: &[u8], offset: usize) -> Frame {
     let frame_left = frame.len() - offset;
     let malformed =
         ip[0] >> 4 != 4 || header_len < 20 || total_len < header_len || total_len > frame_left;
+    let flags_fragment = be16(ip, 6);
     let mut facts = IpFacts {
-        src: IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15])),
-        dst: IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])),
+        src: ipv4_at(ip, 12),
+        dst: ipv4_at(ip, 16),
         proto: ip[9],
         malformed,
-        fragment: be16(ip, 6) & 0x3fff != 0,
+        fragment: flags_fragment & 0x3fff != 0,
+        frag_offset: flags_fragment & 0x1fff,
+        frag_id: be16(ip, 4) as u32,
         l4: None,
+        icmp: None,
     };
-    if !facts.malformed && !facts.fragment {
-        let l4_offset = offset + header_len;
-        facts.l4 = parse_l4(frame, facts.proto, l4_offset, total_len - header_len);
+    if !facts.malformed {
+        parse_l4(
+            frame,
+            &mut facts,
+            offset + header_len,
+            total_len - header_len,
+            false,
+        );
     }
     Frame::Ip(facts)
 }
@@ -97,18 +158,16 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
     let Some(ip) = frame.get(offset..offset + 40) else {
         return Frame::Unparsed;
     };
-    let addr = |at: usize| {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&ip[at..at + 16]);
-        IpAddr::V6(Ipv6Addr::from(a))
-    };
     let mut facts = IpFacts {
-        src: addr(8),
-        dst: addr(24),
+        src: ipv6_at(ip, 8),
+        dst: ipv6_at(ip, 24),
         proto: ip[6],
         malformed: false,
         fragment: false,
+        frag_offset: 0,
+        frag_id: 0,
         l4: None,
+        icmp: None,
     };
     let mut l4_offset = offset + 40;
     let mut l4_len = be16(ip, 4) as usize;
@@ -128,8 +187,11 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
         let ext = &frame[l4_offset..l4_offset + 8];
         let ext_len = match facts.proto {
             44 => {
-                if be16(ext, 2) & 0xfff9 != 0 {
+                let field = be16(ext, 2);
+                if field & 0xfff9 != 0 {
                     facts.fragment = true;
+                    facts.frag_offset = field >> 3;
+                    facts.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
                 }
                 8
             }
@@ -146,44 +208,102 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
     }
     if is_ext(facts.proto) {
         facts.malformed = true;
-    }
-    if !facts.malformed && !facts.fragment {
-        facts.l4 = parse_l4(frame, facts.proto, l4_offset, l4_len);
+    } else {
+        parse_l4(frame, &mut facts, l4_offset, l4_len, true);
     }
     Frame::Ip(facts)
 }
 
-fn parse_l4(frame: &[u8], proto: u8, offset: usize, l4_len: usize) -> Option<L4Facts> {
-    if offset > MAX_L4_OFFSET {
-        return None;
+/// The L4 facts of a first fragment or whole datagram; later fragments carry no L4 header.
+fn parse_l4(frame: &[u8], facts: &mut IpFacts, offset: usize, l4_len: usize, v6: bool) {
+    if facts.frag_offset != 0 || offset > MAX_L4_OFFSET {
+        return;
     }
-    match proto {
+    let window = |n: usize| frame.get(offset..offset + n).filter(|_| l4_len >= n);
+    match facts.proto {
         PROTO_TCP => {
-            let tcp = frame.get(offset..offset + 20).filter(|_| l4_len >= 20)?;
-            let data_offset = (tcp[12] >> 4) as usize * 4;
-            if data_offset < 20 || data_offset > l4_len {
-                return None;
+            if let Some(tcp) = window(20) {
+                let data_offset = (tcp[12] >> 4) as usize * 4;
+                if data_offset >= 20 && data_offset <= l4_len {
+                    facts.l4 = Some(L4Facts {
+                        sport: be16(tcp, 0),
+                        dport: be16(tcp, 2),
+                        flags: tcp[13],
+                    });
+                }
             }
-            Some(L4Facts {
-                sport: be16(tcp, 0),
-                dport: be16(tcp, 2),
-                bare_syn: tcp[13] & 0x12 == 0x02,
-            })
         }
         PROTO_UDP => {
-            let udp = frame.get(offset..offset + 8).filter(|_| l4_len >= 8)?;
-            let udp_len = be16(udp, 4) as usize;
-            if udp_len < 8 || udp_len > l4_len {
-                return None;
+            if let Some(udp) = window(8) {
+                let udp_len = be16(udp, 4) as usize;
+                // A first fragment holds only part of the datagram the UDP length describes.
+                if udp_len >= 8 && (facts.fragment || udp_len <= l4_len) {
+                    facts.l4 = Some(L4Facts {
+                        sport: be16(udp, 0),
+                        dport: be16(udp, 2),
+                        flags: 0,
+                    });
+                }
             }
-            Some(L4Facts {
-                sport: be16(udp, 0),
-                dport: be16(udp, 2),
-                bare_syn: false,
-            })
         }
-        _ => None,
+        PROTO_ICMP if !v6 => {
+            facts.icmp = window(8).map(|h| icmp_facts(frame, h, offset, l4_len, false))
+        }
+        PROTO_ICMPV6 if v6 => {
+            facts.icmp = window(8).map(|h| icmp_facts(frame, h, offset, l4_len, true))
+        }
+        _ => {}
     }
+}
+
+fn icmp_facts(frame: &[u8], header: &[u8], offset: usize, l4_len: usize, v6: bool) -> IcmpFacts {
+    IcmpFacts {
+        kind: header[0],
+        code: header[1],
+        quoted: parse_quoted(frame, offset, l4_len, v6),
+    }
+}
+
+/// The TCP or UDP packet quoted after the 8-byte ICMP header at `offset`.
+fn parse_quoted(frame: &[u8], offset: usize, l4_len: usize, v6: bool) -> Option<Quoted> {
+    let inner = offset + 8;
+    if inner > MAX_L4_OFFSET {
+        return None;
+    }
+    let (src, dst, proto, ports_at, header_len) = if v6 {
+        let ip = frame.get(inner..inner + 40)?;
+        if ip[0] >> 4 != 6 {
+            return None;
+        }
+        (ipv6_at(ip, 8), ipv6_at(ip, 24), ip[6], inner + 40, 40)
+    } else {
+        let ip = frame.get(inner..inner + 20)?;
+        let header_len = (ip[0] & 0x0f) as usize * 4;
+        if ip[0] >> 4 != 4 || header_len < 20 || be16(ip, 6) & 0x1fff != 0 {
+            return None;
+        }
+        (
+            ipv4_at(ip, 12),
+            ipv4_at(ip, 16),
+            ip[9],
+            inner + header_len,
+            header_len,
+        )
+    };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    if 8 + header_len + 4 > l4_len || ports_at > MAX_L4_OFFSET + 64 {
+        return None;
+    }
+    let ports = frame.get(ports_at..ports_at + 4)?;
+    Some(Quoted {
+        src,
+        dst,
+        proto,
+        sport: be16(ports, 0),
+        dport: be16(ports, 2),
+    })
 }
 
 /// The classes an address belongs to and the enforce-scope network holding it.
@@ -220,69 +340,356 @@ fn first_rule(policy: &Policy, proto: u8, port: u16, from: u64, to: u64) -> Opti
         .position(|rule| {
             rule.protocol.number() == proto
                 && rule.has_port(port)
-                && crate::compile::endpoint_mask(&rule.from) & from != 0
-                && crate::compile::endpoint_mask(&rule.to) & to != 0
+                && endpoint_mask(&rule.from) & from != 0
+                && endpoint_mask(&rule.to) & to != 0
         })
         .map(|i| i as u32)
 }
 
-/// The verdict POLICY.md requires for `frame`, with stateless replies.
+/// The verdict for one frame seen alone, with stateless replies: what `emis explain` and
+/// single-packet tests use.
 pub fn decide(policy: &Policy, frame: &[u8]) -> Decision {
-    match parse(frame) {
-        Frame::NonIp => Decision::Pass {
-            reason: PassReason::NonIp,
-        },
-        Frame::Unparsed => Decision::Pass {
-            reason: PassReason::Unparsed,
-        },
-        Frame::Ip(facts) => decide_ip(policy, &facts),
+    Model::new(policy, Replies::Stateless).decide(frame)
+}
+
+fn octets(addr: IpAddr) -> ([u8; 16], u8) {
+    let mut out = [0u8; 16];
+    match addr {
+        IpAddr::V4(a) => {
+            out[..4].copy_from_slice(&a.octets());
+            (out, 4)
+        }
+        IpAddr::V6(a) => (a.octets(), 6),
     }
 }
 
-pub fn decide_ip(policy: &Policy, facts: &IpFacts) -> Decision {
-    let (src, src_net) = classify(policy, facts.src);
-    let (dst, dst_net) = classify(policy, facts.dst);
-    let network = if dst_net != NO_NETWORK {
-        dst_net
-    } else {
-        src_net
-    };
-    let deny_or_pass = |reason| {
-        if network != NO_NETWORK {
-            Decision::Deny { reason, network }
+fn flow_key(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> FlowKey {
+    let (src, family) = octets(src);
+    let (dst, _) = octets(dst);
+    FlowKey {
+        src,
+        dst,
+        sport,
+        dport,
+        proto,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+/// The enforcer as a userspace model: the policy plus the flows and fragments it has allowed,
+/// on a clock the caller sets.
+pub struct Model<'p> {
+    policy: &'p Policy,
+    replies: Replies,
+    flows: HashMap<FlowKey, FlowValue>,
+    frags: HashMap<FragKey, FragValue>,
+    now_ns: u64,
+}
+
+/// Where the packet stands before any rule.
+struct Standing {
+    src: u64,
+    dst: u64,
+    network: u32,
+}
+
+impl Standing {
+    fn deny_or_pass(&self, reason: DenyReason) -> Decision {
+        if self.network != NO_NETWORK {
+            Decision::Deny {
+                reason,
+                network: self.network,
+            }
         } else {
             Decision::Pass {
                 reason: PassReason::OutOfScope,
             }
         }
-    };
-    if facts.malformed {
-        return deny_or_pass(DenyReason::Malformed);
     }
-    if facts.fragment {
-        return deny_or_pass(DenyReason::Fragment);
-    }
-    match facts.proto {
-        PROTO_TCP | PROTO_UDP => {}
-        PROTO_ICMP | PROTO_ICMPV6 => return deny_or_pass(DenyReason::Icmp),
-        _ => return deny_or_pass(DenyReason::Protocol),
-    }
-    let Some(l4) = facts.l4 else {
-        return deny_or_pass(DenyReason::Malformed);
-    };
-    if let Some(rule) = first_rule(policy, facts.proto, l4.dport, src, dst) {
-        return Decision::Allow {
-            rule,
-            path: Path::Forward,
-        };
-    }
-    if !l4.bare_syn {
-        if let Some(rule) = first_rule(policy, facts.proto, l4.sport, dst, src) {
-            return Decision::Allow {
-                rule,
-                path: Path::Reply,
-            };
+}
+
+impl<'p> Model<'p> {
+    pub fn new(policy: &'p Policy, replies: Replies) -> Self {
+        Model {
+            policy,
+            replies,
+            flows: HashMap::new(),
+            frags: HashMap::new(),
+            now_ns: 0,
         }
     }
-    deny_or_pass(DenyReason::NoRule)
+
+    /// Sets the model's clock, in nanoseconds, for flow and fragment lifetimes.
+    pub fn set_time(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
+    pub fn flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn decide(&mut self, frame: &[u8]) -> Decision {
+        match parse(frame) {
+            Frame::NonIp => Decision::Pass {
+                reason: PassReason::NonIp,
+            },
+            Frame::Unparsed => Decision::Pass {
+                reason: PassReason::Unparsed,
+            },
+            Frame::Ip(facts) => self.decide_ip(&facts),
+        }
+    }
+
+    pub fn decide_ip(&mut self, facts: &IpFacts) -> Decision {
+        let (src, src_net) = classify(self.policy, facts.src);
+        let (dst, dst_net) = classify(self.policy, facts.dst);
+        let standing = Standing {
+            src,
+            dst,
+            network: if dst_net != NO_NETWORK {
+                dst_net
+            } else {
+                src_net
+            },
+        };
+        if facts.malformed {
+            return standing.deny_or_pass(DenyReason::Malformed);
+        }
+        if facts.fragment && facts.frag_offset != 0 {
+            return self
+                .later_fragment(facts)
+                .unwrap_or_else(|reason| standing.deny_or_pass(reason));
+        }
+        let v6 = facts.src.is_ipv6();
+        let judged = match facts.proto {
+            PROTO_TCP | PROTO_UDP => match facts.l4 {
+                Some(l4) => self.transport(facts, &l4, &standing),
+                None => Err(DenyReason::Malformed),
+            },
+            PROTO_ICMP if !v6 => self.icmp(facts, &standing),
+            PROTO_ICMPV6 if v6 => self.icmp(facts, &standing),
+            _ => Err(DenyReason::Protocol),
+        };
+        match judged {
+            Ok(decision) => {
+                if facts.fragment {
+                    if let Decision::Allow { rule, path } = decision {
+                        let value = FragValue {
+                            last_seen_ns: self.now_ns,
+                            rule,
+                            path: path as u32,
+                        };
+                        self.frags.insert(frag_key(facts), value);
+                    }
+                }
+                decision
+            }
+            Err(reason) => standing.deny_or_pass(reason),
+        }
+    }
+
+    fn stateful(&self) -> bool {
+        self.replies == Replies::Stateful
+    }
+
+    fn transport(
+        &mut self,
+        facts: &IpFacts,
+        l4: &L4Facts,
+        standing: &Standing,
+    ) -> Result<Decision, DenyReason> {
+        if let Some(rule) = first_rule(
+            self.policy,
+            facts.proto,
+            l4.dport,
+            standing.src,
+            standing.dst,
+        ) {
+            if self.stateful() {
+                self.track_forward(
+                    flow_key(facts.src, facts.dst, facts.proto, l4.sport, l4.dport),
+                    rule,
+                    l4.flags,
+                );
+            }
+            return Ok(Decision::Allow {
+                rule,
+                path: Path::Forward,
+            });
+        }
+        if l4.bare_syn() {
+            return Err(DenyReason::NoRule);
+        }
+        let rule = if self.stateful() {
+            self.track_reply(
+                flow_key(facts.dst, facts.src, facts.proto, l4.dport, l4.sport),
+                l4.flags,
+            )
+        } else {
+            first_rule(
+                self.policy,
+                facts.proto,
+                l4.sport,
+                standing.dst,
+                standing.src,
+            )
+        };
+        rule.map(|rule| Decision::Allow {
+            rule,
+            path: Path::Reply,
+        })
+        .ok_or(DenyReason::NoRule)
+    }
+
+    fn lifetime_ns(&self, state: u32) -> u64 {
+        let t = &self.policy.options.timeouts;
+        let seconds = match state {
+            FLOW_TCP_SYN_SENT => t.tcp_syn,
+            FLOW_TCP_ESTABLISHED => t.tcp_established,
+            FLOW_TCP_CLOSING => t.tcp_closing,
+            _ => t.udp,
+        };
+        seconds * 1_000_000_000
+    }
+
+    fn expired(&self, flow: &FlowValue) -> bool {
+        self.now_ns.saturating_sub(flow.last_seen_ns) > self.lifetime_ns(flow.state)
+    }
+
+    fn track_forward(&mut self, key: FlowKey, rule: u32, flags: u8) {
+        let state = match self.flows.get(&key) {
+            Some(flow) if !self.expired(flow) => flow.state,
+            _ => 0,
+        };
+        let state = if key.proto != PROTO_TCP {
+            FLOW_UDP
+        } else if flags & (TCP_FIN | TCP_RST) != 0 {
+            FLOW_TCP_CLOSING
+        } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            FLOW_TCP_SYN_SENT
+        } else if state == 0 {
+            FLOW_TCP_ESTABLISHED
+        } else {
+            state
+        };
+        self.flows.insert(
+            key,
+            FlowValue {
+                last_seen_ns: self.now_ns,
+                rule,
+                state,
+            },
+        );
+    }
+
+    /// The live flow under `key`; an expired one is removed.
+    fn live_flow(&mut self, key: &FlowKey) -> Option<FlowValue> {
+        let flow = *self.flows.get(key)?;
+        if self.expired(&flow) {
+            self.flows.remove(key);
+            return None;
+        }
+        Some(flow)
+    }
+
+    fn track_reply(&mut self, key: FlowKey, flags: u8) -> Option<u32> {
+        let mut flow = self.live_flow(&key)?;
+        if key.proto != PROTO_TCP {
+            flow.state = FLOW_UDP;
+        } else if flags & (TCP_FIN | TCP_RST) != 0 {
+            flow.state = FLOW_TCP_CLOSING;
+        } else if flow.state == FLOW_TCP_SYN_SENT && flags & TCP_ACK != 0 {
+            flow.state = FLOW_TCP_ESTABLISHED;
+        }
+        flow.last_seen_ns = self.now_ns;
+        self.flows.insert(key, flow);
+        Some(flow.rule)
+    }
+
+    fn icmp(&mut self, facts: &IpFacts, standing: &Standing) -> Result<Decision, DenyReason> {
+        let icmp = facts.icmp.ok_or(DenyReason::Malformed)?;
+        let v6 = facts.src.is_ipv6();
+        let (echo, error) = if v6 {
+            (
+                icmp.kind == 128 || icmp.kind == 129,
+                (1..=4).contains(&icmp.kind),
+            )
+        } else {
+            (
+                icmp.kind == 8 || icmp.kind == 0,
+                matches!(icmp.kind, 3 | 11 | 12),
+            )
+        };
+        if echo {
+            return if self.policy.options.icmp_echo && standing.network != NO_NETWORK {
+                Ok(Decision::Pass {
+                    reason: PassReason::IcmpEcho,
+                })
+            } else {
+                Err(DenyReason::Icmp)
+            };
+        }
+        if !error {
+            return Err(DenyReason::Icmp);
+        }
+        let quoted = icmp.quoted.ok_or(DenyReason::Icmp)?;
+        if quoted.src != facts.dst {
+            return Err(DenyReason::Icmp);
+        }
+        let rule = if self.stateful() {
+            let key = flow_key(
+                quoted.src,
+                quoted.dst,
+                quoted.proto,
+                quoted.sport,
+                quoted.dport,
+            );
+            match self.live_flow(&key) {
+                Some(flow) => Some(flow.rule),
+                None => self.live_flow(&key.reversed()).map(|flow| flow.rule),
+            }
+        } else {
+            let (from, _) = classify(self.policy, quoted.src);
+            let (to, _) = classify(self.policy, quoted.dst);
+            first_rule(self.policy, quoted.proto, quoted.dport, from, to)
+                .or_else(|| first_rule(self.policy, quoted.proto, quoted.sport, to, from))
+        };
+        rule.map(|rule| Decision::Allow {
+            rule,
+            path: Path::Related,
+        })
+        .ok_or(DenyReason::Icmp)
+    }
+
+    fn later_fragment(&mut self, facts: &IpFacts) -> Result<Decision, DenyReason> {
+        if facts.proto == PROTO_TCP && facts.frag_offset < 3 {
+            return Err(DenyReason::Malformed);
+        }
+        let key = frag_key(facts);
+        let entry = self.frags.get_mut(&key).ok_or(DenyReason::Fragment)?;
+        let timeout = self.policy.options.timeouts.fragment * 1_000_000_000;
+        if self.now_ns.saturating_sub(entry.last_seen_ns) > timeout {
+            self.frags.remove(&key);
+            return Err(DenyReason::Fragment);
+        }
+        entry.last_seen_ns = self.now_ns;
+        Ok(Decision::Allow {
+            rule: entry.rule,
+            path: Path::from_raw(entry.path),
+        })
+    }
+}
+
+fn frag_key(facts: &IpFacts) -> FragKey {
+    let (src, family) = octets(facts.src);
+    let (dst, _) = octets(facts.dst);
+    FragKey {
+        src,
+        dst,
+        id: facts.frag_id,
+        proto: facts.proto,
+        family,
+        _pad: [0; 2],
+    }
 }

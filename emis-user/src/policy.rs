@@ -148,6 +148,39 @@ impl Rule {
     }
 }
 
+/// How long tracked flows and fragments live without packets, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A TCP flow that has seen only its SYN.
+    pub tcp_syn: u64,
+    pub tcp_established: u64,
+    /// A TCP flow after a FIN or RST.
+    pub tcp_closing: u64,
+    pub udp: u64,
+    /// A datagram whose first fragment was allowed, awaiting the rest.
+    pub fragment: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn: 30,
+            tcp_established: 7200,
+            tcp_closing: 10,
+            udp: 60,
+            fragment: 30,
+        }
+    }
+}
+
+/// Settings of the spec outside networks and rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// ICMP echo (ping) to and from enforce-scope networks passes.
+    pub icmp_echo: bool,
+    pub timeouts: Timeouts,
+}
+
 /// A spec and a site, validated. Rule ids are indices into `rules`; network ids into `networks`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -162,6 +195,7 @@ pub struct Policy {
     /// (rule, earlier rule): the rule matches only packets the earlier one already matches,
     /// so its traffic is counted under the earlier one.
     pub shadowed: Vec<(u32, u32)>,
+    pub options: Options,
 }
 
 impl Policy {

@@ -50,7 +50,9 @@ use std::path::Path;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sha2::{Digest, Sha256};
 
-use crate::policy::{Direction, Endpoint, Network, Policy, PortRange, Protocol, Role, Rule, Scope};
+use crate::policy::{
+    Direction, Endpoint, Network, Options, Policy, PortRange, Protocol, Role, Rule, Scope,
+};
 
 /// The EMIS Web spec, built into the binary.
 pub const DEFAULT_SPEC: &str = include_str!("../spec/emis-web.toml");
@@ -211,7 +213,7 @@ enum Val {
     Str(String),
     Int(i64),
     Float,
-    Bool,
+    Bool(bool),
     Datetime,
     Array(Vec<Spanned<Val>>),
     Table(Vec<(Key, Spanned<Val>)>),
@@ -223,7 +225,7 @@ impl Val {
             Val::Str(_) => "a string",
             Val::Int(_) => "an integer",
             Val::Float => "a float",
-            Val::Bool => "a boolean",
+            Val::Bool(_) => "a boolean",
             Val::Datetime => "a date-time",
             Val::Array(_) => "an array",
             Val::Table(_) => "a table",
@@ -294,7 +296,7 @@ fn toml_value(value: &toml_edit::Value, fallback: &Span) -> Spanned<Val> {
         V::String(s) => Val::Str(s.value().clone()),
         V::Integer(i) => Val::Int(*i.value()),
         V::Float(_) => Val::Float,
-        V::Boolean(_) => Val::Bool,
+        V::Boolean(b) => Val::Bool(*b.value()),
         V::Datetime(_) => Val::Datetime,
         V::Array(items) => Val::Array(items.iter().map(|v| toml_value(v, &span)).collect()),
         V::InlineTable(table) => Val::Table(
@@ -1448,6 +1450,58 @@ fn shadowed_rules(rules: &[Rule]) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// `[flows]` (lifetimes in seconds) and `[icmp]` (`echo`), both optional.
+fn parse_options(doc: &Doc, top: &Table) -> Result<Options, SpecError> {
+    let mut options = Options::default();
+    if let Some(v) = top.get("flows") {
+        let flows = want_table(doc, v, "flows".to_string())?;
+        let keys = [
+            "tcp_syn_timeout",
+            "tcp_established_timeout",
+            "tcp_closing_timeout",
+            "udp_timeout",
+            "fragment_timeout",
+        ];
+        flows.deny_unknown(&keys)?;
+        let t = &mut options.timeouts;
+        for (key, slot) in keys.iter().zip([
+            &mut t.tcp_syn,
+            &mut t.tcp_established,
+            &mut t.tcp_closing,
+            &mut t.udp,
+            &mut t.fragment,
+        ]) {
+            if let Some(v) = flows.get(key) {
+                let field = flows.sub(key);
+                *slot = match v.get_ref() {
+                    Val::Int(n) if (1..=7 * 24 * 3600).contains(n) => *n as u64,
+                    Val::Int(_) => {
+                        return Err(doc
+                            .error(
+                                Some(&v.span()),
+                                field,
+                                "a lifetime must be 1 to 604800 seconds".to_string(),
+                            )
+                            .with_hint("give whole seconds, e.g. 7200 for two hours"))
+                    }
+                    _ => return Err(type_error(doc, v, &field, "a whole number of seconds")),
+                };
+            }
+        }
+    }
+    if let Some(v) = top.get("icmp") {
+        let icmp = want_table(doc, v, "icmp".to_string())?;
+        icmp.deny_unknown(&["echo"])?;
+        if let Some(v) = icmp.get("echo") {
+            options.icmp_echo = match v.get_ref() {
+                Val::Bool(b) => *b,
+                _ => return Err(type_error(doc, v, "icmp.echo", "true or false")),
+            };
+        }
+    }
+    Ok(options)
+}
+
 // ---------------------------------------------------------------------------
 
 fn load_with_limits(
@@ -1463,7 +1517,8 @@ fn load_with_limits(
         span: None,
         entries: &root,
     };
-    top.deny_unknown(&["network", "rule"])?;
+    top.deny_unknown(&["network", "rule", "flows", "icmp"])?;
+    let options = parse_options(&doc, &top)?;
 
     let network_tables = match top.get("network") {
         Some(v) => want_tables(&doc, v, "network")?,
@@ -1622,6 +1677,7 @@ fn load_with_limits(
         sha256,
         warnings,
         shadowed,
+        options,
     })
 }
 

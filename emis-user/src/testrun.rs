@@ -11,7 +11,7 @@ use emis_common::{Config, Counter, MAP_CONFIG, MAP_STATS};
 
 use crate::{
     compile::compile,
-    loader::{self, Mode},
+    loader::{self, LoadOptions, Mode},
     policy::Policy,
     stats::{sum_cpus, Snapshot},
 };
@@ -36,9 +36,19 @@ pub const XDP_PASS: u32 = 2;
 
 impl TestProgram {
     pub fn load(policy: &Policy, mode: Mode) -> Result<TestProgram> {
+        Self::load_with(
+            policy,
+            LoadOptions {
+                mode,
+                ..LoadOptions::default()
+            },
+        )
+    }
+
+    pub fn load_with(policy: &Policy, options: LoadOptions) -> Result<TestProgram> {
         let compiled = compile(policy)?;
         Ok(TestProgram {
-            ebpf: loader::load(&compiled, mode)?,
+            ebpf: loader::load(&compiled, options)?,
         })
     }
 

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 
 use anyhow::{ensure, Result};
 use emis::{
-    loader::Mode,
-    model,
-    policy::Policy,
+    loader::{LoadOptions, Mode, Replies},
+    model::Model,
+    policy::{Policy, Timeouts},
     spec::{load_policy, SiteOptions, Source},
     testrun::{TestProgram, XDP_ABORTED, XDP_DROP, XDP_PASS},
 };
@@ -38,7 +38,9 @@ pub const TEST_AWS_RANGES: &str = r#"{
   ]
 }"#;
 
-/// The embedded spec, with the site roles given as `ROLE=CIDR` strings and, if asked, the test AWS ranges.
+/// The embedded spec, with the site roles given as `ROLE=CIDR` strings and, if asked, the
+/// test AWS ranges. Flow lifetimes are a day, so nothing expires while a test runs unless
+/// the test sets shorter ones.
 pub fn default_policy(site_nets: &[&str], with_aws: bool) -> Policy {
     let site = SiteOptions {
         site_nets: site_nets.iter().map(|s| s.to_string()).collect(),
@@ -48,7 +50,16 @@ pub fn default_policy(site_nets: &[&str], with_aws: bool) -> Policy {
         }),
         ..Default::default()
     };
-    load_policy(&Source::default_spec(), &site).expect("the embedded spec loads")
+    let mut policy = load_policy(&Source::default_spec(), &site).expect("the embedded spec loads");
+    let day = 86_400;
+    policy.options.timeouts = Timeouts {
+        tcp_syn: day,
+        tcp_established: day,
+        tcp_closing: day,
+        udp: day,
+        fragment: day,
+    };
+    policy
 }
 
 pub fn ip(s: &str) -> IpAddr {
@@ -63,15 +74,51 @@ pub fn expected_action(decision: Decision, mode: Mode) -> u32 {
     }
 }
 
-/// Runs `frame` through the kernel and checks action and counter against the reference model.
-/// Returns the model's decision.
-pub fn check_frame(
+/// The kernel program and the reference model side by side, fed the same frames.
+pub struct Harness<'p> {
+    pub prog: TestProgram,
+    pub model: Model<'p>,
+    pub options: LoadOptions,
+}
+
+impl<'p> Harness<'p> {
+    pub fn new(policy: &'p Policy, mode: Mode, replies: Replies) -> Harness<'p> {
+        let options = LoadOptions {
+            mode,
+            replies,
+            ..LoadOptions::default()
+        };
+        let prog = TestProgram::load_with(policy, options)
+            .expect("loading the kernel program (run the tests as root)");
+        Harness {
+            prog,
+            model: Model::new(policy, replies),
+            options,
+        }
+    }
+
+    /// Runs `frame` through both and checks the kernel's action and counter against the
+    /// model's decision, which it returns.
+    pub fn check(&mut self, frame: &[u8]) -> Result<Decision> {
+        let decision = self.model.decide(frame);
+        check_kernel(&mut self.prog, decision, self.options.mode, frame)?;
+        Ok(decision)
+    }
+
+    /// Switches the mode of the loaded program.
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.prog.set_mode(mode).expect("switching the mode");
+        self.options.mode = mode;
+    }
+}
+
+/// Runs `frame` through the kernel and checks that its action and counter are `decision`'s.
+pub fn check_kernel(
     prog: &mut TestProgram,
-    policy: &Policy,
+    decision: Decision,
     mode: Mode,
     frame: &[u8],
-) -> Result<Decision> {
-    let decision = model::decide(policy, frame);
+) -> Result<()> {
     let index = stats_index(decision, mode.raw());
     let before = prog.counter(index)?;
     let action = prog.run(frame)?;
@@ -91,7 +138,7 @@ pub fn check_frame(
         "counter {index} for {decision:?} went from {before:?} to {after:?} for frame {}",
         hex(frame)
     );
-    Ok(decision)
+    Ok(())
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -4,18 +4,14 @@
 use std::net::IpAddr;
 
 use emis::{
-    loader::Mode,
+    loader::{Mode, Replies},
     model,
     packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_SYN},
     policy::{Endpoint, Policy, Role, Scope},
-    testrun::{TestProgram, XDP_DROP, XDP_PASS},
+    testrun::{XDP_DROP, XDP_PASS},
 };
 use emis_common::{Decision, DenyReason, PassReason, Path, PROTO_TCP};
-use emis_tests::{check_frame, default_policy, generate::Generator, ip, TEST_SITE};
-
-fn load(policy: &Policy, mode: Mode) -> TestProgram {
-    TestProgram::load(policy, mode).expect("loading the kernel program (run the tests as root)")
-}
+use emis_tests::{default_policy, generate::Generator, ip, Harness, TEST_SITE};
 
 /// An address inside one side of a rule, under TEST_SITE and the test AWS ranges.
 fn address_in(policy: &Policy, endpoint: Endpoint, other_side: bool) -> IpAddr {
@@ -50,15 +46,21 @@ fn in_enforce_scope(policy: &Policy, addr: IpAddr) -> bool {
 #[test]
 fn every_rule_allows_its_traffic_and_its_replies_and_denies_a_neighbouring_port() {
     let policy = default_policy(TEST_SITE, true);
-    let mut prog = load(&policy, Mode::Enforce);
+    for replies in [Replies::Stateful, Replies::Stateless] {
+        every_rule(&policy, replies);
+    }
+}
+
+fn every_rule(policy: &Policy, replies: Replies) {
+    let mut h = Harness::new(policy, Mode::Enforce, replies);
     for (id, rule) in policy.rules.iter().enumerate() {
-        let src = address_in(&policy, rule.from[0], false);
-        let dst = address_in(&policy, rule.to[0], true);
+        let src = address_in(policy, rule.from[0], false);
+        let dst = address_in(policy, rule.to[0], true);
         let proto = rule.protocol.number();
         let port = rule.ports[0].first;
 
         let forward = frame(proto, src, dst, 40000, port, TCP_SYN);
-        let decision = check_frame(&mut prog, &policy, Mode::Enforce, &forward).unwrap();
+        let decision = h.check(&forward).unwrap();
         let Decision::Allow {
             rule: counted,
             path: Path::Forward,
@@ -78,7 +80,7 @@ fn every_rule_allows_its_traffic_and_its_replies_and_denies_a_neighbouring_port(
         );
 
         let reply = frame(proto, dst, src, port, 40000, TCP_SYN | TCP_ACK);
-        let decision = check_frame(&mut prog, &policy, Mode::Enforce, &reply).unwrap();
+        let decision = h.check(&reply).unwrap();
         assert!(
             matches!(
                 decision,
@@ -104,8 +106,8 @@ fn every_rule_allows_its_traffic_and_its_replies_and_denies_a_neighbouring_port(
             })
             .unwrap();
         let denied = frame(proto, src, dst, 40000, neighbour, TCP_SYN);
-        let decision = check_frame(&mut prog, &policy, Mode::Enforce, &denied).unwrap();
-        if in_enforce_scope(&policy, src) || in_enforce_scope(&policy, dst) {
+        let decision = h.check(&denied).unwrap();
+        if in_enforce_scope(policy, src) || in_enforce_scope(policy, dst) {
             assert!(
                 matches!(
                     decision,
@@ -117,7 +119,7 @@ fn every_rule_allows_its_traffic_and_its_replies_and_denies_a_neighbouring_port(
                 "rule {}: neighbouring port {neighbour} got {decision:?}",
                 rule.slug
             );
-            assert_eq!(prog.run(&denied).unwrap(), XDP_DROP);
+            assert_eq!(h.prog.run(&denied).unwrap(), XDP_DROP);
         } else {
             // Site-to-site and count-scope (AWS) traffic is never dropped for lack of a rule.
             assert_eq!(
@@ -133,28 +135,36 @@ fn every_rule_allows_its_traffic_and_its_replies_and_denies_a_neighbouring_port(
 }
 
 #[test]
-fn a_bare_syn_from_an_emis_port_is_not_a_reply() {
+fn stateless_replies_need_the_rule_port_as_source_and_no_bare_syn() {
     let policy = default_policy(TEST_SITE, false);
-    let mut prog = load(&policy, Mode::Enforce);
-    let syn = PacketSpec::tcp(ip("10.207.116.10"), ip("192.168.10.2"), 443, 40000, TCP_SYN).build();
-    let decision = check_frame(&mut prog, &policy, Mode::Enforce, &syn).unwrap();
+    let mut h = Harness::new(&policy, Mode::Enforce, Replies::Stateless);
+    let emis = ip("10.207.116.10");
+    let site = ip("192.168.10.2");
+    let syn = PacketSpec::tcp(emis, site, 443, 40000, TCP_SYN).build();
     assert!(matches!(
-        decision,
+        h.check(&syn).unwrap(),
         Decision::Deny {
             reason: DenyReason::NoRule,
             ..
         }
     ));
-    assert_eq!(prog.run(&syn).unwrap(), XDP_DROP);
-    let fin = PacketSpec::tcp(
-        ip("10.207.116.10"),
-        ip("192.168.10.2"),
-        443,
-        40000,
-        TCP_FIN | TCP_ACK,
-    )
-    .build();
-    assert_eq!(prog.run(&fin).unwrap(), XDP_PASS);
+    assert_eq!(h.prog.run(&syn).unwrap(), XDP_DROP);
+    let fin = PacketSpec::tcp(emis, site, 443, 40000, TCP_FIN | TCP_ACK).build();
+    assert_eq!(
+        h.check(&fin).unwrap(),
+        Decision::Allow {
+            rule: 3,
+            path: Path::Reply
+        }
+    );
+    let other_port = PacketSpec::tcp(emis, site, 444, 40000, TCP_ACK).build();
+    assert!(matches!(
+        h.check(&other_port).unwrap(),
+        Decision::Deny {
+            reason: DenyReason::NoRule,
+            ..
+        }
+    ));
 }
 
 /// The header variants a frame can take; each must reach the same verdict as the plain packet.
@@ -192,7 +202,7 @@ fn variants(base: &PacketSpec) -> Vec<(String, PacketSpec)> {
 #[test]
 fn vlan_tags_ip_options_and_ipv6_extension_headers_do_not_change_the_verdict() {
     let policy = default_policy(TEST_SITE, true);
-    let mut prog = load(&policy, Mode::Enforce);
+    let mut h = Harness::new(&policy, Mode::Enforce, Replies::Stateless);
     let cases = [
         PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 443, TCP_SYN),
         PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 444, TCP_SYN),
@@ -223,9 +233,11 @@ fn vlan_tags_ip_options_and_ipv6_extension_headers_do_not_change_the_verdict() {
     for base in cases {
         let expected = model::decide(&policy, &base.build());
         for (name, variant) in variants(&base) {
-            let frame = variant.build();
-            let got = check_frame(&mut prog, &policy, Mode::Enforce, &frame).unwrap();
-            assert_eq!(got, expected, "{name} of {base:?}");
+            assert_eq!(
+                h.check(&variant.build()).unwrap(),
+                expected,
+                "{name} of {base:?}"
+            );
         }
     }
     // A third tag is beyond what is parsed: the frame is not IP as far as the policy goes.
@@ -233,91 +245,7 @@ fn vlan_tags_ip_options_and_ipv6_extension_headers_do_not_change_the_verdict() {
         .with_vlans(&[(0x88a8, 1), (0x8100, 2), (0x8100, 3)])
         .build();
     assert_eq!(
-        check_frame(&mut prog, &policy, Mode::Enforce, &triple).unwrap(),
-        Decision::Pass {
-            reason: PassReason::NonIp
-        }
-    );
-    // Past the extension-header bound an in-scope packet is malformed.
-    let mut deep = PacketSpec::tcp(
-        ip("2001:db8:10::2"),
-        ip("2001:db8:10::3"),
-        40000,
-        443,
-        TCP_SYN,
-    );
-    deep.ipv6_ext = vec![(60, 8); 7];
-    assert_eq!(
-        check_frame(&mut prog, &policy, Mode::Enforce, &deep.build()).unwrap(),
-        Decision::Pass {
-            reason: PassReason::OutOfScope
-        }
-    );
-}
-
-#[test]
-fn in_scope_icmp_fragments_and_other_protocols_are_denied_with_their_reasons() {
-    let policy = default_policy(TEST_SITE, false);
-    let mut prog = load(&policy, Mode::Enforce);
-    let site = ip("192.168.10.2");
-    let n3 = ip("10.207.116.10");
-    let reason = |prog: &mut TestProgram, frame: &[u8]| match check_frame(
-        prog,
-        &policy,
-        Mode::Enforce,
-        frame,
-    )
-    .unwrap()
-    {
-        Decision::Deny { reason, network } => {
-            assert_eq!(policy.networks[network as usize].name, "emis-n3");
-            reason
-        }
-        other => panic!("expected a denial, got {other:?}"),
-    };
-    assert_eq!(
-        reason(&mut prog, &PacketSpec::icmp_echo(site, n3).build()),
-        DenyReason::Icmp
-    );
-    for proto in [47u8, 50, 4, 132] {
-        assert_eq!(
-            reason(&mut prog, &PacketSpec::new(site, n3, proto, 0, 0).build()),
-            DenyReason::Protocol,
-            "protocol {proto}"
-        );
-    }
-    let mut first = PacketSpec::tcp(site, n3, 40000, 443, TCP_SYN);
-    first.more_fragments = true;
-    assert_eq!(reason(&mut prog, &first.build()), DenyReason::Fragment);
-    let mut later = PacketSpec::udp(site, n3, 1, 2);
-    later.frag_offset = 185;
-    assert_eq!(reason(&mut prog, &later.build()), DenyReason::Fragment);
-    let mut bad_ihl = PacketSpec::tcp(site, n3, 40000, 443, TCP_SYN).build();
-    bad_ihl[14] = 0x44;
-    assert_eq!(reason(&mut prog, &bad_ihl), DenyReason::Malformed);
-    let mut short_doff = PacketSpec::tcp(site, n3, 40000, 443, TCP_SYN).build();
-    short_doff[14 + 20 + 12] = 0x40;
-    assert_eq!(reason(&mut prog, &short_doff), DenyReason::Malformed);
-    // Out of scope, the same packets pass.
-    let outside = ip("198.51.100.10");
-    assert_eq!(
-        check_frame(
-            &mut prog,
-            &policy,
-            Mode::Enforce,
-            &PacketSpec::icmp_echo(site, outside).build()
-        )
-        .unwrap(),
-        Decision::Pass {
-            reason: PassReason::OutOfScope
-        }
-    );
-    // Non-IP frames pass: an ARP request.
-    let mut arp = vec![0xff; 6];
-    arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
-    arp.extend_from_slice(&[0u8; 28]);
-    assert_eq!(
-        check_frame(&mut prog, &policy, Mode::Enforce, &arp).unwrap(),
+        h.check(&triple).unwrap(),
         Decision::Pass {
             reason: PassReason::NonIp
         }
@@ -327,27 +255,24 @@ fn in_scope_icmp_fragments_and_other_protocols_are_denied_with_their_reasons() {
 #[test]
 fn audit_mode_passes_denied_packets_and_counts_them_and_switches_without_reload() {
     let policy = default_policy(TEST_SITE, false);
-    let mut prog = load(&policy, Mode::Audit);
+    let mut h = Harness::new(&policy, Mode::Audit, Replies::Stateful);
     let denied =
         PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 444, TCP_SYN).build();
-    assert!(matches!(
-        check_frame(&mut prog, &policy, Mode::Audit, &denied).unwrap(),
-        Decision::Deny { .. }
-    ));
-    assert_eq!(prog.run(&denied).unwrap(), XDP_PASS);
-    prog.set_mode(Mode::Enforce).unwrap();
-    assert_eq!(prog.run(&denied).unwrap(), XDP_DROP);
-    check_frame(&mut prog, &policy, Mode::Enforce, &denied).unwrap();
+    assert!(matches!(h.check(&denied).unwrap(), Decision::Deny { .. }));
+    assert_eq!(h.prog.run(&denied).unwrap(), XDP_PASS);
+    h.set_mode(Mode::Enforce);
+    assert_eq!(h.prog.run(&denied).unwrap(), XDP_DROP);
+    h.check(&denied).unwrap();
 }
 
 #[test]
 fn every_truncation_of_every_packet_kind_is_decided_like_the_model_and_never_aborts() {
     let policy = default_policy(TEST_SITE, true);
-    let mut prog = load(&policy, Mode::Enforce);
     let site = ip("192.168.10.2");
     let n3 = ip("10.207.116.10");
     let mut kinds = vec![
         PacketSpec::tcp(site, n3, 40000, 443, TCP_SYN),
+        PacketSpec::tcp(n3, site, 443, 40000, TCP_SYN | TCP_ACK),
         PacketSpec::udp(site, ip("192.168.20.7"), 40000, 8088),
         PacketSpec::icmp_echo(site, n3),
         PacketSpec::new(site, n3, 47, 0, 0),
@@ -373,23 +298,27 @@ fn every_truncation_of_every_packet_kind_is_decided_like_the_model_and_never_abo
     );
     with_ext.ipv6_ext = vec![(0, 8), (44, 8), (60, 24)];
     kinds.push(with_ext);
-    let mut runs = 0u64;
-    let before = prog.snapshot().unwrap().total_packets();
-    for kind in kinds {
-        let full = kind.build();
-        // BPF_PROG_TEST_RUN refuses XDP frames shorter than an Ethernet header.
-        for len in 14..=full.len() {
-            let frame = &full[..len];
-            check_frame(&mut prog, &policy, Mode::Enforce, frame)
-                .unwrap_or_else(|e| panic!("{kind:?} cut to {len} bytes: {e:#}"));
-            runs += 1;
+    let mut first_fragment = PacketSpec::udp(site, n3, 40000, 33962);
+    first_fragment.more_fragments = true;
+    kinds.push(first_fragment);
+    for replies in [Replies::Stateful, Replies::Stateless] {
+        let mut h = Harness::new(&policy, Mode::Enforce, replies);
+        let mut runs = 0u64;
+        for kind in &kinds {
+            let full = kind.build();
+            // BPF_PROG_TEST_RUN refuses XDP frames shorter than an Ethernet header.
+            for len in 14..=full.len() {
+                h.check(&full[..len])
+                    .unwrap_or_else(|e| panic!("{kind:?} cut to {len} bytes: {e:#}"));
+                runs += 1;
+            }
         }
+        assert_eq!(
+            h.prog.snapshot().unwrap().total_packets(),
+            runs,
+            "each packet is counted exactly once"
+        );
     }
-    assert_eq!(
-        prog.snapshot().unwrap().total_packets() - before,
-        runs,
-        "each packet is counted exactly once"
-    );
 }
 
 #[test]
@@ -399,24 +328,28 @@ fn kernel_agrees_with_the_reference_model_on_ten_thousand_random_frames() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_2026);
-    for mode in [Mode::Enforce, Mode::Audit] {
-        let mut prog = load(&policy, mode);
+    for (mode, replies) in [
+        (Mode::Enforce, Replies::Stateless),
+        (Mode::Audit, Replies::Stateless),
+        (Mode::Enforce, Replies::Stateful),
+    ] {
+        let mut h = Harness::new(&policy, mode, replies);
         let mut generator = Generator::new(seed);
-        let mut allowed = 0;
-        let mut denied = 0;
+        let (mut allowed, mut denied) = (0, 0);
         let count = 10_000u64;
         for _ in 0..count {
             let frame = generator.frame();
-            let decision = check_frame(&mut prog, &policy, mode, &frame)
-                .unwrap_or_else(|e| panic!("seed {seed:#x}: {e:#}"));
-            match decision {
+            match h
+                .check(&frame)
+                .unwrap_or_else(|e| panic!("seed {seed:#x}, {mode:?}, {replies:?}: {e:#}"))
+            {
                 Decision::Allow { .. } => allowed += 1,
                 Decision::Deny { .. } => denied += 1,
                 Decision::Pass { .. } => {}
             }
         }
         assert_eq!(
-            prog.snapshot().unwrap().total_packets(),
+            h.prog.snapshot().unwrap().total_packets(),
             count,
             "each packet is counted exactly once"
         );
