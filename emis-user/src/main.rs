@@ -18,7 +18,10 @@ use emis::{
     spec::{load_policy, SiteOptions, Source},
     stats::{mode_of, Labels, Snapshot, State},
 };
-use emis_common::{MAP_CONFIG, MAP_STATS};
+use emis_common::{MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS, MAP_STATS};
+
+/// The maps `emis run` pins for `emis stats` and `emis mode`.
+const PINNED_MAPS: [&str; 4] = [MAP_STATS, MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS];
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +46,21 @@ enum Command {
     Stats(StatsArgs),
     /// Switch the running enforcer between enforce and audit without reloading it.
     Mode(ModeArgs),
+    /// Write the policy for another enforcer: `emis export nft` prints an nftables ruleset.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// An nftables ruleset (named sets, counters per rule and deny reason) that decides as
+    /// the XDP program does with stateless replies; load it with `nft -f FILE`.
+    Nft {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        nft: emis::nft::NftOptions,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -157,6 +175,9 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain_cmd(&args),
         Command::Stats(args) => stats(&args),
         Command::Mode(args) => mode(&args),
+        Command::Export(ExportCommand::Nft { policy, nft }) => {
+            load(&policy).and_then(|p| emis::nft::export(&p, &nft))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,9 +238,12 @@ fn stats(args: &StatsArgs) -> Result<()> {
     let snapshot = Snapshot::read(&state.stats_map()?)?;
     let mode = mode_of(&state.config_map()?.get(&0, 0)?);
     let report = snapshot.report(&state.labels);
+    let flows = state.flow_stats()?;
     if args.json {
         let value = serde_json::json!({
             "mode": mode.name(),
+            "replies": state.replies.name(),
+            "flows": flows,
             "spec_sha256": state.spec_sha256,
             "interfaces": state.interfaces,
             "rules": report.rules,
@@ -229,6 +253,16 @@ fn stats(args: &StatsArgs) -> Result<()> {
         println!("{value}");
     } else {
         print!("{}", report.to_table(mode, &state.spec_sha256));
+        println!(
+            "\nFLOWS ({} replies)  {} of {} entries   created {}   expired {}   evicted {}   insert failures {}",
+            state.replies.name(),
+            flows.entries,
+            flows.capacity,
+            flows.created,
+            flows.expired,
+            flows.evicted,
+            flows.insert_failures
+        );
     }
     Ok(())
 }
@@ -290,7 +324,7 @@ fn run(args: RunArgs) -> Result<()> {
             args.pin_dir.display()
         )
     })?;
-    for name in [MAP_STATS, MAP_CONFIG] {
+    for name in PINNED_MAPS {
         let path = args.pin_dir.join(name);
         let _ = std::fs::remove_file(&path);
         ebpf.map(name)
@@ -319,6 +353,8 @@ fn run(args: RunArgs) -> Result<()> {
         spec_sha256: policy.sha256.clone(),
         interfaces: args.ifaces.clone(),
         labels: Labels::of(&policy),
+        replies: args.replies,
+        flow_table_size: args.flow_table_size,
     };
     state.write(&args.state_dir)?;
     tracing::info!(
@@ -346,7 +382,7 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.state_dir.join(emis::stats::STATE_FILE));
-        for name in [MAP_STATS, MAP_CONFIG] {
+        for name in PINNED_MAPS {
             let _ = std::fs::remove_file(self.pin_dir.join(name));
         }
         // Only succeeds when empty, so a shared directory is left alone.
@@ -358,6 +394,8 @@ fn serve_until_signal(args: &RunArgs, state: &State, policy: &Policy) -> Result<
     let collector = EnforcerCollector {
         stats: Mutex::new(state.stats_map()?),
         config: Mutex::new(state.config_map()?),
+        flows: Mutex::new((state.flows_map()?, state.flow_events_map()?)),
+        flow_table_size: state.flow_table_size,
         labels: Labels::of(policy),
         spec_sha256: policy.sha256.clone(),
     };

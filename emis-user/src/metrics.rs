@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray};
-use emis_common::{Config, Counter};
+use emis_common::{Config, Counter, FlowKey, FlowValue};
 use prometheus_client::{
     collector::Collector,
     encoding::{text::encode, DescriptorEncoder, EncodeMetric},
@@ -16,10 +16,18 @@ use std::sync::Mutex;
 
 use crate::stats::{mode_of, Labels, Snapshot};
 
+/// The flow table and its event counters.
+pub type FlowMaps = (
+    aya::maps::HashMap<MapData, FlowKey, FlowValue>,
+    PerCpuArray<MapData, u64>,
+);
+
 /// Reads the maps of one running enforcer at scrape time.
 pub struct EnforcerCollector {
     pub stats: Mutex<PerCpuArray<MapData, Counter>>,
     pub config: Mutex<Array<MapData, Config>>,
+    pub flows: Mutex<FlowMaps>,
+    pub flow_table_size: u32,
     pub labels: Labels,
     pub spec_sha256: String,
 }
@@ -127,6 +135,61 @@ impl Collector for EnforcerCollector {
                 .iter()
                 .map(|p| (vec![("reason", p.reason.to_string())], p.bytes)),
         )?;
+        let flows = self.flows.lock().ok().and_then(|m| {
+            crate::flows::FlowTableStats::read(&m.0, &m.1, self.flow_table_size).ok()
+        });
+        if let Some(flows) = flows {
+            for (name, help, value) in [
+                (
+                    "emis_flow_table_entries",
+                    "Entries in the flow table",
+                    flows.entries,
+                ),
+                (
+                    "emis_flow_table_capacity",
+                    "Entries the flow table holds (--flow-table-size)",
+                    flows.capacity as u64,
+                ),
+            ] {
+                let metric = encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    prometheus_client::metrics::MetricType::Gauge,
+                )?;
+                ConstGauge::new(value as i64).encode(metric)?;
+            }
+            for (name, help, value) in [
+                (
+                    "emis_flows_created",
+                    "Flows a rule allowed that entered the flow table",
+                    flows.created,
+                ),
+                (
+                    "emis_flow_insert_failures",
+                    "Flows the kernel could not insert into the flow table",
+                    flows.insert_failures,
+                ),
+                (
+                    "emis_flows_expired",
+                    "Expired flows removed when a packet met them",
+                    flows.expired,
+                ),
+                (
+                    "emis_flows_evicted",
+                    "Flows evicted to make room (the table was full)",
+                    flows.evicted,
+                ),
+            ] {
+                let metric = encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    prometheus_client::metrics::MetricType::Counter,
+                )?;
+                ConstCounter::new(value).encode(metric)?;
+            }
+        }
         let mut info = encoder.encode_descriptor(
             "emis_policy_info",
             "The loaded policy: mode and SHA-256 of the spec",

@@ -21,6 +21,8 @@ pub struct State {
     pub spec_sha256: String,
     pub interfaces: Vec<String>,
     pub labels: Labels,
+    pub replies: crate::loader::Replies,
+    pub flow_table_size: u32,
 }
 
 /// Names for the counter slots: rule slugs and directions, network names.
@@ -73,6 +75,34 @@ impl State {
         let data = MapData::from_pin(&path)
             .with_context(|| format!("opening pinned map {}", path.display()))?;
         Ok(PerCpuArray::try_from(Map::from_map_data(data)?)?)
+    }
+
+    pub fn flows_map(
+        &self,
+    ) -> Result<aya::maps::HashMap<MapData, emis_common::FlowKey, emis_common::FlowValue>> {
+        Ok(aya::maps::HashMap::try_from(Map::from_map_data(
+            self.pinned(emis_common::MAP_FLOWS)?,
+        )?)?)
+    }
+
+    pub fn flow_events_map(&self) -> Result<PerCpuArray<MapData, u64>> {
+        Ok(PerCpuArray::try_from(Map::from_map_data(
+            self.pinned(emis_common::MAP_FLOW_EVENTS)?,
+        )?)?)
+    }
+
+    /// The flow table's fill and events, read from the pinned maps.
+    pub fn flow_stats(&self) -> Result<crate::flows::FlowTableStats> {
+        crate::flows::FlowTableStats::read(
+            &self.flows_map()?,
+            &self.flow_events_map()?,
+            self.flow_table_size,
+        )
+    }
+
+    fn pinned(&self, name: &str) -> Result<MapData> {
+        let path = self.pin_dir.join(name);
+        MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
     }
 
     pub fn config_map(&self) -> Result<Array<MapData, Config>> {

@@ -2,15 +2,19 @@
 //! what the kernel tests and the benchmark use to get real verdicts and timings.
 
 use anyhow::{Context as _, Result};
+use aya::maps::HashMap;
 use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use emis_common::{Config, Counter, MAP_CONFIG, MAP_STATS};
+use emis_common::{
+    Config, Counter, FlowKey, FlowValue, MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS, MAP_STATS,
+};
 
 use crate::{
     compile::compile,
+    flows::FlowTableStats,
     loader::{self, LoadOptions, Mode},
     policy::Policy,
     stats::{sum_cpus, Snapshot},
@@ -19,6 +23,7 @@ use crate::{
 /// The kernel program loaded with one policy, not attached anywhere.
 pub struct TestProgram {
     ebpf: Ebpf,
+    options: LoadOptions,
 }
 
 /// One run's outcome.
@@ -49,6 +54,7 @@ impl TestProgram {
         let compiled = compile(policy)?;
         Ok(TestProgram {
             ebpf: loader::load(&compiled, options)?,
+            options,
         })
     }
 
@@ -87,6 +93,18 @@ impl TestProgram {
     pub fn counter(&mut self, index: u32) -> Result<Counter> {
         let map = self.stats_map()?;
         Ok(sum_cpus(&map.get(&index, 0)?))
+    }
+
+    /// The flow table's fill and events.
+    pub fn flow_stats(&mut self) -> Result<FlowTableStats> {
+        let flows: HashMap<&MapData, FlowKey, FlowValue> =
+            HashMap::try_from(self.ebpf.map(MAP_FLOWS).context("no flow map")?)?;
+        let events: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(MAP_FLOW_EVENTS)
+                .context("no flow event map")?,
+        )?;
+        FlowTableStats::read(&flows, &events, self.options.flow_table_size)
     }
 
     pub fn set_mode(&mut self, mode: Mode) -> Result<()> {

@@ -160,6 +160,16 @@ fn sample(metrics: &str, name: &str, parts: &[&str]) -> u64 {
         .sum()
 }
 
+/// The value of a metric without labels.
+fn value(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
 fn connects(lab: &Lab, addr: Ipv4Addr, port: u16) -> bool {
     tcp_connects(&lab.ns(Host::Site), addr, port, TIMEOUT).expect("probing from the site namespace")
 }
@@ -266,6 +276,14 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
         metrics.contains("emis_policy_info{mode=\"enforce\",spec_sha256=\""),
         "{metrics}"
     );
+    // Each allowed connection is a tracked flow; its replies crossed the other interface.
+    assert!(
+        value(&metrics, "emis_flows_created_total") >= 2,
+        "{metrics}"
+    );
+    assert!(value(&metrics, "emis_flow_table_entries") >= 2, "{metrics}");
+    assert_eq!(value(&metrics, "emis_flow_table_capacity"), 131_072);
+    assert_eq!(value(&metrics, "emis_flows_evicted_total"), 0);
 
     let stats: serde_json::Value =
         serde_json::from_str(&enforcer.emis(&["stats", "--json"])).unwrap();
@@ -273,11 +291,13 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
     assert!(denied.iter().any(|d| d["reason"] == "no_rule"
         && d["network"] == "emis-n3"
         && d["packets"].as_u64() >= Some(1)));
+    assert!(stats["flows"]["created"].as_u64() >= Some(2), "{stats}");
     let table = enforcer.emis(&["stats"]);
     assert!(
         table.contains("client-spine-messaging") && table.contains("no_rule"),
         "{table}"
     );
+    assert!(table.contains("FLOWS (stateful replies)"), "{table}");
 
     // Audit: the same denied flow now passes, and is counted as would-deny.
     assert!(enforcer.emis(&["mode", "audit"]).contains("audit"));

@@ -1,0 +1,53 @@
+//! How full the flow table is and what happened to its entries: read from the kernel's
+//! flow map and event counters for `emis stats`, the metrics and the tests.
+
+use std::borrow::Borrow;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use emis_common::{
+    FlowKey, FlowValue, FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED,
+};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlowTableStats {
+    pub capacity: u32,
+    /// Entries in the table now, live or expired but not yet met again.
+    pub entries: u64,
+    pub created: u64,
+    pub insert_failures: u64,
+    /// Expired flows removed when a packet met them.
+    pub expired: u64,
+    /// Flows the LRU pushed out to make room: every created flow is in the table, expired or evicted.
+    pub evicted: u64,
+}
+
+impl FlowTableStats {
+    /// `capacity` is the flow map's max_entries, which the loader set.
+    pub fn read<F: Borrow<MapData>, E: Borrow<MapData>>(
+        flows: &HashMap<F, FlowKey, FlowValue>,
+        events: &PerCpuArray<E, u64>,
+        capacity: u32,
+    ) -> Result<FlowTableStats> {
+        // One syscall per entry: fine at scrape intervals for tables of this size.
+        let entries = flows.keys().filter(|k| k.is_ok()).count() as u64;
+        let event = |slot: u32| -> Result<u64> {
+            Ok(events
+                .get(&slot, 0)
+                .context("reading the flow event counters")?
+                .iter()
+                .sum())
+        };
+        let created = event(FLOW_EVENT_CREATED)?;
+        let expired = event(FLOW_EVENT_EXPIRED)?;
+        Ok(FlowTableStats {
+            capacity,
+            entries,
+            created,
+            insert_failures: event(FLOW_EVENT_INSERT_FAILED)?,
+            expired,
+            evicted: created.saturating_sub(expired).saturating_sub(entries),
+        })
+    }
+}
