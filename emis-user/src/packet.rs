@@ -32,6 +32,9 @@ pub struct PacketSpec {
     /// the first IPv6 fragment header (type 44) of `ipv6_ext`.
     pub frag_offset: u16,
     pub more_fragments: bool,
+    /// For ICMP and ICMPv6: type, code and the body after the 8-byte header (an error's quote).
+    /// `None` builds an echo request.
+    pub icmp: Option<(u8, u8, Vec<u8>)>,
 }
 
 impl PacketSpec {
@@ -49,6 +52,7 @@ impl PacketSpec {
             payload_len: 0,
             frag_offset: 0,
             more_fragments: false,
+            icmp: None,
         }
     }
 
@@ -161,8 +165,16 @@ impl PacketSpec {
                 udp[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
                 udp
             }
-            PROTO_ICMP => vec![8, 0, 0, 0, 0, 1, 0, 1],
-            PROTO_ICMPV6 => vec![128, 0, 0, 0, 0, 1, 0, 1],
+            PROTO_ICMP | PROTO_ICMPV6 => match &self.icmp {
+                // Errors carry a next-hop MTU of 1280 where the type has one; the rest ignore it.
+                Some((kind, code, body)) => {
+                    let mut icmp = vec![*kind, *code, 0, 0, 0, 0, 0x05, 0x00];
+                    icmp.extend_from_slice(body);
+                    icmp
+                }
+                None if self.proto == PROTO_ICMP => vec![8, 0, 0, 0, 0, 1, 0, 1],
+                None => vec![128, 0, 0, 0, 0, 1, 0, 1],
+            },
             _ => vec![0u8; 8],
         };
         l4.extend_from_slice(&payload);

@@ -203,3 +203,205 @@ impl Generator {
         frame
     }
 }
+
+/// One flow of a conversation: who opened it, to where, and how.
+#[derive(Clone, Debug)]
+struct Conversation {
+    client: IpAddr,
+    server: IpAddr,
+    proto: u8,
+    client_port: u16,
+    server_port: u16,
+    next_frag_id: u16,
+}
+
+/// Sequences of packets that exercise state: handshakes, data both ways, FIN and RST,
+/// replies without a forward packet, fragmented datagrams (in and out of order), and ICMP
+/// errors quoting real and invented flows, interleaved with the random frames of
+/// [`Generator::frame`].
+pub struct Conversations {
+    generator: Generator,
+    flows: Vec<Conversation>,
+    /// Frames built but not yet handed out (the rest of a fragmented datagram).
+    pending: Vec<Vec<u8>>,
+}
+
+impl Conversations {
+    /// `flows` distinct flows are cycled through, so the flow tables never fill.
+    pub fn new(seed: u64, flows: usize) -> Self {
+        let mut generator = Generator::new(seed);
+        let flows = (0..flows)
+            .map(|_| {
+                let mut p = generator.packet();
+                if !matches!(p.proto, PROTO_TCP | PROTO_UDP) || generator.rng.random_bool(0.6) {
+                    // Mostly flows a rule names, so replies and fragments have something to follow.
+                    let &(remote, proto, port) = generator.pick(RULE_FLOWS);
+                    let site = if port == 33953 || port == 33957 {
+                        "192.168.10.5"
+                    } else {
+                        "192.168.10.2"
+                    };
+                    p = PacketSpec::new(
+                        site.parse().unwrap(),
+                        remote.parse().unwrap(),
+                        proto,
+                        0,
+                        port,
+                    );
+                    if generator.rng.random_bool(0.15) {
+                        // The other way round: something no rule opens from that side.
+                        std::mem::swap(&mut p.src, &mut p.dst);
+                    }
+                }
+                Conversation {
+                    client: p.src,
+                    server: p.dst,
+                    proto: p.proto,
+                    client_port: generator.rng.random_range(1024..65535),
+                    server_port: p.dport,
+                    next_frag_id: generator.rng.random(),
+                }
+            })
+            .collect();
+        Conversations {
+            generator,
+            flows,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn frame(&mut self) -> Vec<u8> {
+        if let Some(frame) = self.pending.pop() {
+            return frame;
+        }
+        let rng = &mut self.generator.rng;
+        if rng.random_bool(0.2) {
+            return self.generator.frame();
+        }
+        let index = rng.random_range(0..self.flows.len());
+        let flow = self.flows[index].clone();
+        let from_client = rng.random_bool(0.55);
+        let (src, dst, sport, dport) = if from_client {
+            (flow.client, flow.server, flow.client_port, flow.server_port)
+        } else {
+            (flow.server, flow.client, flow.server_port, flow.client_port)
+        };
+        let mut p = PacketSpec::new(src, dst, flow.proto, sport, dport);
+        p.tcp_flags = match (from_client, rng.random_range(0..10)) {
+            (true, 0..=2) => 0x02,  // SYN
+            (false, 0..=2) => 0x12, // SYN-ACK
+            (_, 3..=6) => 0x18,     // data
+            (_, 7) => 0x11,         // FIN-ACK
+            (_, 8) => 0x04,         // RST
+            _ => 0x10,              // ACK
+        };
+        p.payload_len = rng.random_range(0..200);
+        match rng.random_range(0..20) {
+            0 | 1 => self.fragmented(p, index),
+            2 => self.icmp_error(p, false),
+            3 => self.icmp_error(p, true),
+            _ => p.build(),
+        }
+    }
+
+    /// The datagram cut in two or three fragments; the rest are handed out next, sometimes
+    /// before the first.
+    fn fragmented(&mut self, mut p: PacketSpec, index: usize) -> Vec<u8> {
+        // Two identifications per flow keep the fragment table (16,384 entries) from filling,
+        // so the kernel's LRU never evicts what the model remembers.
+        let id = self.flows[index].next_frag_id;
+        self.flows[index].next_frag_id = id ^ 1;
+        p.payload_len = 64;
+        let whole = p.build();
+        let v6 = p.src.is_ipv6();
+        let l3_at = 14;
+        let ip_header = if v6 { 40 } else { 20 };
+        let payload = &whole[l3_at + ip_header..];
+        // Offsets in 8-byte units; 1 and 2 overlap a TCP header.
+        let cut = *self.generator.pick(&[1usize, 2, 3, 4, 5]) * 8;
+        let cut = cut.min(payload.len() - 8);
+        let mut parts = vec![
+            (0usize, &payload[..cut], true),
+            (cut, &payload[cut..], false),
+        ];
+        if self.generator.rng.random_bool(0.2) {
+            parts.remove(0);
+        }
+        let mut frames: Vec<Vec<u8>> = parts
+            .into_iter()
+            .map(|(offset, data, more)| fragment_frame(&whole, v6, id as u32, offset, data, more))
+            .collect();
+        if self.generator.rng.random_bool(0.3) {
+            frames.reverse();
+        }
+        let first = frames.remove(0);
+        // Handed out in order: pending is a stack.
+        frames.reverse();
+        self.pending.extend(frames);
+        first
+    }
+
+    /// An ICMP error about `p`, sent back to its sender by `p`'s destination (or by a stranger).
+    fn icmp_error(&mut self, p: PacketSpec, wrong_target: bool) -> Vec<u8> {
+        let quoted = p.build();
+        let v6 = p.src.is_ipv6();
+        let ip_header = if v6 { 40 } else { 20 };
+        let quote_len = ip_header + 8;
+        let quote = &quoted[14..14 + quote_len.min(quoted.len() - 14)];
+        let target = if wrong_target {
+            *self.generator.pick(&[p.dst, p.src])
+        } else {
+            p.src
+        };
+        let mut error = PacketSpec::new(p.dst, target, if v6 { 58 } else { 1 }, 0, 0);
+        error.icmp = Some(if v6 {
+            (
+                *self.generator.pick(&[1u8, 2, 3, 4, 128]),
+                0,
+                quote.to_vec(),
+            )
+        } else {
+            (
+                *self.generator.pick(&[3u8, 11, 12, 8, 5]),
+                4,
+                quote.to_vec(),
+            )
+        });
+        error.build()
+    }
+}
+
+/// A fragment of the datagram in `whole` (an Ethernet frame with no VLAN tags or options).
+fn fragment_frame(
+    whole: &[u8],
+    v6: bool,
+    id: u32,
+    offset: usize,
+    data: &[u8],
+    more: bool,
+) -> Vec<u8> {
+    let mut frame = whole[..14].to_vec();
+    if v6 {
+        let mut ip = whole[14..54].to_vec();
+        let next = ip[6];
+        ip[6] = 44;
+        ip[4..6].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+        frame.extend_from_slice(&ip);
+        let field = ((offset / 8) as u16) << 3 | u16::from(more);
+        frame.extend_from_slice(&[next, 0]);
+        frame.extend_from_slice(&field.to_be_bytes());
+        frame.extend_from_slice(&id.to_be_bytes());
+    } else {
+        let mut ip = whole[14..34].to_vec();
+        ip[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&(id as u16).to_be_bytes());
+        let field = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+        ip[6..8].copy_from_slice(&field.to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let sum = emis::packet::checksum(&ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        frame.extend_from_slice(&ip);
+    }
+    frame.extend_from_slice(data);
+    frame
+}
