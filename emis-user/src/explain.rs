@@ -239,3 +239,105 @@ pub fn summary(policy: &Policy, compiled: &Compiled) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{load_policy, SiteOptions, Source};
+
+    fn ask(
+        src: &str,
+        dst: &str,
+        sport: u16,
+        dport: u16,
+        flags: &str,
+        replies: Replies,
+    ) -> Explanation {
+        let policy = load_policy(&Source::default_spec(), &SiteOptions::default()).unwrap();
+        let request = ExplainRequest {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: "tcp".into(),
+            sport,
+            dport,
+            tcp_flags: flags.into(),
+            mode: Mode::Enforce,
+            replies,
+        };
+        explain(&policy, &request).unwrap()
+    }
+
+    #[test]
+    fn explains_allow_deny_and_replies() {
+        let allowed = ask(
+            "192.168.10.2",
+            "10.207.116.10",
+            40000,
+            443,
+            "syn",
+            Replies::Stateful,
+        );
+        assert_eq!(
+            (allowed.verdict, allowed.rule.as_deref(), allowed.path),
+            ("allow", Some("client-spine-messaging"), Some("forward"))
+        );
+        let denied = ask(
+            "192.168.10.2",
+            "10.207.116.10",
+            40000,
+            444,
+            "syn",
+            Replies::Stateful,
+        );
+        assert_eq!(
+            (
+                denied.verdict,
+                denied.reason,
+                denied.network.as_deref(),
+                denied.action
+            ),
+            ("deny", Some("no_rule"), Some("emis-n3"), "drop")
+        );
+        let json = serde_json::to_value(&denied).unwrap();
+        assert_eq!(json["rule"], serde_json::Value::Null);
+        let reply = ask(
+            "10.207.116.10",
+            "192.168.10.2",
+            443,
+            40000,
+            "syn,ack",
+            Replies::Stateful,
+        );
+        assert_eq!(reply.verdict, "deny");
+        assert!(
+            reply
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("client-spine-messaging"),
+            "{reply:?}"
+        );
+        let reply = ask(
+            "10.207.116.10",
+            "192.168.10.2",
+            443,
+            40000,
+            "syn,ack",
+            Replies::Stateless,
+        );
+        assert_eq!((reply.verdict, reply.path), ("allow", Some("reply")));
+        let outside = ask(
+            "192.168.10.2",
+            "198.51.100.10",
+            40000,
+            22,
+            "syn",
+            Replies::Stateful,
+        );
+        assert_eq!(
+            (outside.verdict, outside.reason),
+            ("pass", Some("out_of_scope"))
+        );
+        assert!(parse_tcp_flags("syn,bogus").is_err());
+    }
+}

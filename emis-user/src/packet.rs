@@ -232,7 +232,7 @@ mod tests {
         };
         assert!(!facts.malformed && !facts.fragment);
         let l4 = facts.l4.unwrap();
-        assert_eq!((l4.sport, l4.dport, l4.bare_syn), (40000, 443, true));
+        assert_eq!((l4.sport, l4.dport, l4.bare_syn()), (40000, 443, true));
         let frame = p.build();
         assert_eq!(checksum(&frame[22..46]), 0, "IPv4 header checksum verifies");
 

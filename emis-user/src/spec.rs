@@ -25,6 +25,17 @@
 //! to = ["emis-n3", "emis-internet"]
 //! note = "..."              # optional: where the source document is inconsistent or incomplete
 //! ```
+//! Optional tables (defaults shown):
+//! ```toml
+//! [flows]                   # lifetimes in seconds, 1 to 604800
+//! tcp_syn_timeout = 30
+//! tcp_established_timeout = 7200
+//! tcp_closing_timeout = 10
+//! udp_timeout = 60
+//! fragment_timeout = 30
+//! [icmp]
+//! echo = false              # true: ICMP echo to and from enforce-scope networks passes
+//! ```
 //! Unknown keys are errors. A network or role name may appear once per `from`/`to`.
 //!
 //! # Site
@@ -2957,5 +2968,30 @@ to = ["n3"]
         assert_eq!(policy.networks[3].prefixes.len(), n as usize / 2);
         eprintln!("{n} prefixes loaded in {elapsed:?}");
         assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
+    }
+
+    #[test]
+    fn flows_and_icmp_options() {
+        let p =
+            load("[flows]\ntcp_syn_timeout = 5\nudp_timeout = 90\n[icmp]\necho = true\n").unwrap();
+        assert_eq!(p.options.timeouts.tcp_syn, 5);
+        assert_eq!(p.options.timeouts.udp, 90);
+        assert_eq!(p.options.timeouts.tcp_established, 7200);
+        assert!(p.options.icmp_echo);
+        let defaults = load_policy(&Source::default_spec(), &SiteOptions::default()).unwrap();
+        assert_eq!(defaults.options, crate::policy::Options::default());
+
+        let e = error("[flows]\ntcp_syn_timeout = 0\n");
+        assert_eq!(
+            (e.line, e.column, e.field.as_deref()),
+            (Some(2), Some(19), Some("flows.tcp_syn_timeout"))
+        );
+        let e = error("[flows]\nudp_timeout = \"60s\"\n");
+        assert_eq!(e.field.as_deref(), Some("flows.udp_timeout"));
+        assert!(e.message.contains("whole number of seconds"), "{e}");
+        let e = error("[flows]\nidle = 3\n");
+        assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("flows.idle")));
+        let e = error("[icmp]\necho = 1\n");
+        assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("icmp.echo")));
     }
 }
