@@ -58,7 +58,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use crate::policy::{
@@ -1074,6 +1074,28 @@ fn guess_json_field(text: &str, offset: usize) -> Option<String> {
 }
 
 /// Adds every prefix of a wanted region to the networks asking for it (`out[network]`).
+/// One entry of ip-ranges.json, as a prefix of the family its list holds; the error is
+/// (message, hint).
+fn aws_prefix(raw: &str, v6: bool) -> Result<IpNet, (String, String)> {
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    match raw.parse::<IpNet>() {
+        Ok(n) if matches!(n, IpNet::V6(_)) == v6 && n.trunc() == n => Ok(n),
+        Ok(n) if matches!(n, IpNet::V6(_)) == v6 => Err((
+            format!("`{n}` has host bits set"),
+            format!("did you mean {}?", n.trunc()),
+        )),
+        _ => Err((
+            format!("invalid {family} prefix `{raw}`"),
+            if v6 {
+                "expected e.g. 2600:1f1c::/36"
+            } else {
+                "expected e.g. 3.5.140.0/22"
+            }
+            .to_owned(),
+        )),
+    }
+}
+
 fn load_aws(
     source: &Source,
     wanted: &HashMap<&str, Vec<usize>>,
@@ -1105,60 +1127,28 @@ fn load_aws(
         }
         err
     };
-    for (i, p) in ranges.prefixes.iter().enumerate() {
-        let Some(nets) = wanted.get(p.region.as_ref()) else {
+    let v4 = ranges.prefixes.iter().enumerate().map(|(i, p)| {
+        (
+            format!("prefixes[{i}].ip_prefix"),
+            p.ip_prefix.as_ref(),
+            p.region.as_ref(),
+            false,
+        )
+    });
+    let v6 = ranges.ipv6_prefixes.iter().enumerate().map(|(i, p)| {
+        (
+            format!("ipv6_prefixes[{i}].ipv6_prefix"),
+            p.ipv6_prefix.as_ref(),
+            p.region.as_ref(),
+            true,
+        )
+    });
+    for (field, raw, region, is_v6) in v4.chain(v6) {
+        let Some(nets) = wanted.get(region) else {
             continue;
         };
-        let net = match p.ip_prefix.parse::<Ipv4Net>() {
-            Ok(n) if n.trunc() == n => IpNet::V4(n),
-            other => {
-                let (message, hint) = match other {
-                    Ok(n) => (
-                        format!("`{n}` has host bits set"),
-                        format!("did you mean {}?", n.trunc()),
-                    ),
-                    Err(_) => (
-                        format!("invalid IPv4 prefix `{}`", p.ip_prefix),
-                        "expected e.g. 3.5.140.0/22".to_owned(),
-                    ),
-                };
-                return Err(bad(
-                    format!("prefixes[{i}].ip_prefix"),
-                    &p.ip_prefix,
-                    message,
-                    hint,
-                ));
-            }
-        };
-        for &n in nets {
-            out[n].push(net);
-        }
-    }
-    for (i, p) in ranges.ipv6_prefixes.iter().enumerate() {
-        let Some(nets) = wanted.get(p.region.as_ref()) else {
-            continue;
-        };
-        let net = match p.ipv6_prefix.parse::<Ipv6Net>() {
-            Ok(n) if n.trunc() == n => IpNet::V6(n),
-            other => {
-                let (message, hint) = match other {
-                    Ok(n) => (
-                        format!("`{n}` has host bits set"),
-                        format!("did you mean {}?", n.trunc()),
-                    ),
-                    Err(_) => (
-                        format!("invalid IPv6 prefix `{}`", p.ipv6_prefix),
-                        "expected e.g. 2600:1f1c::/36".to_owned(),
-                    ),
-                };
-                return Err(bad(
-                    format!("ipv6_prefixes[{i}].ipv6_prefix"),
-                    &p.ipv6_prefix,
-                    message,
-                    hint,
-                ));
-            }
-        };
+        let net =
+            aws_prefix(raw, is_v6).map_err(|(message, hint)| bad(field, raw, message, hint))?;
         for &n in nets {
             out[n].push(net);
         }
