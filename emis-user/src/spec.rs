@@ -2935,11 +2935,10 @@ to = ["n3"]
         assert!(policy.warnings.is_empty(), "{:?}", policy.warnings);
     }
 
-    /// AWS-scale input: run with `cargo test --release -p emis-user --lib spec::tests::million -- --ignored`.
+    /// AWS-scale input loads whole; how fast is the benchmark's business (`cargo xtask bench`).
     #[test]
-    #[ignore = "slow in debug builds"]
-    fn million_aws_prefixes() {
-        let n = 1_000_000u32;
+    fn many_aws_prefixes() {
+        let n = 200_000u32;
         let mut json = String::from("{\"syncToken\":\"1\",\"createDate\":\"x\",\"prefixes\":[");
         for i in 0..n {
             let a = std::net::Ipv4Addr::from((i << 8) | (1 << 31));
@@ -2952,12 +2951,9 @@ to = ["n3"]
             ));
         }
         json.push_str("],\"ipv6_prefixes\":[]}");
-        let start = std::time::Instant::now();
         let policy = load_policy(&Source::default_spec(), &aws_site(json)).unwrap();
-        let elapsed = start.elapsed();
         assert_eq!(policy.networks[3].prefixes.len(), n as usize / 2);
-        eprintln!("{n} prefixes loaded in {elapsed:?}");
-        assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
+        assert!(policy.networks[3].prefixes.iter().all(|p| p.prefix_len() == 24));
     }
 
     #[test]
