@@ -25,7 +25,8 @@ pub struct PacketSpec {
     pub vlans: Vec<(u16, u16)>,
     /// IPv4 option bytes, padded to a multiple of 4 with end-of-list.
     pub ipv4_options: Vec<u8>,
-    /// IPv6 extension headers before the L4 header: (header type, total length in bytes).
+    /// IPv6 extension headers before the L4 header: (header type, length in bytes, rounded
+    /// up to the header's unit: 8 bytes, 4 for AH; a fragment header is always 8).
     pub ipv6_ext: Vec<(u8, usize)>,
     pub payload_len: usize,
     /// Fragment offset in 8-byte units and the more-fragments flag: in the IPv4 header, or in
@@ -120,7 +121,17 @@ impl PacketSpec {
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 frame.extend_from_slice(&0x86ddu16.to_be_bytes());
-                let ext_len: usize = self.ipv6_ext.iter().map(|&(_, len)| len).sum();
+                let mut ext = Vec::new();
+                for (i, &(kind, len)) in self.ipv6_ext.iter().enumerate() {
+                    let next = self.ipv6_ext.get(i + 1).map_or(self.proto, |&(k, _)| k);
+                    let mut header = ipv6_ext_header(kind, next, len);
+                    if kind == 44 {
+                        let field = (self.frag_offset << 3) | u16::from(self.more_fragments);
+                        header[2..4].copy_from_slice(&field.to_be_bytes());
+                    }
+                    ext.extend_from_slice(&header);
+                }
+                let ext_len = ext.len();
                 let mut ip = vec![0u8; 40];
                 ip[0] = 0x60;
                 ip[4..6].copy_from_slice(&((ext_len + l4.len()) as u16).to_be_bytes());
@@ -129,15 +140,7 @@ impl PacketSpec {
                 ip[8..24].copy_from_slice(&src.octets());
                 ip[24..40].copy_from_slice(&dst.octets());
                 frame.extend_from_slice(&ip);
-                for (i, &(kind, len)) in self.ipv6_ext.iter().enumerate() {
-                    let next = self.ipv6_ext.get(i + 1).map_or(self.proto, |&(k, _)| k);
-                    let mut header = ipv6_ext_header(kind, next, len);
-                    if kind == 44 {
-                        let field = (self.frag_offset << 3) | u16::from(self.more_fragments);
-                        header[2..4].copy_from_slice(&field.to_be_bytes());
-                    }
-                    frame.extend_from_slice(&header);
-                }
+                frame.extend_from_slice(&ext);
             }
             _ => panic!("source and destination must be of one address family"),
         }
