@@ -9,11 +9,13 @@ use std::process::Command;
 pub const BPF_LINKER_VERSION: &str = "0.10.0";
 
 /// Debian packages needed at run time, with a binary each provides.
-pub const APT_PACKAGES: [(&str, &str); 4] = [
+pub const APT_PACKAGES: [(&str, &str); 5] = [
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
     ("curl", "curl"),
+    // `nft -c` checks `emis export nft` output in the tests.
+    ("nftables", "nft"),
 ];
 
 pub fn setup() -> Result<()> {
@@ -45,8 +47,13 @@ pub fn dpkg_says_installed(status_output: &str) -> bool {
 }
 
 fn apt_packages() -> Result<()> {
+    apt_install_missing(&APT_PACKAGES)
+}
+
+/// Installs with apt-get whichever of `packages` (package, a binary it provides) are missing.
+pub fn apt_install_missing(packages: &[(&str, &str)]) -> Result<()> {
     let mut missing = Vec::new();
-    for (pkg, binary) in APT_PACKAGES {
+    for &(pkg, binary) in packages {
         match Command::new("dpkg").args(["-s", pkg]).output() {
             Ok(out)
                 if out.status.success()

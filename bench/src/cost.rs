@@ -1,0 +1,207 @@
+//! Per-packet cost with BPF_PROG_TEST_RUN: the no-op, parse-only and full enforcer
+//! programs loaded side by side, each packet class run on each in turn, medians kept.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{bail, Context as _, Result};
+use emis::{
+    benchprog::{self, BenchPrograms},
+    loader::Mode,
+    packet::{PacketSpec, TCP_ACK, TCP_SYN},
+    policy::Policy,
+    spec::{load_policy, SiteOptions, Source},
+    testrun::{TestProgram, XDP_DROP, XDP_PASS},
+};
+use serde::Serialize;
+
+pub const SITE_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 2);
+pub const EMIS_PRIMARY: Ipv4Addr = Ipv4Addr::new(10, 207, 116, 10);
+pub const INTERNET_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub const SITE_HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 2);
+pub const INTERNET_HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 0x10);
+
+/// The site the benchmark's policy uses: every role set, IPv4 and IPv6 LAN.
+pub const SITE_NETS: [&str; 5] = [
+    "lan=192.168.10.0/24",
+    "lan=2001:db8:10::/48",
+    "clinical-server=192.168.10.5/32",
+    "surgery=192.168.10.0/24",
+    "local-sites=192.168.10.0/24",
+];
+
+/// The embedded spec with the benchmark's site and, optionally, an ip-ranges.json.
+pub fn policy(aws_ip_ranges: Option<Source>) -> Result<Policy> {
+    let site = SiteOptions {
+        site_nets: SITE_NETS.iter().map(|s| s.to_string()).collect(),
+        aws_ip_ranges,
+        ..Default::default()
+    };
+    Ok(load_policy(&Source::default_spec(), &site)?)
+}
+
+/// One packet class: a frame and the action the enforcer must give it.
+#[derive(Clone, Debug)]
+pub struct Class {
+    pub name: &'static str,
+    pub frame: Vec<u8>,
+    pub expect: u32,
+}
+
+fn v4(a: Ipv4Addr) -> IpAddr {
+    IpAddr::V4(a)
+}
+
+/// The classes of the issue, in the order they are run (the reply follows the flow its
+/// forward packet opened, so it is a reply in stateful mode too).
+pub fn classes() -> Vec<Class> {
+    let tcp = |src: IpAddr, dst: IpAddr, sport, dport, flags| {
+        PacketSpec::tcp(src, dst, sport, dport, flags).build()
+    };
+    vec![
+        Class {
+            name: "allowed outbound",
+            frame: tcp(v4(SITE_HOST), v4(EMIS_PRIMARY), 40000, 443, TCP_SYN),
+            expect: XDP_PASS,
+        },
+        Class {
+            name: "reply",
+            frame: tcp(
+                v4(EMIS_PRIMARY),
+                v4(SITE_HOST),
+                443,
+                40000,
+                TCP_SYN | TCP_ACK,
+            ),
+            expect: XDP_PASS,
+        },
+        Class {
+            name: "denied in scope",
+            frame: tcp(v4(SITE_HOST), v4(EMIS_PRIMARY), 40000, 444, TCP_SYN),
+            expect: XDP_DROP,
+        },
+        Class {
+            name: "out of scope",
+            frame: tcp(v4(SITE_HOST), v4(INTERNET_HOST), 40000, 443, TCP_SYN),
+            expect: XDP_PASS,
+        },
+        Class {
+            name: "IPv6",
+            frame: tcp(
+                IpAddr::V6(SITE_HOST_V6),
+                IpAddr::V6(INTERNET_HOST_V6),
+                40000,
+                443,
+                TCP_SYN,
+            ),
+            expect: XDP_PASS,
+        },
+        Class {
+            name: "VLAN-tagged",
+            frame: PacketSpec::tcp(v4(SITE_HOST), v4(EMIS_PRIMARY), 40000, 443, TCP_SYN)
+                .with_vlans(&[(0x8100, 100)])
+                .build(),
+            expect: XDP_PASS,
+        },
+    ]
+}
+
+/// A packet to `aws` (count scope) at `addr`, allowed by `appointment-refresh`.
+pub fn aws_class(addr: Ipv4Addr) -> Class {
+    Class {
+        name: "to aws (count scope)",
+        frame: PacketSpec::tcp(v4(SITE_HOST), v4(addr), 40001, 443, TCP_SYN).build(),
+        expect: XDP_PASS,
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassCost {
+    pub class: String,
+    pub noop_ns: f64,
+    pub parse_ns: f64,
+    pub emis_ns: f64,
+    pub parse_ratio: f64,
+    pub emis_ratio: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Measures every class on the three programs, `reps` times each (interleaved), with
+/// `repeat` runs per BPF_PROG_TEST_RUN call. Fails if the enforcer gives a class the
+/// wrong action: a wrong verdict is not a measurement.
+pub fn measure(
+    bench: &BenchPrograms,
+    enforcer: &mut TestProgram,
+    classes: &[Class],
+    reps: usize,
+    repeat: u32,
+    mut tick: impl FnMut(),
+) -> Result<Vec<ClassCost>> {
+    let noop = bench.program(benchprog::NOOP_PASS)?;
+    let parse = bench.program(benchprog::PARSE_ONLY)?;
+    // Once each, in order: checks the verdicts and opens the flow the reply answers.
+    for class in classes {
+        let action = enforcer.run(&class.frame)?;
+        if action != class.expect {
+            bail!(
+                "the enforcer gave `{}` action {action}, expected {}: the benchmark's packets \
+                 no longer mean what it assumes",
+                class.name,
+                class.expect
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for class in classes {
+        let (mut n, mut p, mut e) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let rn = benchprog::run_repeat(noop, &class.frame, repeat)?;
+            let rp = benchprog::run_repeat(parse, &class.frame, repeat)?;
+            let re = enforcer
+                .run_repeat(&class.frame, repeat)
+                .with_context(|| format!("running the enforcer on `{}`", class.name))?;
+            if rn.action != XDP_PASS || rp.action != XDP_PASS || re.action != class.expect {
+                bail!(
+                    "unexpected actions on `{}`: no-op {}, parse-only {}, emis {}",
+                    class.name,
+                    rn.action,
+                    rp.action,
+                    re.action
+                );
+            }
+            n.push(rn.ns_per_run as f64);
+            p.push(rp.ns_per_run as f64);
+            e.push(re.ns_per_run as f64);
+            tick();
+        }
+        let (noop_ns, parse_ns, emis_ns) = (median(n), median(p), median(e));
+        if noop_ns <= 0.0 {
+            bail!(
+                "the kernel reported 0 ns per run for the no-op program on `{}`",
+                class.name
+            );
+        }
+        out.push(ClassCost {
+            class: class.name.to_string(),
+            noop_ns,
+            parse_ns,
+            emis_ns,
+            parse_ratio: parse_ns / noop_ns,
+            emis_ratio: emis_ns / noop_ns,
+        });
+    }
+    Ok(out)
+}
+
+/// Loads the enforcer with `policy` in enforce mode, ready for BPF_PROG_TEST_RUN.
+pub fn load_enforcer(policy: &Policy) -> Result<TestProgram> {
+    TestProgram::load(policy, Mode::Enforce).context("loading the enforcer for BPF_PROG_TEST_RUN")
+}

@@ -1,0 +1,100 @@
+//! Time and memory of compile and load, measured in a child process (`emis-bench
+//! load-child FILE`) so its peak resident set (VmHWM) is the loader's alone: reading the
+//! ip-ranges file, validating the policy, compiling it and filling the kernel maps,
+//! exactly as `emis run --aws-ip-ranges FILE` does. The kernel maps themselves live in
+//! kernel memory, which no process's RSS includes.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use emis::{
+    compile::compile,
+    loader::{self, LoadOptions},
+    spec::Source,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoadStats {
+    /// Bytes of the ip-ranges.json file.
+    pub file_bytes: u64,
+    pub read_ms: f64,
+    /// Parsing and validating spec, site and ip-ranges into a policy.
+    pub policy_ms: f64,
+    pub compile_ms: f64,
+    /// Loading the object through the verifier and filling every map.
+    pub load_ms: f64,
+    /// From opening the file to a loaded program.
+    pub total_ms: f64,
+    pub v4_entries: usize,
+    pub v6_entries: usize,
+    /// Peak resident set of the process (VmHWM), in KiB.
+    pub peak_rss_kib: u64,
+}
+
+fn status_kib(field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix(field) {
+            let kib = rest
+                .trim_start_matches(':')
+                .split_whitespace()
+                .next()
+                .unwrap_or("0");
+            return Ok(kib.parse()?);
+        }
+    }
+    bail!("no {field} in /proc/self/status")
+}
+
+/// The child's side: measure and print one JSON line.
+pub fn child(path: &Path) -> Result<()> {
+    let start = Instant::now();
+    let source = Source::read(path)?;
+    let file_bytes = source.text.len() as u64;
+    let read = start.elapsed();
+    let policy = crate::cost::policy(Some(source))?;
+    let policy_done = start.elapsed();
+    let compiled = compile(&policy)?;
+    let compile_done = start.elapsed();
+    let ebpf = loader::load(&compiled, LoadOptions::default())?;
+    let load_done = start.elapsed();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let stats = LoadStats {
+        file_bytes,
+        read_ms: ms(read),
+        policy_ms: ms(policy_done - read),
+        compile_ms: ms(compile_done - policy_done),
+        load_ms: ms(load_done - compile_done),
+        total_ms: ms(load_done),
+        v4_entries: compiled.v4.len(),
+        v6_entries: compiled.v6.len(),
+        peak_rss_kib: status_kib("VmHWM")?,
+    };
+    drop(ebpf);
+    println!("{}", serde_json::to_string(&stats)?);
+    Ok(())
+}
+
+/// The parent's side: run this binary as `load-child FILE` and read its measurement.
+pub fn measure(path: &Path) -> Result<LoadStats> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let out = Command::new(exe)
+        .arg("load-child")
+        .arg(path)
+        .output()
+        .context("running the load child")?;
+    if !out.status.success() {
+        bail!(
+            "loading {} in a child process failed ({}): {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or("");
+    serde_json::from_str(line).with_context(|| format!("reading the load child's output {line:?}"))
+}

@@ -1,0 +1,50 @@
+//! Programs for the benchmark (`cargo xtask bench`), compiled into the same object as the
+//! enforcer so they are built with the same toolchain and flags. The loader never loads
+//! them; `emis::benchprog` does, by name.
+//!
+//! - `emis_noop_pass`, `emis_noop_drop`: the floor of BPF_PROG_TEST_RUN and the receiver
+//!   limit on veth.
+//! - `emis_parse_only`: the enforcer's own parsers (Ethernet, VLAN, IPv4/IPv6, TCP/UDP) and
+//!   nothing else: no map lookup, no decision, no counter.
+//! - `emis_tx`: the live-frames packet generator; every frame goes back out (XDP_TX) of
+//!   the interface named in the test run's context.
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use emis_common::{PROTO_TCP, PROTO_UDP};
+
+use crate::parse::{parse_frame, parse_tcp, parse_udp, Parsed};
+
+#[xdp]
+pub fn emis_noop_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn emis_noop_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn emis_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn emis_parse_only(ctx: XdpContext) -> u32 {
+    let mut sink: u32 = 0;
+    if let Parsed::Ip(l3) = parse_frame(&ctx) {
+        let whole = !l3.fragment;
+        let l4 = match l3.proto {
+            PROTO_TCP => parse_tcp(&ctx, l3.l4_offset, l3.l4_len),
+            PROTO_UDP => parse_udp(&ctx, l3.l4_offset, l3.l4_len, whole),
+            _ => None,
+        };
+        sink = (l3.src[0] ^ l3.dst[15]) as u32 | (l3.malformed as u32) << 8;
+        if let Some(l4) = l4 {
+            sink ^= (l4.sport as u32) << 16 | l4.dport as u32 ^ l4.flags as u32;
+        }
+    }
+    // A volatile store keeps every read above: the parse is the work being measured.
+    unsafe { core::ptr::write_volatile(&mut sink, sink) };
+    xdp_action::XDP_PASS
+}
