@@ -99,9 +99,14 @@ impl Scope {
     #[inline(always)]
     fn deny_or_pass(&self, reason: DenyReason) -> Decision {
         if self.in_scope() {
-            Decision::Deny { reason, network: self.network }
+            Decision::Deny {
+                reason,
+                network: self.network,
+            }
         } else {
-            Decision::Pass { reason: PassReason::OutOfScope }
+            Decision::Pass {
+                reason: PassReason::OutOfScope,
+            }
         }
     }
 }
@@ -109,8 +114,16 @@ impl Scope {
 #[inline(always)]
 fn decide(ctx: &XdpContext, cfg: &Config) -> Decision {
     let l3 = match parse_frame(ctx) {
-        Parsed::NonIp => return Decision::Pass { reason: PassReason::NonIp },
-        Parsed::Unparsed => return Decision::Pass { reason: PassReason::Unparsed },
+        Parsed::NonIp => {
+            return Decision::Pass {
+                reason: PassReason::NonIp,
+            }
+        }
+        Parsed::Unparsed => {
+            return Decision::Pass {
+                reason: PassReason::Unparsed,
+            }
+        }
         Parsed::Ip(l3) => l3,
     };
     let src = lookup(&l3.src, l3.v6);
@@ -118,7 +131,11 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> Decision {
     let scope = Scope {
         src: classes(&src, cfg),
         dst: classes(&dst, cfg),
-        network: if dst.network != NO_NETWORK { dst.network } else { src.network },
+        network: if dst.network != NO_NETWORK {
+            dst.network
+        } else {
+            src.network
+        },
     };
     if l3.malformed {
         return scope.deny_or_pass(DenyReason::Malformed);
@@ -155,7 +172,11 @@ fn lookup(addr: &Addr, v6: bool) -> AddrInfo {
     };
     match found {
         Some(info) => *info,
-        None => AddrInfo { classes: 0, network: NO_NETWORK, _pad: 0 },
+        None => AddrInfo {
+            classes: 0,
+            network: NO_NETWORK,
+            _pad: 0,
+        },
     }
 }
 
@@ -217,7 +238,10 @@ fn transport(l3: &L3, l4: &L4, scope: &Scope, cfg: &Config) -> Result<Decision, 
         if stateful {
             track_forward(&flow_key(l3, l4.sport, l4.dport), rule, l4.flags, cfg);
         }
-        return Ok(Decision::Allow { rule, path: Path::Forward });
+        return Ok(Decision::Allow {
+            rule,
+            path: Path::Forward,
+        });
     }
     if l4.bare_syn() {
         return Err(DenyReason::NoRule);
@@ -228,7 +252,10 @@ fn transport(l3: &L3, l4: &L4, scope: &Scope, cfg: &Config) -> Result<Decision, 
         match_rule(l3.proto, l4.sport, scope.dst, scope.src)
     };
     match rule {
-        Some(rule) => Ok(Decision::Allow { rule, path: Path::Reply }),
+        Some(rule) => Ok(Decision::Allow {
+            rule,
+            path: Path::Reply,
+        }),
         None => Err(DenyReason::NoRule),
     }
 }
@@ -285,13 +312,21 @@ fn track_forward(key: &FlowKey, rule: u32, flags: u8, cfg: &Config) {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         let flow = unsafe { &mut *flow };
-        let state = if expired(flow, now, cfg) { 0 } else { flow.state };
+        let state = if expired(flow, now, cfg) {
+            0
+        } else {
+            flow.state
+        };
         flow.state = forward_state(state, key.proto, flags);
         flow.rule = rule;
         flow.last_seen_ns = now;
         return;
     }
-    let flow = FlowValue { last_seen_ns: now, rule, state: forward_state(0, key.proto, flags) };
+    let flow = FlowValue {
+        last_seen_ns: now,
+        rule,
+        state: forward_state(0, key.proto, flags),
+    };
     match FLOWS.insert(key, &flow, 0) {
         Ok(()) => flow_event(FLOW_EVENT_CREATED),
         Err(_) => flow_event(FLOW_EVENT_INSERT_FAILED),
@@ -328,11 +363,16 @@ fn icmp(ctx: &XdpContext, l3: &L3, scope: &Scope, cfg: &Config) -> Result<Decisi
     let (echo, error) = if l3.v6 {
         (kind == 128 || kind == 129, (1..=4).contains(&kind))
     } else {
-        (kind == 8 || kind == 0, kind == 3 || kind == 11 || kind == 12)
+        (
+            kind == 8 || kind == 0,
+            kind == 3 || kind == 11 || kind == 12,
+        )
     };
     if echo {
         return if cfg.icmp_echo != 0 && scope.in_scope() {
-            Ok(Decision::Pass { reason: PassReason::IcmpEcho })
+            Ok(Decision::Pass {
+                reason: PassReason::IcmpEcho,
+            })
         } else {
             Err(DenyReason::Icmp)
         };
@@ -366,7 +406,11 @@ fn icmp(ctx: &XdpContext, l3: &L3, scope: &Scope, cfg: &Config) -> Result<Decisi
         match_rule(quoted.proto, quoted.dport, from, to)
             .or_else(|| match_rule(quoted.proto, quoted.sport, to, from))
     };
-    rule.map(|rule| Decision::Allow { rule, path: Path::Related }).ok_or(DenyReason::Icmp)
+    rule.map(|rule| Decision::Allow {
+        rule,
+        path: Path::Related,
+    })
+    .ok_or(DenyReason::Icmp)
 }
 
 #[inline(always)]
@@ -410,7 +454,10 @@ fn later_fragment(l3: &L3, cfg: &Config) -> Result<Decision, DenyReason> {
         return Err(DenyReason::Fragment);
     }
     entry.last_seen_ns = now;
-    Ok(Decision::Allow { rule: entry.rule, path: Path::from_raw(entry.path) })
+    Ok(Decision::Allow {
+        rule: entry.rule,
+        path: Path::from_raw(entry.path),
+    })
 }
 
 /// The kernel checks the license before it lets a program call GPL-only helpers.

@@ -233,7 +233,11 @@ pub fn parse_tcp(ctx: &XdpContext, offset: usize, l4_len: usize) -> Option<L4> {
     if data_offset < 20 || data_offset > l4_len {
         return None;
     }
-    Some(L4 { sport: be16(tcp, 0), dport: be16(tcp, 2), flags: tcp[13] })
+    Some(L4 {
+        sport: be16(tcp, 0),
+        dport: be16(tcp, 2),
+        flags: tcp[13],
+    })
 }
 
 /// UDP: ports, with the UDP length checked against the IP payload when the datagram is
@@ -248,7 +252,11 @@ pub fn parse_udp(ctx: &XdpContext, offset: usize, l4_len: usize, whole: bool) ->
     if udp_len < 8 || (whole && udp_len > l4_len) {
         return None;
     }
-    Some(L4 { sport: be16(udp, 0), dport: be16(udp, 2), flags: 0 })
+    Some(L4 {
+        sport: be16(udp, 0),
+        dport: be16(udp, 2),
+        flags: 0,
+    })
 }
 
 /// The ICMP or ICMPv6 type and code.
@@ -283,7 +291,13 @@ pub fn parse_quoted(ctx: &XdpContext, offset: usize, l4_len: usize, v6: bool) ->
         if ip[0] >> 4 != 6 {
             return None;
         }
-        (v6_addr(ip, 8), v6_addr(ip, 24), ip[6], inner + IPV6_HLEN, IPV6_HLEN)
+        (
+            v6_addr(ip, 8),
+            v6_addr(ip, 24),
+            ip[6],
+            inner + IPV6_HLEN,
+            IPV6_HLEN,
+        )
     } else {
         let ip = bytes_at::<20>(ctx, inner)?;
         let header_len = ((ip[0] & 0x0f) as usize) * 4;
@@ -291,7 +305,13 @@ pub fn parse_quoted(ctx: &XdpContext, offset: usize, l4_len: usize, v6: bool) ->
         if ip[0] >> 4 != 4 || header_len < 20 || be16(ip, 6) & 0x1fff != 0 {
             return None;
         }
-        (v4_addr(ip, 12), v4_addr(ip, 16), ip[9], inner + header_len, header_len)
+        (
+            v4_addr(ip, 12),
+            v4_addr(ip, 16),
+            ip[9],
+            inner + header_len,
+            header_len,
+        )
     };
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
@@ -301,5 +321,11 @@ pub fn parse_quoted(ctx: &XdpContext, offset: usize, l4_len: usize, v6: bool) ->
         return None;
     }
     let ports = bytes_at::<4>(ctx, ports_at)?;
-    Some(Quoted { src, dst, proto, sport: be16(ports, 0), dport: be16(ports, 2) })
+    Some(Quoted {
+        src,
+        dst,
+        proto,
+        sport: be16(ports, 0),
+        dport: be16(ports, 2),
+    })
 }

@@ -2953,7 +2953,10 @@ to = ["n3"]
         json.push_str("],\"ipv6_prefixes\":[]}");
         let policy = load_policy(&Source::default_spec(), &aws_site(json)).unwrap();
         assert_eq!(policy.networks[3].prefixes.len(), n as usize / 2);
-        assert!(policy.networks[3].prefixes.iter().all(|p| p.prefix_len() == 24));
+        assert!(policy.networks[3]
+            .prefixes
+            .iter()
+            .all(|p| p.prefix_len() == 24));
     }
 
     #[test]
