@@ -81,28 +81,79 @@ fn flow_event(event: u32) {
     }
 }
 
-/// Where the packet stands before any rule: its addresses' classes and the enforce-scope
-/// network it touches, if any.
-struct Scope {
-    src: u64,
-    dst: u64,
-    network: u32,
+/// Where the packet's addresses stand: their classes and the enforce-scope network they
+/// touch. Each address is looked up only when a decision needs it, since the trie walk is
+/// the dearest step of the per-packet path: a reply of a tracked flow needs neither, a
+/// denied packet to an EMIS network only its destination.
+struct Scope<'a> {
+    l3: &'a L3,
+    unset_roles: u64,
+    src: Option<AddrInfo>,
+    dst: Option<AddrInfo>,
 }
 
-impl Scope {
+impl<'a> Scope<'a> {
     #[inline(always)]
-    fn in_scope(&self) -> bool {
-        self.network != NO_NETWORK
+    fn new(l3: &'a L3, cfg: &Config) -> Self {
+        Scope {
+            l3,
+            unset_roles: cfg.unset_roles,
+            src: None,
+            dst: None,
+        }
+    }
+
+    #[inline(always)]
+    fn src_info(&mut self) -> AddrInfo {
+        match self.src {
+            Some(info) => info,
+            None => {
+                let info = lookup(&self.l3.src, self.l3.v6);
+                self.src = Some(info);
+                info
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn dst_info(&mut self) -> AddrInfo {
+        match self.dst {
+            Some(info) => info,
+            None => {
+                let info = lookup(&self.l3.dst, self.l3.v6);
+                self.dst = Some(info);
+                info
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn src_classes(&mut self) -> u64 {
+        classes(&self.src_info(), self.unset_roles)
+    }
+
+    #[inline(always)]
+    fn dst_classes(&mut self) -> u64 {
+        classes(&self.dst_info(), self.unset_roles)
+    }
+
+    /// The enforce-scope network a denial is counted under: the destination's, else the source's.
+    #[inline(always)]
+    fn network(&mut self) -> u32 {
+        let dst = self.dst_info().network;
+        if dst != NO_NETWORK {
+            dst
+        } else {
+            self.src_info().network
+        }
     }
 
     /// A denial in scope; outside it nothing is denied.
     #[inline(always)]
-    fn deny_or_pass(&self, reason: DenyReason) -> Decision {
-        if self.in_scope() {
-            Decision::Deny {
-                reason,
-                network: self.network,
-            }
+    fn deny_or_pass(&mut self, reason: DenyReason) -> Decision {
+        let network = self.network();
+        if network != NO_NETWORK {
+            Decision::Deny { reason, network }
         } else {
             Decision::Pass {
                 reason: PassReason::OutOfScope,
@@ -126,17 +177,7 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> Decision {
         }
         Parsed::Ip(l3) => l3,
     };
-    let src = lookup(&l3.src, l3.v6);
-    let dst = lookup(&l3.dst, l3.v6);
-    let scope = Scope {
-        src: classes(&src, cfg),
-        dst: classes(&dst, cfg),
-        network: if dst.network != NO_NETWORK {
-            dst.network
-        } else {
-            src.network
-        },
-    };
+    let mut scope = Scope::new(&l3, cfg);
     if l3.malformed {
         return scope.deny_or_pass(DenyReason::Malformed);
     }
@@ -145,11 +186,11 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> Decision {
     }
     let judged = match l3.proto {
         PROTO_TCP | PROTO_UDP => match transport_header(ctx, &l3) {
-            Some(l4) => transport(&l3, &l4, &scope, cfg),
+            Some(l4) => transport(&l3, &l4, &mut scope, cfg),
             None => Err(DenyReason::Malformed),
         },
-        PROTO_ICMP if !l3.v6 => icmp(ctx, &l3, &scope, cfg),
-        PROTO_ICMPV6 if l3.v6 => icmp(ctx, &l3, &scope, cfg),
+        PROTO_ICMP if !l3.v6 => icmp(ctx, &l3, &mut scope, cfg),
+        PROTO_ICMPV6 if l3.v6 => icmp(ctx, &l3, &mut scope, cfg),
         _ => Err(DenyReason::Protocol),
     };
     match judged {
@@ -182,18 +223,23 @@ fn lookup(addr: &Addr, v6: bool) -> AddrInfo {
 
 /// The classes of an address, with unset roles standing for every address outside the enforce scope.
 #[inline(always)]
-fn classes(info: &AddrInfo, cfg: &Config) -> u64 {
+fn classes(info: &AddrInfo, unset_roles: u64) -> u64 {
     if info.network == NO_NETWORK {
-        info.classes | cfg.unset_roles
+        info.classes | unset_roles
     } else {
         info.classes
     }
 }
 
-/// The first rule listing `port` whose sources touch `from` and destinations touch `to`.
+/// The rules that list `port`, if any.
 #[inline(always)]
-fn match_rule(proto: u8, port: u16, from: u64, to: u64) -> Option<u32> {
-    let set = unsafe { PORTS.get(PortKey::new(proto, port)) }?;
+fn rules_for(proto: u8, port: u16) -> Option<&'static RuleSet> {
+    unsafe { PORTS.get(PortKey::new(proto, port)) }
+}
+
+/// The first rule of `set` whose sources touch `from` and destinations touch `to`.
+#[inline(always)]
+fn first_match(set: &RuleSet, from: u64, to: u64) -> Option<u32> {
     let len = set.len as usize;
     for i in 0..MAX_CANDIDATES {
         if i >= len {
@@ -232,9 +278,11 @@ fn flow_key(l3: &L3, sport: u16, dport: u16) -> FlowKey {
 
 /// TCP and UDP: a forward match, else a reply to a tracked flow (stateful) or to a rule (stateless).
 #[inline(always)]
-fn transport(l3: &L3, l4: &L4, scope: &Scope, cfg: &Config) -> Result<Decision, DenyReason> {
+fn transport(l3: &L3, l4: &L4, scope: &mut Scope, cfg: &Config) -> Result<Decision, DenyReason> {
     let stateful = cfg.replies == REPLIES_STATEFUL;
-    if let Some(rule) = match_rule(l3.proto, l4.dport, scope.src, scope.dst) {
+    let forward = rules_for(l3.proto, l4.dport)
+        .and_then(|set| first_match(set, scope.src_classes(), scope.dst_classes()));
+    if let Some(rule) = forward {
         if stateful {
             track_forward(&flow_key(l3, l4.sport, l4.dport), rule, l4.flags, cfg);
         }
@@ -249,7 +297,8 @@ fn transport(l3: &L3, l4: &L4, scope: &Scope, cfg: &Config) -> Result<Decision, 
     let rule = if stateful {
         track_reply(&flow_key(l3, l4.sport, l4.dport).reversed(), l4.flags, cfg)
     } else {
-        match_rule(l3.proto, l4.sport, scope.dst, scope.src)
+        rules_for(l3.proto, l4.sport)
+            .and_then(|set| first_match(set, scope.dst_classes(), scope.src_classes()))
     };
     match rule {
         Some(rule) => Ok(Decision::Allow {
@@ -358,7 +407,12 @@ fn track_reply(key: &FlowKey, flags: u8, cfg: &Config) -> Option<u32> {
 
 /// ICMP and ICMPv6: permitted echo, or an error about an allowed flow; nothing else.
 #[inline(always)]
-fn icmp(ctx: &XdpContext, l3: &L3, scope: &Scope, cfg: &Config) -> Result<Decision, DenyReason> {
+fn icmp(
+    ctx: &XdpContext,
+    l3: &L3,
+    scope: &mut Scope,
+    cfg: &Config,
+) -> Result<Decision, DenyReason> {
     let (kind, _code) = parse_icmp(ctx, l3.l4_offset, l3.l4_len).ok_or(DenyReason::Malformed)?;
     let (echo, error) = if l3.v6 {
         (kind == 128 || kind == 129, (1..=4).contains(&kind))
@@ -369,7 +423,7 @@ fn icmp(ctx: &XdpContext, l3: &L3, scope: &Scope, cfg: &Config) -> Result<Decisi
         )
     };
     if echo {
-        return if cfg.icmp_echo != 0 && scope.in_scope() {
+        return if cfg.icmp_echo != 0 && scope.network() != NO_NETWORK {
             Ok(Decision::Pass {
                 reason: PassReason::IcmpEcho,
             })
@@ -401,10 +455,13 @@ fn icmp(ctx: &XdpContext, l3: &L3, scope: &Scope, cfg: &Config) -> Result<Decisi
             None => live_flow(&key.reversed(), now, cfg).map(|flow| unsafe { (*flow).rule }),
         }
     } else {
-        let from = classes(&lookup(&quoted.src, l3.v6), cfg);
-        let to = classes(&lookup(&quoted.dst, l3.v6), cfg);
-        match_rule(quoted.proto, quoted.dport, from, to)
-            .or_else(|| match_rule(quoted.proto, quoted.sport, to, from))
+        let from = classes(&lookup(&quoted.src, l3.v6), cfg.unset_roles);
+        let to = classes(&lookup(&quoted.dst, l3.v6), cfg.unset_roles);
+        rules_for(quoted.proto, quoted.dport)
+            .and_then(|set| first_match(set, from, to))
+            .or_else(|| {
+                rules_for(quoted.proto, quoted.sport).and_then(|set| first_match(set, to, from))
+            })
     };
     rule.map(|rule| Decision::Allow {
         rule,
