@@ -266,8 +266,9 @@ fn check_own_count(sample: &veth::Sample) -> Result<()> {
     if let Some(own) = sample.own_count {
         let rx = sample.rx_packets as f64;
         let diff = (own as f64 - rx).abs() / rx;
-        // The two reads are microseconds apart (nft's counters a fork apart): 2% slack.
-        if diff > 0.02 {
+        // The two reads are microseconds apart, nft's counters a fork apart, and a loaded
+        // machine can stretch a fork: 5% slack still catches frames that missed the contender.
+        if diff > 0.05 {
             bail!(
                 "{}: the contender counted {own} packets but gw-site received {}: the counts \
                  must agree",
