@@ -9,6 +9,11 @@
 pub const MAP_ADDR_V4: &str = "EMIS_ADDR_V4";
 /// Name of the map from IPv6 prefix to [`AddrInfo`].
 pub const MAP_ADDR_V6: &str = "EMIS_ADDR_V6";
+/// Name of the map from IPv4 prefix to the classes of count-scope networks (`u64`). Kept
+/// apart so Amazon-sized ranges never deepen the walk for traffic to the EMIS networks.
+pub const MAP_COUNT_V4: &str = "EMIS_COUNT_V4";
+/// Name of the map from IPv6 prefix to the classes of count-scope networks (`u64`).
+pub const MAP_COUNT_V6: &str = "EMIS_COUNT_V6";
 /// Name of the map from [`PortKey`] to [`RuleSet`].
 pub const MAP_PORTS: &str = "EMIS_PORTS";
 /// Name of the one-entry array holding [`Config`].
@@ -136,6 +141,8 @@ pub const REPLIES_STATELESS: u32 = 1;
 pub struct Config {
     /// Role bits an address outside every enforce-scope network gets because the role is unset.
     pub unset_roles: u64,
+    /// Class bits of the count-scope networks: a rule naming one needs the count tries.
+    pub count_mask: u64,
     /// [`MODE_ENFORCE`] or [`MODE_AUDIT`].
     pub mode: u32,
     /// [`REPLIES_STATEFUL`] or [`REPLIES_STATELESS`].
@@ -143,11 +150,8 @@ pub struct Config {
     /// Non-zero: ICMP echo to and from enforce-scope networks passes.
     pub icmp_echo: u32,
     pub _pad: u32,
-    /// How long a flow lives without packets, by [`FlowValue::state`], in nanoseconds.
-    pub tcp_syn_timeout_ns: u64,
-    pub tcp_established_timeout_ns: u64,
-    pub tcp_closing_timeout_ns: u64,
-    pub udp_timeout_ns: u64,
+    /// How long a flow lives without packets, in nanoseconds, indexed by [`flow_state_slot`].
+    pub flow_timeouts_ns: [u64; FLOW_STATE_COUNT],
     /// How long an allowed first fragment's datagram waits for its later fragments.
     pub fragment_timeout_ns: u64,
 }
@@ -185,6 +189,13 @@ pub const FLOW_TCP_SYN_SENT: u32 = 1;
 pub const FLOW_TCP_ESTABLISHED: u32 = 2;
 pub const FLOW_TCP_CLOSING: u32 = 3;
 pub const FLOW_UDP: u32 = 4;
+pub const FLOW_STATE_COUNT: usize = 4;
+
+/// The slot of `Config::flow_timeouts_ns` for a flow state.
+#[inline(always)]
+pub const fn flow_state_slot(state: u32) -> usize {
+    (state as usize).wrapping_sub(1)
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -13,12 +13,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use emis_common::{
-    stats_index, AddrInfo, Config, Counter, Decision, DenyReason, FlowKey, FlowValue, FragKey,
-    FragValue, PassReason, Path, PortKey, RuleSet, DEFAULT_FLOW_TABLE_SIZE, FLOW_EVENT_COUNT,
-    FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_TCP_CLOSING,
-    FLOW_TCP_ESTABLISHED, FLOW_TCP_SYN_SENT, FLOW_UDP, FRAG_TABLE_SIZE, MAX_CANDIDATES,
-    MAX_PORT_ENTRIES, MAX_PREFIXES, MODE_AUDIT, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    PROTO_UDP, REPLIES_STATEFUL, STATS_LEN,
+    flow_state_slot, stats_index, AddrInfo, Config, Counter, Decision, DenyReason, FlowKey,
+    FlowValue, FragKey, FragValue, PassReason, Path, PortKey, RuleSet, DEFAULT_FLOW_TABLE_SIZE,
+    FLOW_EVENT_COUNT, FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED,
+    FLOW_TCP_CLOSING, FLOW_TCP_ESTABLISHED, FLOW_TCP_SYN_SENT, FLOW_UDP, FRAG_TABLE_SIZE,
+    MAX_CANDIDATES, MAX_PORT_ENTRIES, MAX_PREFIXES, MODE_AUDIT, NO_NETWORK, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLIES_STATEFUL, STATS_LEN,
 };
 
 mod bench;
@@ -33,6 +33,10 @@ use parse::{
 static ADDR_V4: LpmTrie<[u8; 4], AddrInfo> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map(name = "EMIS_ADDR_V6")]
 static ADDR_V6: LpmTrie<[u8; 16], AddrInfo> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map(name = "EMIS_COUNT_V4")]
+static COUNT_V4: LpmTrie<[u8; 4], u64> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map(name = "EMIS_COUNT_V6")]
+static COUNT_V6: LpmTrie<[u8; 16], u64> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map(name = "EMIS_PORTS")]
 static PORTS: HashMap<PortKey, RuleSet> = HashMap::with_max_entries(MAX_PORT_ENTRIES, 0);
 #[map(name = "EMIS_CONFIG")]
@@ -50,11 +54,11 @@ static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_EVENT_
 
 #[xdp]
 pub fn emis(ctx: XdpContext) -> u32 {
-    let cfg = match CONFIG.get(0) {
-        Some(cfg) => *cfg,
-        None => Config::default(),
+    // The loader fills the config before it attaches the program; read it in place.
+    let Some(cfg) = CONFIG.get(0) else {
+        return xdp_action::XDP_PASS;
     };
-    let decision = decide(&ctx, &cfg);
+    let decision = decide(&ctx, cfg);
     count(&ctx, decision, cfg.mode);
     match decision {
         Decision::Deny { .. } if cfg.mode != MODE_AUDIT => xdp_action::XDP_DROP,
@@ -88,8 +92,12 @@ fn flow_event(event: u32) {
 struct Scope<'a> {
     l3: &'a L3,
     unset_roles: u64,
+    count_mask: u64,
     src: Option<AddrInfo>,
     dst: Option<AddrInfo>,
+    /// Count-scope classes, wanted only by rules that name a count-scope network.
+    src_count: Option<u64>,
+    dst_count: Option<u64>,
 }
 
 impl<'a> Scope<'a> {
@@ -98,8 +106,11 @@ impl<'a> Scope<'a> {
         Scope {
             l3,
             unset_roles: cfg.unset_roles,
+            count_mask: cfg.count_mask,
             src: None,
             dst: None,
+            src_count: None,
+            dst_count: None,
         }
     }
 
@@ -135,6 +146,55 @@ impl<'a> Scope<'a> {
     #[inline(always)]
     fn dst_classes(&mut self) -> u64 {
         classes(&self.dst_info(), self.unset_roles)
+    }
+
+    #[inline(always)]
+    fn src_count(&mut self) -> u64 {
+        match self.src_count {
+            Some(classes) => classes,
+            None => {
+                let classes = count_classes(&self.l3.src, self.l3.v6);
+                self.src_count = Some(classes);
+                classes
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn dst_count(&mut self) -> u64 {
+        match self.dst_count {
+            Some(classes) => classes,
+            None => {
+                let classes = count_classes(&self.l3.dst, self.l3.v6);
+                self.dst_count = Some(classes);
+                classes
+            }
+        }
+    }
+
+    /// The first rule of `set` that the packet matches, forward or (`reply`) reversed. The
+    /// count-scope tries are walked only once an entry names a count-scope network.
+    #[inline(always)]
+    fn first_match(&mut self, set: &RuleSet, reply: bool) -> Option<u32> {
+        let (mut src, mut dst) = (self.src_classes(), self.dst_classes());
+        let mut with_count = false;
+        let len = set.len as usize;
+        for i in 0..MAX_CANDIDATES {
+            if i >= len {
+                break;
+            }
+            let entry = &set.entries[i];
+            if !with_count && (entry.src | entry.dst) & self.count_mask != 0 {
+                src |= self.src_count();
+                dst |= self.dst_count();
+                with_count = true;
+            }
+            let (from, to) = if reply { (dst, src) } else { (src, dst) };
+            if entry.src & from != 0 && entry.dst & to != 0 {
+                return Some(entry.rule);
+            }
+        }
+        None
     }
 
     /// The enforce-scope network a denial is counted under: the destination's, else the source's.
@@ -221,6 +281,17 @@ fn lookup(addr: &Addr, v6: bool) -> AddrInfo {
     }
 }
 
+/// The classes of the count-scope networks holding an address.
+#[inline(always)]
+fn count_classes(addr: &Addr, v6: bool) -> u64 {
+    let found = if v6 {
+        COUNT_V6.get(Key::new(128, *addr))
+    } else {
+        COUNT_V4.get(Key::new(32, [addr[0], addr[1], addr[2], addr[3]]))
+    };
+    found.copied().unwrap_or(0)
+}
+
 /// The classes of an address, with unset roles standing for every address outside the enforce scope.
 #[inline(always)]
 fn classes(info: &AddrInfo, unset_roles: u64) -> u64 {
@@ -280,8 +351,7 @@ fn flow_key(l3: &L3, sport: u16, dport: u16) -> FlowKey {
 #[inline(always)]
 fn transport(l3: &L3, l4: &L4, scope: &mut Scope, cfg: &Config) -> Result<Decision, DenyReason> {
     let stateful = cfg.replies == REPLIES_STATEFUL;
-    let forward = rules_for(l3.proto, l4.dport)
-        .and_then(|set| first_match(set, scope.src_classes(), scope.dst_classes()));
+    let forward = rules_for(l3.proto, l4.dport).and_then(|set| scope.first_match(set, false));
     if let Some(rule) = forward {
         if stateful {
             track_forward(&flow_key(l3, l4.sport, l4.dport), rule, l4.flags, cfg);
@@ -297,8 +367,7 @@ fn transport(l3: &L3, l4: &L4, scope: &mut Scope, cfg: &Config) -> Result<Decisi
     let rule = if stateful {
         track_reply(&flow_key(l3, l4.sport, l4.dport).reversed(), l4.flags, cfg)
     } else {
-        rules_for(l3.proto, l4.sport)
-            .and_then(|set| first_match(set, scope.dst_classes(), scope.src_classes()))
+        rules_for(l3.proto, l4.sport).and_then(|set| scope.first_match(set, true))
     };
     match rule {
         Some(rule) => Ok(Decision::Allow {
@@ -311,11 +380,9 @@ fn transport(l3: &L3, l4: &L4, scope: &mut Scope, cfg: &Config) -> Result<Decisi
 
 #[inline(always)]
 fn lifetime_ns(state: u32, cfg: &Config) -> u64 {
-    match state {
-        FLOW_TCP_SYN_SENT => cfg.tcp_syn_timeout_ns,
-        FLOW_TCP_ESTABLISHED => cfg.tcp_established_timeout_ns,
-        FLOW_TCP_CLOSING => cfg.tcp_closing_timeout_ns,
-        _ => cfg.udp_timeout_ns,
+    match cfg.flow_timeouts_ns.get(flow_state_slot(state)) {
+        Some(ns) => *ns,
+        None => 0,
     }
 }
 
@@ -455,8 +522,10 @@ fn icmp(
             None => live_flow(&key.reversed(), now, cfg).map(|flow| unsafe { (*flow).rule }),
         }
     } else {
-        let from = classes(&lookup(&quoted.src, l3.v6), cfg.unset_roles);
-        let to = classes(&lookup(&quoted.dst, l3.v6), cfg.unset_roles);
+        let from = classes(&lookup(&quoted.src, l3.v6), cfg.unset_roles)
+            | count_classes(&quoted.src, l3.v6);
+        let to = classes(&lookup(&quoted.dst, l3.v6), cfg.unset_roles)
+            | count_classes(&quoted.dst, l3.v6);
         rules_for(quoted.proto, quoted.dport)
             .and_then(|set| first_match(set, from, to))
             .or_else(|| {

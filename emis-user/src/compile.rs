@@ -14,8 +14,12 @@ use crate::policy::{Endpoint, Policy, Scope};
 /// Everything the loader writes into the maps, except the mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compiled {
+    /// Enforce-scope networks and site roles.
     pub v4: Vec<(Ipv4Net, AddrInfo)>,
     pub v6: Vec<(Ipv6Net, AddrInfo)>,
+    /// Count-scope networks, in tries of their own: their classes only.
+    pub count_v4: Vec<(Ipv4Net, u64)>,
+    pub count_v6: Vec<(Ipv6Net, u64)>,
     pub ports: BTreeMap<PortKey, RuleSet>,
     pub config: Config,
 }
@@ -53,33 +57,22 @@ pub fn endpoint_mask(endpoints: &[Endpoint]) -> u64 {
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
-    let mut add = |net: IpNet, classes: u64, network: u32| match net.trunc() {
-        IpNet::V4(net) => v4.push((
-            net,
-            AddrInfo {
-                classes,
-                network,
-                _pad: 0,
-            },
-        )),
-        IpNet::V6(net) => v6.push((
-            net,
-            AddrInfo {
-                classes,
-                network,
-                _pad: 0,
-            },
-        )),
-    };
+    let mut count_v4 = Vec::new();
+    let mut count_v6 = Vec::new();
+    let mut count_mask = 0;
     for (id, network) in policy.networks.iter().enumerate() {
         let id = id as u32;
-        let enforce = if network.scope == Scope::Enforce {
-            id
-        } else {
-            NO_NETWORK
-        };
+        let bit = network_bit(id);
         for prefix in &network.prefixes {
-            add(*prefix, network_bit(id), enforce);
+            match (network.scope, prefix.trunc()) {
+                (Scope::Enforce, IpNet::V4(net)) => v4.push((net, addr_info(bit, id))),
+                (Scope::Enforce, IpNet::V6(net)) => v6.push((net, addr_info(bit, id))),
+                (Scope::Count, IpNet::V4(net)) => count_v4.push((net, addr_info(bit, NO_NETWORK))),
+                (Scope::Count, IpNet::V6(net)) => count_v6.push((net, addr_info(bit, NO_NETWORK))),
+            }
+        }
+        if network.scope == Scope::Count {
+            count_mask |= bit;
         }
     }
     let mut unset_roles = 0;
@@ -87,23 +80,27 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         match policy.role(role) {
             Some(prefixes) => {
                 for prefix in prefixes {
-                    add(*prefix, role_bit(role.0), NO_NETWORK);
+                    match prefix.trunc() {
+                        IpNet::V4(net) => v4.push((net, addr_info(role_bit(role.0), NO_NETWORK))),
+                        IpNet::V6(net) => v6.push((net, addr_info(role_bit(role.0), NO_NETWORK))),
+                    }
                 }
             }
             None => unset_roles |= role_bit(role.0),
         }
     }
-    let v4 = flatten(
-        v4,
-        |n| (u32::from(n.network()) as u128, n.prefix_len()),
-        |a, b| a.contains(b),
-    );
-    let v6 = flatten(
-        v6,
-        |n| (u128::from(n.network()), n.prefix_len()),
-        |a, b| a.contains(b),
-    );
-    for (family, count) in [("IPv4", v4.len()), ("IPv6", v6.len())] {
+    let key4 = |n: &Ipv4Net| (u32::from(n.network()) as u128, n.prefix_len());
+    let key6 = |n: &Ipv6Net| (u128::from(n.network()), n.prefix_len());
+    let v4 = flatten(v4, key4, |a, b| a.contains(b));
+    let v6 = flatten(v6, key6, |a, b| a.contains(b));
+    let count_v4 = classes_only(flatten(count_v4, key4, |a, b| a.contains(b)));
+    let count_v6 = classes_only(flatten(count_v6, key6, |a, b| a.contains(b)));
+    for (family, count) in [
+        ("IPv4", v4.len()),
+        ("IPv6", v6.len()),
+        ("count-scope IPv4", count_v4.len()),
+        ("count-scope IPv6", count_v6.len()),
+    ] {
         if count > MAX_PREFIXES as usize {
             return Err(CompileError::TooManyPrefixes { family, count });
         }
@@ -111,25 +108,46 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     Ok(Compiled {
         v4,
         v6,
+        count_v4,
+        count_v6,
         ports: port_sets(policy)?,
-        config: config(policy, unset_roles),
+        config: config(policy, unset_roles, count_mask),
     })
 }
 
+fn addr_info(classes: u64, network: u32) -> AddrInfo {
+    AddrInfo {
+        classes,
+        network,
+        _pad: 0,
+    }
+}
+
+fn classes_only<N>(entries: Vec<(N, AddrInfo)>) -> Vec<(N, u64)> {
+    entries
+        .into_iter()
+        .map(|(net, info)| (net, info.classes))
+        .collect()
+}
+
 /// Run-time settings from the spec; the loader sets the mode and the reply tracking.
-fn config(policy: &Policy, unset_roles: u64) -> Config {
+fn config(policy: &Policy, unset_roles: u64, count_mask: u64) -> Config {
     let t = &policy.options.timeouts;
     let ns = |seconds: u64| seconds * 1_000_000_000;
     Config {
         unset_roles,
+        count_mask,
         mode: emis_common::MODE_ENFORCE,
         replies: emis_common::REPLIES_STATEFUL,
         icmp_echo: policy.options.icmp_echo as u32,
         _pad: 0,
-        tcp_syn_timeout_ns: ns(t.tcp_syn),
-        tcp_established_timeout_ns: ns(t.tcp_established),
-        tcp_closing_timeout_ns: ns(t.tcp_closing),
-        udp_timeout_ns: ns(t.udp),
+        // In the order of the FLOW_* states.
+        flow_timeouts_ns: [
+            ns(t.tcp_syn),
+            ns(t.tcp_established),
+            ns(t.tcp_closing),
+            ns(t.udp),
+        ],
         fragment_timeout_ns: ns(t.fragment),
     }
 }
@@ -225,22 +243,42 @@ fn port_sets(policy: &Policy) -> Result<BTreeMap<PortKey, RuleSet>, CompileError
     Ok(sets)
 }
 
-/// The value a longest-prefix lookup of `addr` returns from compiled entries; the
-/// userspace twin of the kernel's trie lookup, for tests.
+/// What the kernel learns of `addr` from the compiled tries: the longest match in the
+/// enforce/role trie, with the longest count-scope match's classes added. The userspace
+/// twin of the kernel's lookups, for tests.
 pub fn lookup(compiled: &Compiled, addr: std::net::IpAddr) -> Option<AddrInfo> {
-    match addr {
-        std::net::IpAddr::V4(a) => compiled
-            .v4
+    fn longest<N: Copy, V: Copy>(
+        entries: &[(N, V)],
+        contains: impl Fn(&N) -> bool,
+        len: impl Fn(&N) -> u8,
+    ) -> Option<V> {
+        entries
             .iter()
-            .filter(|(net, _)| net.contains(&a))
-            .max_by_key(|(net, _)| net.prefix_len())
-            .map(|(_, info)| *info),
-        std::net::IpAddr::V6(a) => compiled
-            .v6
-            .iter()
-            .filter(|(net, _)| net.contains(&a))
-            .max_by_key(|(net, _)| net.prefix_len())
-            .map(|(_, info)| *info),
+            .filter(|(n, _)| contains(n))
+            .max_by_key(|(n, _)| len(n))
+            .map(|(_, v)| *v)
+    }
+    let (core, count) = match addr {
+        std::net::IpAddr::V4(a) => (
+            longest(&compiled.v4, |n| n.contains(&a), |n| n.prefix_len()),
+            longest(&compiled.count_v4, |n| n.contains(&a), |n| n.prefix_len()),
+        ),
+        std::net::IpAddr::V6(a) => (
+            longest(&compiled.v6, |n| n.contains(&a), |n| n.prefix_len()),
+            longest(&compiled.count_v6, |n| n.contains(&a), |n| n.prefix_len()),
+        ),
+    };
+    match (core, count) {
+        (None, None) => None,
+        (core, count) => {
+            let mut info = core.unwrap_or(AddrInfo {
+                classes: 0,
+                network: NO_NETWORK,
+                _pad: 0,
+            });
+            info.classes |= count.unwrap_or(0);
+            Some(info)
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use emis_common::{
-    AddrInfo, Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG, MAP_PORTS,
-    MODE_AUDIT, MODE_ENFORCE, PROGRAM_NAME,
+    Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG, MAP_COUNT_V4, MAP_COUNT_V6,
+    MAP_PORTS, MODE_AUDIT, MODE_ENFORCE, PROGRAM_NAME,
 };
 
 use crate::compile::Compiled;
@@ -152,25 +152,49 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map>
         .ok_or_else(|| anyhow!("the kernel object has no map named {name}"))
 }
 
+/// Inserts `entries` into the longest-prefix trie `name`.
+fn fill_trie<const N: usize, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: impl Iterator<Item = (u8, [u8; N], V)>,
+) -> Result<()> {
+    let mut trie: LpmTrie<_, [u8; N], V> = LpmTrie::try_from(map_mut(ebpf, name)?)?;
+    for (len, addr, value) in entries {
+        trie.insert(&Key::new(len.into(), addr), value, 0)
+            .with_context(|| format!("inserting a /{len} prefix into {name}"))?;
+    }
+    Ok(())
+}
+
 fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, options: LoadOptions) -> Result<()> {
-    let mut v4: LpmTrie<_, [u8; 4], AddrInfo> = LpmTrie::try_from(map_mut(ebpf, MAP_ADDR_V4)?)?;
-    for (net, info) in &compiled.v4 {
-        v4.insert(
-            &Key::new(net.prefix_len().into(), net.network().octets()),
-            info,
-            0,
-        )
-        .with_context(|| format!("inserting {net} into {MAP_ADDR_V4}"))?;
-    }
-    let mut v6: LpmTrie<_, [u8; 16], AddrInfo> = LpmTrie::try_from(map_mut(ebpf, MAP_ADDR_V6)?)?;
-    for (net, info) in &compiled.v6 {
-        v6.insert(
-            &Key::new(net.prefix_len().into(), net.network().octets()),
-            info,
-            0,
-        )
-        .with_context(|| format!("inserting {net} into {MAP_ADDR_V6}"))?;
-    }
+    let v4 = |n: &ipnet::Ipv4Net| (n.prefix_len(), n.network().octets());
+    let v6 = |n: &ipnet::Ipv6Net| (n.prefix_len(), n.network().octets());
+    fill_trie(
+        ebpf,
+        MAP_ADDR_V4,
+        compiled.v4.iter().map(|(n, i)| (v4(n).0, v4(n).1, *i)),
+    )?;
+    fill_trie(
+        ebpf,
+        MAP_ADDR_V6,
+        compiled.v6.iter().map(|(n, i)| (v6(n).0, v6(n).1, *i)),
+    )?;
+    fill_trie(
+        ebpf,
+        MAP_COUNT_V4,
+        compiled
+            .count_v4
+            .iter()
+            .map(|(n, c)| (v4(n).0, v4(n).1, *c)),
+    )?;
+    fill_trie(
+        ebpf,
+        MAP_COUNT_V6,
+        compiled
+            .count_v6
+            .iter()
+            .map(|(n, c)| (v6(n).0, v6(n).1, *c)),
+    )?;
     let mut ports: HashMap<_, PortKey, RuleSet> = HashMap::try_from(map_mut(ebpf, MAP_PORTS)?)?;
     for (key, set) in &compiled.ports {
         ports
