@@ -69,8 +69,9 @@ pub fn child(path: &Path) -> Result<()> {
         compile_ms: ms(compile_done - policy_done),
         load_ms: ms(load_done - compile_done),
         total_ms: ms(load_done),
-        v4_entries: compiled.v4.len(),
-        v6_entries: compiled.v6.len(),
+        // Both tries of each family: enforce-scope and roles, and count scope.
+        v4_entries: compiled.v4.len() + compiled.count_v4.len(),
+        v6_entries: compiled.v6.len() + compiled.count_v6.len(),
         peak_rss_kib: status_kib("VmHWM")?,
     };
     drop(ebpf);
