@@ -105,10 +105,13 @@ pub fn classes() -> Vec<Class> {
     ]
 }
 
+/// The name of the scaling-only class: not one of the packet classes.
+pub const AWS_CLASS: &str = "to aws (count scope)";
+
 /// A packet to `aws` (count scope) at `addr`, allowed by `appointment-refresh`.
 pub fn aws_class(addr: Ipv4Addr) -> Class {
     Class {
-        name: "to aws (count scope)",
+        name: AWS_CLASS,
         frame: PacketSpec::tcp(v4(SITE_HOST), v4(addr), 40001, 443, TCP_SYN).build(),
         expect: XDP_PASS,
     }
