@@ -2,10 +2,8 @@
 //! what the kernel tests and the benchmark use to get real verdicts and timings.
 
 use anyhow::{Context as _, Result};
-use aya::maps::HashMap;
 use aya::{
-    maps::{Array, MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     Ebpf,
 };
 use emis_common::{
@@ -60,18 +58,7 @@ impl TestProgram {
 
     /// Runs the program `repeat` times on `frame`.
     pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
-        let program = loader::program_mut(&mut self.ebpf)?;
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::new()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
-        Ok(RunResult {
-            action: result.return_value,
-            ns_per_run: result.duration.as_nanos() as u64,
-        })
+        crate::benchprog::run_repeat(loader::program_mut(&mut self.ebpf)?, frame, repeat)
     }
 
     pub fn run(&mut self, frame: &[u8]) -> Result<u32> {

@@ -141,6 +141,26 @@ pub fn check_kernel(
     Ok(())
 }
 
+/// The `emis` binary of this build (`cargo xtask test` builds it first); `EMIS_BIN` overrides it.
+pub fn emis_bin() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("EMIS_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/emis
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("emis");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p emis-user` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -3,23 +3,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-fn emis_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("EMIS_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("emis");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p emis-user` (cargo xtask test does)",
-        path.display()
-    );
-    path
-}
+use emis_tests::emis_bin;
 
 fn emis(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(emis_bin())

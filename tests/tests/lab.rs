@@ -11,28 +11,9 @@ use std::{
 };
 
 use emis_lab::{tcp_connects, Host, Lab, TcpServers, EMIS_INTERNET, EMIS_PRIMARY, OUT_OF_SCOPE};
+use emis_tests::emis_bin;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The `emis` binary of this build (`cargo xtask test` builds it first).
-fn emis_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("EMIS_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>/emis
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("emis");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p emis-user` (cargo xtask test does)",
-        path.display()
-    );
-    path
-}
 
 /// A running `emis run`, stopped with SIGINT on drop.
 struct Enforcer {
