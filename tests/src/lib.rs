@@ -161,6 +161,19 @@ pub fn emis_bin() -> std::path::PathBuf {
     path
 }
 
+/// The seed of the random tests: `EMIS_SEED` (decimal, or hex with 0x, as failures print
+/// it) or a fixed default, so every run is the same unless asked otherwise.
+pub fn seed() -> u64 {
+    match std::env::var("EMIS_SEED") {
+        Ok(s) => match s.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => s.parse(),
+        }
+        .unwrap_or_else(|_| panic!("EMIS_SEED={s} is not a number")),
+        Err(_) => 0x5eed_2026,
+    }
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

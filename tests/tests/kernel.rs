@@ -324,10 +324,7 @@ fn every_truncation_of_every_packet_kind_is_decided_like_the_model_and_never_abo
 #[test]
 fn kernel_agrees_with_the_reference_model_on_ten_thousand_random_frames() {
     let policy = default_policy(TEST_SITE, true);
-    let seed = std::env::var("EMIS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_2026);
+    let seed = emis_tests::seed();
     for (mode, replies) in [
         (Mode::Enforce, Replies::Stateless),
         (Mode::Audit, Replies::Stateless),

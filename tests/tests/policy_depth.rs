@@ -481,10 +481,7 @@ fn hostile_headers_get_the_verdict_the_policy_requires() {
 #[test]
 fn kernel_and_model_agree_on_a_million_packets_of_conversations() {
     let policy = default_policy(TEST_SITE, true);
-    let seed: u64 = std::env::var("EMIS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_2026);
+    let seed: u64 = emis_tests::seed();
     let runs = [
         (Replies::Stateful, Mode::Enforce, 800_000u64),
         (Replies::Stateless, Mode::Audit, 200_000),
