@@ -131,19 +131,7 @@ impl Generator {
         let mut p = PacketSpec::new(src, dst, proto, sport, dport);
         if !v6 && self.rng.random_bool(0.3) {
             // A flow some rule of the embedded spec allows, forward or as a reply.
-            let &(remote, proto, port) = self.pick(RULE_FLOWS);
-            let site = if port == 33953 || port == 33957 {
-                "192.168.10.5"
-            } else {
-                "192.168.10.2"
-            };
-            p = PacketSpec::new(
-                site.parse().unwrap(),
-                remote.parse().unwrap(),
-                proto,
-                self.rng.random_range(1024..65535),
-                port,
-            );
+            p = self.rule_flow();
             if self.rng.random_bool(0.4) {
                 std::mem::swap(&mut p.src, &mut p.dst);
                 std::mem::swap(&mut p.sport, &mut p.dport);
@@ -177,6 +165,25 @@ impl Generator {
         }
         p.payload_len = self.rng.random_range(0..64);
         p
+    }
+
+    /// A packet from the site to a flow of [`RULE_FLOWS`], from a random client port; the
+    /// streaming ports are the clinical server's.
+    fn rule_flow(&mut self) -> PacketSpec {
+        let &(remote, proto, port) = self.pick(RULE_FLOWS);
+        let site = if port == 33953 || port == 33957 {
+            "192.168.10.5"
+        } else {
+            "192.168.10.2"
+        };
+        let client_port = self.rng.random_range(1024..65535);
+        PacketSpec::new(
+            site.parse().unwrap(),
+            remote.parse().unwrap(),
+            proto,
+            client_port,
+            port,
+        )
     }
 
     /// A frame: usually whole, sometimes truncated, sometimes with bytes changed.
@@ -235,19 +242,7 @@ impl Conversations {
                 let mut p = generator.packet();
                 if !matches!(p.proto, PROTO_TCP | PROTO_UDP) || generator.rng.random_bool(0.6) {
                     // Mostly flows a rule names, so replies and fragments have something to follow.
-                    let &(remote, proto, port) = generator.pick(RULE_FLOWS);
-                    let site = if port == 33953 || port == 33957 {
-                        "192.168.10.5"
-                    } else {
-                        "192.168.10.2"
-                    };
-                    p = PacketSpec::new(
-                        site.parse().unwrap(),
-                        remote.parse().unwrap(),
-                        proto,
-                        0,
-                        port,
-                    );
+                    p = generator.rule_flow();
                     if generator.rng.random_bool(0.15) {
                         // The other way round: something no rule opens from that side.
                         std::mem::swap(&mut p.src, &mut p.dst);
