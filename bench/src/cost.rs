@@ -6,11 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{bail, Context as _, Result};
 use emis::{
     benchprog::{self, BenchPrograms},
-    loader::Mode,
-    packet::{PacketSpec, TCP_ACK, TCP_SYN},
-    policy::Policy,
-    spec::{load_policy, SiteOptions, Source},
     testrun::{TestProgram, XDP_DROP, XDP_PASS},
+};
+use emis_policy::{
+    packet::{PacketSpec, TCP_ACK, TCP_SYN},
+    policy::{Mode, Policy},
+    spec::{load_policy, SiteOptions, Source},
 };
 use serde::Serialize;
 

@@ -9,11 +9,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use emis::{
-    compile::compile,
-    loader::{self, LoadOptions},
-    spec::Source,
-};
+use emis::loader::{self, LoadOptions};
+use emis_policy::{compile::compile, spec::Source};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

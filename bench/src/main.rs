@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use emis::benchprog::BenchPrograms;
-use emis::spec::Source;
+use emis_policy::spec::Source;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use report::{median, Machine, Report, Scale, Settings, Target, Throughput};

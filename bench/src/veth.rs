@@ -19,15 +19,17 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::PerCpuArray;
 use emis::{
     benchprog::{self, BenchPrograms},
-    compile::compile,
     loader::{self, LoadOptions},
-    nft::{Family, NftOptions},
-    packet::{PacketSpec, TCP_SYN},
-    policy::{Policy, Protocol},
     stats::Snapshot,
 };
 use emis_common::{Counter, MAP_STATS};
 use emis_lab::{Host, Lab};
+use emis_policy::{
+    compile::compile,
+    nft::{Family, NftOptions},
+    packet::{PacketSpec, TCP_SYN},
+    policy::{Policy, Protocol},
+};
 use serde::Serialize;
 
 pub const LAB_PREFIX: &str = "emisbench";
@@ -248,7 +250,7 @@ impl<'a> Bench<'a> {
             &emis_ns,
             emis_lab::EMIS_IFACE,
         )?;
-        let nft_ruleset = emis::nft::ruleset(
+        let nft_ruleset = emis_policy::nft::ruleset(
             policy,
             &NftOptions {
                 family: Family::Netdev,

@@ -1,19 +1,12 @@
-//! emis: an XDP enforcer for the EMIS Web network requirements.
+//! emis: an XDP enforcer for the EMIS Web network requirements; the daemon half.
 //!
-//! `spec` reads the TOML spec and site into a validated `policy`; `compile` turns it into
-//! kernel map entries; `loader` loads and attaches the XDP program; `stats` and `metrics`
-//! read its counters; `model` is the userspace reference verdict the kernel is tested against.
+//! The policy itself (spec, compiler, reference model) lives in `emis-policy`. Here:
+//! `loader` loads and attaches the XDP program; `stats`, `flows` and `metrics` read its
+//! counters.
 
 pub mod benchprog;
-pub mod compile;
-pub mod explain;
 pub mod flows;
 pub mod loader;
 pub mod metrics;
-pub mod model;
-pub mod nft;
-pub mod packet;
-pub mod policy;
-pub mod spec;
 pub mod stats;
 pub mod testrun;

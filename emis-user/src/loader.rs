@@ -11,65 +11,16 @@ use aya::{
 };
 use emis_common::{
     Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG, MAP_COUNT_V4, MAP_COUNT_V6,
-    MAP_PORTS, MODE_AUDIT, MODE_ENFORCE, PROGRAM_NAME,
+    MAP_PORTS, PROGRAM_NAME,
 };
 
-use crate::compile::Compiled;
+use emis_policy::{
+    compile::Compiled,
+    policy::{Mode, Replies},
+};
 
 /// The kernel program, built by build.rs (aya-build) and embedded in this binary.
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/emis"));
-
-/// Whether denied packets are dropped or only counted.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Enforce,
-    Audit,
-}
-
-impl Mode {
-    pub fn raw(self) -> u32 {
-        match self {
-            Mode::Enforce => MODE_ENFORCE,
-            Mode::Audit => MODE_AUDIT,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::Audit => "audit",
-        }
-    }
-}
-
-/// How replies are recognised: from the flow table, or from ports and addresses alone.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Replies {
-    /// A reply must belong to a flow a rule allowed (the default).
-    Stateful,
-    /// For asymmetric routing, where one direction of a flow may not cross this router.
-    Stateless,
-}
-
-impl Replies {
-    pub fn raw(self) -> u32 {
-        match self {
-            Replies::Stateful => emis_common::REPLIES_STATEFUL,
-            Replies::Stateless => emis_common::REPLIES_STATELESS,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Replies::Stateful => "stateful",
-            Replies::Stateless => "stateless",
-        }
-    }
-}
 
 /// What a load sets besides the compiled policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,15 +10,18 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use emis::{
-    compile::compile,
-    explain::{explain, ExplainRequest},
-    loader::{self, AttachMode, LoadOptions, Mode, Replies},
+    loader::{self, AttachMode, LoadOptions},
     metrics::{self, EnforcerCollector},
-    policy::Policy,
-    spec::{load_policy, SiteOptions, Source},
     stats::{mode_of, Labels, Snapshot, State},
 };
 use emis_common::{MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS, MAP_STATS};
+use emis_policy::{
+    compile::compile,
+    explain::{explain, ExplainRequest},
+    nft::{Family, NftOptions},
+    policy::{Mode, Policy, Replies},
+    spec::{load_policy, SiteOptions, Source},
+};
 
 /// The maps `emis run` pins for `emis stats` and `emis mode`.
 const PINNED_MAPS: [&str; 4] = [MAP_STATS, MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS];
@@ -59,8 +62,58 @@ enum ExportCommand {
         #[command(flatten)]
         policy: PolicyArgs,
         #[command(flatten)]
-        nft: emis::nft::NftOptions,
+        nft: NftArgs,
     },
+}
+
+#[derive(Args, Clone)]
+struct NftArgs {
+    /// enforce drops what the policy denies; audit accepts it and counts it as would-deny.
+    #[arg(long, value_parser = mode_parser(), default_value = "enforce")]
+    mode: Mode,
+    /// Name of the nftables table (replaced as a whole when the ruleset is loaded).
+    #[arg(long, default_value = "emis")]
+    table: String,
+    /// inet: prerouting on every interface; netdev: ingress on the --iface devices.
+    #[arg(long, value_parser = ["inet", "netdev"], default_value = "inet")]
+    family: String,
+    /// A device for the netdev ingress chain; repeatable; required with --family netdev.
+    #[arg(long = "iface", value_name = "IF")]
+    ifaces: Vec<String>,
+}
+
+impl NftArgs {
+    fn options(&self) -> NftOptions {
+        NftOptions {
+            mode: self.mode,
+            table: self.table.clone(),
+            family: if self.family == "netdev" {
+                Family::Netdev
+            } else {
+                Family::Inet
+            },
+            ifaces: self.ifaces.clone(),
+        }
+    }
+}
+
+/// clap's parser for a policy enum: the choices listed in `--help`, parsed by `FromStr`.
+fn choice_parser<T>(names: [&'static str; 2]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Debug,
+{
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|s| s.parse::<T>().expect("a listed choice parses"))
+}
+
+fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
+    choice_parser(Mode::ALL.map(Mode::name))
+}
+
+fn replies_parser() -> impl clap::builder::TypedValueParser<Value = Replies> {
+    choice_parser(Replies::ALL.map(Replies::name))
 }
 
 #[derive(Args, Clone)]
@@ -87,11 +140,11 @@ struct RunArgs {
     #[arg(long = "iface", required = true, value_name = "IF")]
     ifaces: Vec<String>,
     /// enforce drops what the policy denies; audit passes it and counts it as would-deny.
-    #[arg(long, value_enum, default_value = "enforce")]
+    #[arg(long, value_parser = mode_parser(), default_value = "enforce")]
     mode: Mode,
     /// stateful allows replies of flows a rule allowed (tracked in a flow table); stateless
     /// recognises replies by ports and addresses alone, for asymmetric routing.
-    #[arg(long, value_enum, default_value = "stateful")]
+    #[arg(long, value_parser = replies_parser(), default_value = "stateful")]
     replies: Replies,
     /// Flows the flow table holds; the least recently used are evicted when it is full.
     #[arg(long = "flow-table-size", default_value_t = emis_common::DEFAULT_FLOW_TABLE_SIZE)]
@@ -132,10 +185,10 @@ struct ExplainArgs {
     #[arg(long = "tcp-flags", default_value = "syn")]
     tcp_flags: String,
     /// The mode to report the action for.
-    #[arg(long, value_enum, default_value = "enforce")]
+    #[arg(long, value_parser = mode_parser(), default_value = "enforce")]
     mode: Mode,
     /// How replies are recognised; stateful judges the packet as the first of its flow.
-    #[arg(long, value_enum, default_value = "stateful")]
+    #[arg(long, value_parser = replies_parser(), default_value = "stateful")]
     replies: Replies,
     /// Print one JSON object.
     #[arg(long)]
@@ -153,7 +206,7 @@ struct StatsArgs {
 
 #[derive(Args)]
 struct ModeArgs {
-    #[arg(value_enum)]
+    #[arg(value_parser = mode_parser())]
     mode: Mode,
     #[arg(long = "state-dir", default_value = "/run/emis")]
     state_dir: PathBuf,
@@ -175,9 +228,10 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain_cmd(&args),
         Command::Stats(args) => stats(&args),
         Command::Mode(args) => mode(&args),
-        Command::Export(ExportCommand::Nft { policy, nft }) => {
-            load(&policy).and_then(|p| emis::nft::export(&p, &nft))
-        }
+        Command::Export(ExportCommand::Nft { policy, nft }) => load(&policy).and_then(|p| {
+            print!("{}", emis_policy::nft::ruleset(&p, &nft.options())?);
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -208,7 +262,7 @@ fn load(args: &PolicyArgs) -> Result<Policy> {
 fn check(args: &PolicyArgs) -> Result<()> {
     let policy = load(args)?;
     let compiled = compile(&policy)?;
-    print!("{}", emis::explain::summary(&policy, &compiled));
+    print!("{}", emis_policy::explain::summary(&policy, &compiled));
     Ok(())
 }
 
@@ -290,7 +344,7 @@ fn run(args: RunArgs) -> Result<()> {
             policy.shadowed.len()
         );
     }
-    let unset: Vec<&str> = emis::policy::Role::ALL
+    let unset: Vec<&str> = emis_policy::policy::Role::ALL
         .iter()
         .filter(|r| policy.role(**r).is_none())
         .map(|r| r.name())

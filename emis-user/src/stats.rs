@@ -11,7 +11,7 @@ use emis_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{loader::Mode, policy::Policy};
+use emis_policy::policy::{Mode, Policy, Replies};
 
 /// What a running enforcer writes down so `emis stats` and `emis mode` can find and name its maps.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub struct State {
     pub spec_sha256: String,
     pub interfaces: Vec<String>,
     pub labels: Labels,
-    pub replies: crate::loader::Replies,
+    pub replies: Replies,
     pub flow_table_size: u32,
 }
 

@@ -10,11 +10,14 @@ use emis_common::{
     Config, Counter, FlowKey, FlowValue, MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS, MAP_STATS,
 };
 
-use crate::{
+use emis_policy::{
     compile::compile,
+    policy::{Mode, Policy},
+};
+
+use crate::{
     flows::FlowTableStats,
-    loader::{self, LoadOptions, Mode},
-    policy::Policy,
+    loader::{self, LoadOptions},
     stats::{sum_cpus, Snapshot},
 };
 

@@ -14,11 +14,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use emis::loader::Replies;
-use emis::model::{self, Frame, Model};
-use emis::packet::PacketSpec;
-use emis::policy::Policy;
-use emis::spec::{load_policy, SiteOptions, Source};
+use emis_policy::policy::Replies;
+use emis_policy::model::{self, Frame, Model};
+use emis_policy::packet::PacketSpec;
+use emis_policy::policy::Policy;
+use emis_policy::spec::{load_policy, SiteOptions, Source};
 use emis_common::{MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET};
 use libfuzzer_sys::fuzz_target;
 

@@ -3,8 +3,8 @@
 //! that loads must compile (to maps or to a capacity error) without panicking.
 #![no_main]
 
-use emis::compile::compile;
-use emis::spec::{load_policy, SiteOptions, Source};
+use emis_policy::compile::compile;
+use emis_policy::spec::{load_policy, SiteOptions, Source};
 use libfuzzer_sys::fuzz_target;
 
 const SMALL_SPEC: &str = r#"[[network]]

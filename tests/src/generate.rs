@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
-use emis::packet::PacketSpec;
 use emis_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use emis_policy::packet::PacketSpec;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Addresses on and around every boundary of the embedded spec and the test site.
@@ -393,7 +393,7 @@ fn fragment_frame(
         let field = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
         ip[6..8].copy_from_slice(&field.to_be_bytes());
         ip[10..12].copy_from_slice(&[0, 0]);
-        let sum = emis::packet::checksum(&ip);
+        let sum = emis_policy::packet::checksum(&ip);
         ip[10..12].copy_from_slice(&sum.to_be_bytes());
         frame.extend_from_slice(&ip);
     }

@@ -5,13 +5,15 @@ use std::net::IpAddr;
 
 use anyhow::{ensure, Result};
 use emis::{
-    loader::{LoadOptions, Mode, Replies},
-    model::Model,
-    policy::{Policy, Timeouts},
-    spec::{load_policy, SiteOptions, Source},
+    loader::LoadOptions,
     testrun::{TestProgram, XDP_ABORTED, XDP_DROP, XDP_PASS},
 };
 use emis_common::{stats_index, Decision};
+use emis_policy::{
+    model::Model,
+    policy::{Mode, Policy, Replies, Timeouts},
+    spec::{load_policy, SiteOptions, Source},
+};
 
 pub mod generate;
 

@@ -3,14 +3,13 @@
 
 use std::net::IpAddr;
 
-use emis::{
-    loader::{Mode, Replies},
+use emis::testrun::{XDP_DROP, XDP_PASS};
+use emis_common::{Decision, DenyReason, PassReason, Path, PROTO_TCP};
+use emis_policy::{
     model,
     packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_SYN},
-    policy::{Endpoint, Policy, Role, Scope},
-    testrun::{XDP_DROP, XDP_PASS},
+    policy::{Endpoint, Mode, Policy, Replies, Role, Scope},
 };
-use emis_common::{Decision, DenyReason, PassReason, Path, PROTO_TCP};
 use emis_tests::{default_policy, generate::Generator, ip, Harness, TEST_SITE};
 
 /// An address inside one side of a rule, under TEST_SITE and the test AWS ranges.

@@ -11,16 +11,18 @@ use std::time::{Duration, Instant};
 
 use emis::{
     benchprog::{self, BenchPrograms},
-    compile::compile,
-    loader::{self, LoadOptions, Mode, Replies},
-    model::{self, Frame},
-    nft::{self, Family, NftOptions},
-    packet::{PacketSpec, TCP_ACK, TCP_SYN},
-    policy::{Endpoint, Policy, Role},
+    loader::{self, LoadOptions},
     stats::Snapshot,
 };
 use emis_common::{stats_index, Counter, Decision, MAP_STATS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
 use emis_lab::{Host, Lab};
+use emis_policy::{
+    compile::compile,
+    model::{self, Frame},
+    nft::{self, Family, NftOptions},
+    packet::{PacketSpec, TCP_ACK, TCP_SYN},
+    policy::{Endpoint, Mode, Policy, Replies, Role},
+};
 use emis_tests::{default_policy, generate::Generator, hex, ip, TEST_SITE};
 
 const TABLE: &str = "emistest";

@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use emis::{
-    loader::{LoadOptions, Mode, Replies},
-    packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    policy::{Policy, Timeouts},
-    testrun::TestProgram,
-};
+use emis::{loader::LoadOptions, testrun::TestProgram};
 use emis_common::{Decision, DenyReason, PassReason, Path};
+use emis_policy::{
+    packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    policy::{Mode, Policy, Replies, Timeouts},
+};
 use emis_tests::{default_policy, generate::Conversations, ip, Harness, TEST_SITE};
 
 const SITE: &str = "192.168.10.2";

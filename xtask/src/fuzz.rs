@@ -129,9 +129,7 @@ pub fn run_command(target: &str, work: &Path, seeds: &Path, seconds: u64) -> Com
         .arg(seeds)
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
-        .arg(format!("-timeout={INPUT_TIMEOUT_SECONDS}"))
-        // The targets use only pure modules of emis-user: no eBPF object needed.
-        .env("AYA_BUILD_SKIP", "1");
+        .arg(format!("-timeout={INPUT_TIMEOUT_SECONDS}"));
     cmd
 }
 
@@ -159,7 +157,7 @@ fn run_target(target: &str, seconds: u64) -> Result<()> {
     let list: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
     bail!(
         "fuzz target `{target}` FOUND A CRASH; the input is in {}\n  replay it (in the \
-         workspace root): AYA_BUILD_SKIP=1 cargo +nightly fuzz run {target} {}",
+         workspace root): cargo +nightly fuzz run {target} {}",
         list.join(", "),
         list[0]
     )
@@ -190,9 +188,8 @@ mod tests {
             line.ends_with("spec /w /s -- -max_total_time=7 -timeout=30"),
             "{line}"
         );
-        assert!(cmd
-            .get_envs()
-            .any(|(k, v)| k == "AYA_BUILD_SKIP" && v == Some("1".as_ref())));
+        // The targets depend on emis-policy alone: no eBPF build to skip.
+        assert!(!cmd.get_envs().any(|(k, _)| k == "AYA_BUILD_SKIP"));
     }
 
     #[test]

@@ -16,8 +16,7 @@ use emis_common::{
 
 use crate::{
     compile::endpoint_mask,
-    loader::Replies,
-    policy::{Policy, Role, Scope},
+    policy::{Policy, Replies, Role, Scope},
 };
 
 const ETH_HLEN: usize = 14;

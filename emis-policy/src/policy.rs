@@ -217,3 +217,114 @@ impl Policy {
         }
     }
 }
+
+/// Whether denied packets are dropped or only counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    pub fn raw(self) -> u32 {
+        match self {
+            Mode::Enforce => emis_common::MODE_ENFORCE,
+            Mode::Audit => emis_common::MODE_AUDIT,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// How replies are recognised: from the flow table, or from ports and addresses alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replies {
+    /// A reply must belong to a flow a rule allowed (the default).
+    Stateful,
+    /// For asymmetric routing, where one direction of a flow may not cross this router.
+    Stateless,
+}
+
+impl Replies {
+    pub fn raw(self) -> u32 {
+        match self {
+            Replies::Stateful => emis_common::REPLIES_STATEFUL,
+            Replies::Stateless => emis_common::REPLIES_STATELESS,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Replies::Stateful => "stateful",
+            Replies::Stateless => "stateless",
+        }
+    }
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Enforce, Mode::Audit];
+}
+
+impl Replies {
+    pub const ALL: [Replies; 2] = [Replies::Stateful, Replies::Stateless];
+}
+
+/// A word on the command line or in a config file that names none of the choices.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {given:?}; use {choices}")]
+pub struct UnknownChoice {
+    pub what: &'static str,
+    pub given: String,
+    pub choices: String,
+}
+
+fn parse_choice<T: Copy>(
+    what: &'static str,
+    given: &str,
+    all: &[T],
+    name: impl Fn(T) -> &'static str,
+) -> Result<T, UnknownChoice> {
+    all.iter()
+        .copied()
+        .find(|c| name(*c).eq_ignore_ascii_case(given))
+        .ok_or_else(|| UnknownChoice {
+            what,
+            given: given.to_string(),
+            choices: all
+                .iter()
+                .map(|c| name(*c))
+                .collect::<Vec<_>>()
+                .join(" or "),
+        })
+}
+
+impl std::str::FromStr for Mode {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_choice("mode", s, &Mode::ALL, Mode::name)
+    }
+}
+
+impl std::str::FromStr for Replies {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_choice("replies", s, &Replies::ALL, Replies::name)
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::fmt::Display for Replies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -41,15 +41,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use anyhow::{bail, Result};
 use emis_common::{DenyReason, NO_NETWORK};
 use ipnet::IpNet;
 
-use crate::loader::Mode;
-use crate::policy::{Endpoint, Policy, Protocol, Role, Rule, Scope};
+use crate::policy::{Endpoint, Mode, Policy, Protocol, Role, Rule, Scope};
 
 /// Where the ruleset hooks in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     /// `table inet`, a chain on the prerouting hook (every interface, IP only), at
     /// priority -450: before connection tracking and defragmentation.
@@ -60,19 +58,15 @@ pub enum Family {
 }
 
 /// What `emis export nft` takes besides the policy.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug)]
 pub struct NftOptions {
     /// enforce drops what the policy denies; audit accepts it and counts it as would-deny.
-    #[arg(long, value_enum, default_value = "enforce")]
     pub mode: Mode,
     /// Name of the nftables table (replaced as a whole when the ruleset is loaded).
-    #[arg(long, default_value = "emis")]
     pub table: String,
-    /// inet: prerouting on every interface; netdev: ingress on the --iface devices.
-    #[arg(long, value_enum, default_value = "inet")]
+    /// inet: prerouting on every interface; netdev: ingress on the `ifaces` devices.
     pub family: Family,
-    /// A device for the netdev ingress chain; repeatable; required with --family netdev.
-    #[arg(long = "iface", value_name = "IF")]
+    /// Devices for the netdev ingress chain; required with [`Family::Netdev`].
     pub ifaces: Vec<String>,
 }
 
@@ -87,11 +81,20 @@ impl Default for NftOptions {
     }
 }
 
-/// Prints the ruleset for `policy` (what `emis export nft` does).
-pub fn export(policy: &Policy, options: &NftOptions) -> Result<()> {
-    print!("{}", ruleset(policy, options)?);
-    Ok(())
+/// Why a ruleset cannot be written; each says which option to change.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("invalid table name {0:?}: use letters, digits, '_' and '-', starting with a letter")]
+    TableName(String),
+    #[error("--family netdev needs at least one --iface: the ingress hook is per device")]
+    NetdevWithoutIface,
+    #[error("--iface is for --family netdev; an inet prerouting chain sees every interface")]
+    IfaceWithInet,
+    #[error("writing the ruleset: {0}")]
+    Format(#[from] std::fmt::Error),
 }
+
+type Result<T, E = NftError> = std::result::Result<T, E>;
 
 /// The deny reasons of the ruleset; `malformed` covers only the TCP and UDP header
 /// checks nftables can make (data offset, UDP length below 8).
@@ -286,17 +289,17 @@ pub fn ruleset(policy: &Policy, options: &NftOptions) -> Result<String> {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         || !table.starts_with(|c: char| c.is_ascii_alphabetic())
     {
-        bail!("invalid table name {table:?}: use letters, digits, '_' and '-', starting with a letter");
+        return Err(NftError::TableName(table.clone()));
     }
     let family = match options.family {
         Family::Inet => "inet",
         Family::Netdev => "netdev",
     };
     if options.family == Family::Netdev && options.ifaces.is_empty() {
-        bail!("--family netdev needs at least one --iface: the ingress hook is per device");
+        return Err(NftError::NetdevWithoutIface);
     }
     if options.family == Family::Inet && !options.ifaces.is_empty() {
-        bail!("--iface is for --family netdev; an inet prerouting chain sees every interface");
+        return Err(NftError::IfaceWithInet);
     }
     let mut out = String::new();
     let w = &mut out;

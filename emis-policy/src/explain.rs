@@ -3,16 +3,14 @@
 
 use std::{fmt::Write as _, net::IpAddr};
 
-use anyhow::{bail, Result};
 use emis_common::{Decision, Path, PROTO_ICMP, PROTO_ICMPV6};
 use serde::Serialize;
 
 use crate::{
     compile::Compiled,
-    loader::{Mode, Replies},
     model::{self, Model},
     packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
-    policy::{Policy, Role, Scope},
+    policy::{Mode, Policy, Replies, Role, Scope},
 };
 
 pub struct ExplainRequest {
@@ -45,6 +43,19 @@ pub struct Explanation {
     pub sentence: String,
 }
 
+/// A request `explain` cannot judge; each names the option to correct.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExplainError {
+    #[error("--tcp-flags: unknown flag {0:?}; use syn, ack, fin, rst, psh separated by commas")]
+    UnknownTcpFlag(String),
+    #[error("--src and --dst must both be IPv4 or both IPv6")]
+    MixedFamilies,
+    #[error("--proto: unknown protocol {0:?}; use tcp, udp or icmp")]
+    UnknownProtocol(String),
+}
+
+type Result<T, E = ExplainError> = std::result::Result<T, E>;
+
 pub fn parse_tcp_flags(text: &str) -> Result<u8> {
     let mut flags = 0;
     for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -54,7 +65,7 @@ pub fn parse_tcp_flags(text: &str) -> Result<u8> {
             "fin" => TCP_FIN,
             "rst" => TCP_RST,
             "psh" => TCP_PSH,
-            other => bail!("--tcp-flags: unknown flag {other:?}; use syn, ack, fin, rst, psh separated by commas"),
+            other => return Err(ExplainError::UnknownTcpFlag(other.to_string())),
         };
     }
     Ok(flags)
@@ -62,7 +73,7 @@ pub fn parse_tcp_flags(text: &str) -> Result<u8> {
 
 pub fn explain(policy: &Policy, request: &ExplainRequest) -> Result<Explanation> {
     if request.src.is_ipv4() != request.dst.is_ipv4() {
-        bail!("--src and --dst must both be IPv4 or both IPv6");
+        return Err(ExplainError::MixedFamilies);
     }
     let packet = match request.proto.to_ascii_lowercase().as_str() {
         "tcp" => PacketSpec::tcp(
@@ -74,7 +85,7 @@ pub fn explain(policy: &Policy, request: &ExplainRequest) -> Result<Explanation>
         ),
         "udp" => PacketSpec::udp(request.src, request.dst, request.sport, request.dport),
         "icmp" | "icmpv6" => PacketSpec::icmp_echo(request.src, request.dst),
-        other => bail!("--proto: unknown protocol {other:?}; use tcp, udp or icmp"),
+        other => return Err(ExplainError::UnknownProtocol(other.to_string())),
     };
     let frame = packet.build();
     let decision = Model::new(policy, request.replies).decide(&frame);

@@ -1,0 +1,18 @@
+//! The pure half of emis: everything that decides what the policy means, with no kernel,
+//! runtime or command line in sight.
+//!
+//! - `spec` reads the TOML spec, the site file and Amazon's ip-ranges into a validated
+//!   [`policy::Policy`], with file:line:column errors.
+//! - `compile` turns a policy into the entries of the kernel maps.
+//! - `model` is the reference verdict the kernel program is tested against; it decides
+//!   from the policy directly, so agreement checks the compiler too.
+//! - `packet` builds frames for tests, `explain` judges one packet for `emis explain`, and
+//!   `nft` writes the same policy as an nftables ruleset.
+
+pub mod compile;
+pub mod explain;
+pub mod model;
+pub mod nft;
+pub mod packet;
+pub mod policy;
+pub mod spec;
