@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use emis_common::{
-    network_bit, role_bit, AddrInfo, Config, PortKey, RuleEntry, RuleSet, MAX_CANDIDATES,
-    MAX_PORT_ENTRIES, MAX_PREFIXES, NO_NETWORK,
+    network_bit, role_bit, AddrInfo, Config, PortKey, RuleEntry, RuleSet, NO_NETWORK,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::capacity::{CapacityError, Limits};
 use crate::policy::{Endpoint, Policy, Scope};
 
 /// Everything the loader writes into the maps, except the mode.
@@ -24,25 +24,8 @@ pub struct Compiled {
     pub config: Config,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CompileError {
-    #[error(
-        "{proto}/{port} is listed by more than {MAX_CANDIDATES} rules with different sources or \
-         destinations ({rules}); merge some of them or split the port across fewer networks"
-    )]
-    TooManyCandidates {
-        proto: &'static str,
-        port: u16,
-        rules: String,
-    },
-    #[error(
-        "the rules list {count} distinct (protocol, port) pairs; the port map holds {MAX_PORT_ENTRIES}. \
-         Narrow the widest port ranges"
-    )]
-    TooManyPorts { count: usize },
-    #[error("{count} {family} prefixes after flattening; each address trie holds {MAX_PREFIXES}")]
-    TooManyPrefixes { family: &'static str, count: usize },
-}
+/// Compiling fails only when the policy does not fit the maps.
+pub type CompileError = CapacityError;
 
 /// The class bits of one side of a rule.
 pub fn endpoint_mask(endpoints: &[Endpoint]) -> u64 {
@@ -54,7 +37,9 @@ pub fn endpoint_mask(endpoints: &[Endpoint]) -> u64 {
     })
 }
 
-pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
+/// The map entries of `policy`, or which map it overflows.
+pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
+    let limits = Limits::KERNEL;
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     let mut count_v4 = Vec::new();
@@ -101,16 +86,14 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         ("count-scope IPv4", count_v4.len()),
         ("count-scope IPv6", count_v6.len()),
     ] {
-        if count > MAX_PREFIXES as usize {
-            return Err(CompileError::TooManyPrefixes { family, count });
-        }
+        limits.check_trie(family, count)?;
     }
     Ok(Compiled {
         v4,
         v6,
         count_v4,
         count_v6,
-        ports: port_sets(policy)?,
+        ports: port_sets(policy, &limits)?,
         config: config(policy, unset_roles, count_mask),
     })
 }
@@ -200,7 +183,10 @@ fn flatten<N: Copy + Eq>(
 /// Per (protocol, port), the rules listing it in spec order. A rule whose sources and
 /// destinations are covered by an earlier rule's on that port can never be the first
 /// match there, so it is left out.
-fn port_sets(policy: &Policy) -> Result<BTreeMap<PortKey, RuleSet>, CompileError> {
+fn port_sets(
+    policy: &Policy,
+    limits: &Limits,
+) -> Result<BTreeMap<PortKey, RuleSet>, CapacityError> {
     let mut sets: BTreeMap<PortKey, RuleSet> = BTreeMap::new();
     for (id, rule) in policy.rules.iter().enumerate() {
         let entry = RuleEntry {
@@ -220,72 +206,72 @@ fn port_sets(policy: &Policy) -> Result<BTreeMap<PortKey, RuleSet>, CompileError
                 {
                     continue;
                 }
-                if set.len as usize == MAX_CANDIDATES {
+                if set.len as usize == limits.candidates {
                     let mut rules: Vec<&str> = existing
                         .iter()
                         .map(|e| policy.rules[e.rule as usize].slug.as_str())
                         .collect();
                     rules.push(&rule.slug);
-                    return Err(CompileError::TooManyCandidates {
+                    return Err(CapacityError::Candidates {
                         proto: rule.protocol.name(),
                         port,
                         rules: rules.join(", "),
+                        max: limits.candidates,
                     });
                 }
                 set.entries[set.len as usize] = entry;
                 set.len += 1;
             }
         }
-        if sets.len() > MAX_PORT_ENTRIES as usize {
-            return Err(CompileError::TooManyPorts { count: sets.len() });
-        }
+        limits.check_port_entries(sets.len())?;
     }
     Ok(sets)
-}
-
-/// What the kernel learns of `addr` from the compiled tries: the longest match in the
-/// enforce/role trie, with the longest count-scope match's classes added. The userspace
-/// twin of the kernel's lookups, for tests.
-pub fn lookup(compiled: &Compiled, addr: std::net::IpAddr) -> Option<AddrInfo> {
-    fn longest<N: Copy, V: Copy>(
-        entries: &[(N, V)],
-        contains: impl Fn(&N) -> bool,
-        len: impl Fn(&N) -> u8,
-    ) -> Option<V> {
-        entries
-            .iter()
-            .filter(|(n, _)| contains(n))
-            .max_by_key(|(n, _)| len(n))
-            .map(|(_, v)| *v)
-    }
-    let (core, count) = match addr {
-        std::net::IpAddr::V4(a) => (
-            longest(&compiled.v4, |n| n.contains(&a), |n| n.prefix_len()),
-            longest(&compiled.count_v4, |n| n.contains(&a), |n| n.prefix_len()),
-        ),
-        std::net::IpAddr::V6(a) => (
-            longest(&compiled.v6, |n| n.contains(&a), |n| n.prefix_len()),
-            longest(&compiled.count_v6, |n| n.contains(&a), |n| n.prefix_len()),
-        ),
-    };
-    match (core, count) {
-        (None, None) => None,
-        (core, count) => {
-            let mut info = core.unwrap_or(AddrInfo {
-                classes: 0,
-                network: NO_NETWORK,
-                _pad: 0,
-            });
-            info.classes |= count.unwrap_or(0);
-            Some(info)
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::{Direction, Network, PortRange, Protocol, Role, Rule};
+    use emis_common::MAX_CANDIDATES;
+
+    /// What the kernel learns of `addr` from the compiled tries: the longest match in the
+    /// enforce/role trie, with the longest count-scope match's classes added. The userspace
+    /// twin of the kernel's lookups.
+    fn lookup(compiled: &Compiled, addr: std::net::IpAddr) -> Option<AddrInfo> {
+        fn longest<N: Copy, V: Copy>(
+            entries: &[(N, V)],
+            contains: impl Fn(&N) -> bool,
+            len: impl Fn(&N) -> u8,
+        ) -> Option<V> {
+            entries
+                .iter()
+                .filter(|(n, _)| contains(n))
+                .max_by_key(|(n, _)| len(n))
+                .map(|(_, v)| *v)
+        }
+        let (core, count) = match addr {
+            std::net::IpAddr::V4(a) => (
+                longest(&compiled.v4, |n| n.contains(&a), |n| n.prefix_len()),
+                longest(&compiled.count_v4, |n| n.contains(&a), |n| n.prefix_len()),
+            ),
+            std::net::IpAddr::V6(a) => (
+                longest(&compiled.v6, |n| n.contains(&a), |n| n.prefix_len()),
+                longest(&compiled.count_v6, |n| n.contains(&a), |n| n.prefix_len()),
+            ),
+        };
+        match (core, count) {
+            (None, None) => None,
+            (core, count) => {
+                let mut info = core.unwrap_or(AddrInfo {
+                    classes: 0,
+                    network: NO_NETWORK,
+                    _pad: 0,
+                });
+                info.classes |= count.unwrap_or(0);
+                Some(info)
+            }
+        }
+    }
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
@@ -442,7 +428,7 @@ mod tests {
         );
         assert!(matches!(
             compile(&wide),
-            Err(CompileError::TooManyPorts { .. })
+            Err(CapacityError::PortEntries { .. })
         ));
     }
 }

@@ -3,12 +3,14 @@
 //!
 //! - `spec` reads the TOML spec, the site file and Amazon's ip-ranges into a validated
 //!   [`policy::Policy`], with file:line:column errors.
-//! - `compile` turns a policy into the entries of the kernel maps.
+//! - `compile` turns a policy into the entries of the kernel maps; `capacity` holds the
+//!   maps' limits and the one error for a policy that does not fit them.
 //! - `model` is the reference verdict the kernel program is tested against; it decides
 //!   from the policy directly, so agreement checks the compiler too.
 //! - `packet` builds frames for tests, `explain` judges one packet for `emis explain`, and
 //!   `nft` writes the same policy as an nftables ruleset.
 
+pub mod capacity;
 pub mod compile;
 pub mod explain;
 pub mod model;
