@@ -291,7 +291,7 @@ fn exported_ruleset_decides_as_the_xdp_program() {
             "verdicts differ for frame {}: emis {decision:?}, nftables counter {moved}",
             hex(frame)
         );
-        if let Some(expected) = nft::counter_for(&policy, Mode::Enforce, *decision) {
+        if let Some(expected) = nft::decision_counter(&policy, Mode::Enforce, *decision) {
             assert_eq!(
                 moved,
                 expected,
