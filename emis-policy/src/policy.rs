@@ -227,6 +227,8 @@ pub enum Mode {
 }
 
 impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Enforce, Mode::Audit];
+
     pub fn raw(self) -> u32 {
         match self {
             Mode::Enforce => emis_common::MODE_ENFORCE,
@@ -252,6 +254,8 @@ pub enum Replies {
 }
 
 impl Replies {
+    pub const ALL: [Replies; 2] = [Replies::Stateful, Replies::Stateless];
+
     pub fn raw(self) -> u32 {
         match self {
             Replies::Stateful => emis_common::REPLIES_STATEFUL,
@@ -264,14 +268,6 @@ impl Replies {
             Replies::Stateless => "stateless",
         }
     }
-}
-
-impl Mode {
-    pub const ALL: [Mode; 2] = [Mode::Enforce, Mode::Audit];
-}
-
-impl Replies {
-    pub const ALL: [Replies; 2] = [Replies::Stateful, Replies::Stateless];
 }
 
 /// A word on the command line or in a config file that names none of the choices.

@@ -1,5 +1,5 @@
 //! The one error of spec, site and ip-ranges reading, and how it is shown:
-//! `file:line:column: in `field`: message` and an indented hint.
+//! ``FILE:LINE:COLUMN: in `FIELD`: MESSAGE``, then the hint on an indented line.
 
 use std::fmt;
 

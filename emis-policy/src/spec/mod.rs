@@ -55,7 +55,7 @@
 //! # Modules
 //! - this module: [`load_policy`], which reads the inputs in order and assembles the
 //!   policy and its sha256; [`Source`], [`SiteOptions`], [`DEFAULT_SPEC`];
-//! - `error`: [`SpecError`] and its `file:line:column: in `field`: message` rendering;
+//! - `error`: [`SpecError`] and how it is shown (file:line:column, field, message, hint);
 //! - `tree`: the TOML value tree with spans and the typed readers that locate errors;
 //! - `networks`: `[[network]]` sections; `rules`: `[[rule]]` sections and shadowed rules;
 //!   `options`: `[flows]` and `[icmp]`;
