@@ -193,14 +193,19 @@ fn spec_document() -> &'static str {
 fn document_copy_matches_seed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let seed = root.join("../shared/seed/emis-network-requirements.txt");
-    if let Ok(text) = std::fs::read_to_string(&seed) {
-        assert_eq!(
-            text,
-            spec_document(),
-            "{} differs from spec/emis-network-requirements.txt",
+    // The project's checkout always has the shared folder beside it (CI lays a copy there).
+    let text = std::fs::read_to_string(&seed).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; the vendor document is expected in ../shared/seed beside the checkout",
             seed.display()
-        );
-    }
+        )
+    });
+    assert_eq!(
+        text,
+        spec_document(),
+        "{} differs from spec/emis-network-requirements.txt",
+        seed.display()
+    );
 }
 
 /// Every CIDR and every port-table row of the vendor document is in the default spec,
