@@ -1,9 +1,10 @@
 //! emis installed like any Linux daemon: the systemd unit passes `systemd-analyze
-//! verify`, the example config is valid and names only the daemon's keys, and
-//! `cargo xtask deb` builds a package whose contents are all there and whose binary runs.
+//! verify` and its capabilities are enough (and needed) for `emis run`, the example
+//! config is valid and names only the daemon's keys, and `cargo xtask deb` builds a
+//! package whose contents are all there and whose binary runs.
 //!
-//! Needs dpkg-deb, systemd-analyze and man (`cargo xtask setup` installs them) and
-//! cargo-deb; a missing tool fails the test. The package test runs `cargo xtask deb`,
+//! Needs root, dpkg-deb, systemd-analyze, man, ip, setpriv and curl (`cargo xtask setup`
+//! installs them) and cargo-deb; a missing tool fails the test. The package test runs `cargo xtask deb`,
 //! which reuses the release build when it is current (`cargo xtask test` builds it first).
 
 use std::{
@@ -432,4 +433,97 @@ fn package_has_binary_unit_conffile_pages_and_completions() {
             "bash completion lacks {c}"
         );
     }
+}
+
+/// `-all,+bpf,+net_admin,...` for `setpriv --bounding-set` from the unit's
+/// `CapabilityBoundingSet=`.
+fn bounding_set(unit: &str) -> String {
+    let caps = unit_values(unit, "CapabilityBoundingSet");
+    assert_eq!(caps.len(), 1, "one CapabilityBoundingSet= line");
+    let mut set = String::from("-all");
+    for cap in caps[0].split_whitespace() {
+        let name = cap.strip_prefix("CAP_").expect("CAP_ names");
+        set.push_str(&format!(",+{}", name.to_lowercase()));
+    }
+    set
+}
+
+/// Runs `emis run` on a veth pair in a namespace of its own, with only the capabilities
+/// in `bounding_set` (root keeps just those after exec, as under the unit), and reports
+/// whether it attached and served /metrics. The namespace's bpffs mount and the veths
+/// go away with the shell and the namespace, which detaches whatever is left.
+fn run_with_capabilities(name: &str, bounding_set: &str) -> (bool, String) {
+    let netns = format!("emispkg-{}-{name}", std::process::id());
+    let state = temp_dir(&format!("caps-{name}"));
+    let ip = |args: &[&str]| {
+        let out = output(
+            Command::new("ip").args(args),
+            "install iproute2 (`cargo xtask setup`)",
+        );
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let _ = Command::new("ip").args(["netns", "del", &netns]).output();
+    ip(&["netns", "add", &netns]);
+    ip(&[
+        "-n", &netns, "link", "add", "pa", "type", "veth", "peer", "name", "pb",
+    ]);
+    for dev in ["lo", "pa", "pb"] {
+        ip(&["-n", &netns, "link", "set", dev, "up"]);
+    }
+    let script = format!(
+        r#"mount -t bpf bpf /sys/fs/bpf || exit 3
+setpriv --no-new-privs --bounding-set={bounding_set} --inh-caps=-all -- \
+  {emis} run --iface pa --iface pb --site-net lan=10.0.0.0/24 \
+  --metrics-addr 127.0.0.1:19470 --state-dir {state} &
+pid=$!
+for i in $(seq 100); do
+  if curl -sf http://127.0.0.1:19470/metrics >/dev/null; then
+    ip -d link show pa | grep -q 'xdp' && echo ATTACHED
+    break
+  fi
+  kill -0 $pid 2>/dev/null || break
+  sleep 0.2
+done
+kill -TERM $pid 2>/dev/null
+wait $pid
+"#,
+        emis = emis_bin().display(),
+        state = state.display(),
+    );
+    let out = output(
+        Command::new("ip").args(["netns", "exec", &netns, "sh", "-c", &script]),
+        "install iproute2 and util-linux (setpriv)",
+    );
+    let _ = Command::new("ip").args(["netns", "del", &netns]).output();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (stdout.contains("ATTACHED"), format!("{stdout}{stderr}"))
+}
+
+/// The unit keeps CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON only: with exactly those the
+/// daemon loads, attaches and serves metrics; without CAP_PERFMON the verifier refuses
+/// the program, which is why the unit keeps it. Needs root.
+#[test]
+fn the_units_capabilities_are_enough_and_perfmon_is_needed() {
+    let unit = fs::read_to_string(packaging("emis.service")).unwrap();
+    let set = bounding_set(&unit);
+    assert_eq!(set, "-all,+bpf,+net_admin,+perfmon");
+
+    let (attached, log) = run_with_capabilities("unit", &set);
+    assert!(
+        attached,
+        "emis run with the unit's capabilities ({set}) did not attach:\n{log}"
+    );
+
+    let without_perfmon = set.replace(",+perfmon", "");
+    let (attached, log) = run_with_capabilities("noperfmon", &without_perfmon);
+    assert!(
+        !attached,
+        "attached without CAP_PERFMON: the unit could drop it\n{log}"
+    );
+    assert!(log.contains("pointer -= pointer prohibited"), "{log}");
 }
