@@ -1,5 +1,7 @@
 //! The `emis` command: run the enforcer, check a spec, explain a verdict, read counters.
 
+mod generate;
+
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -8,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use emis::{
     loader::{self, AttachMode, LoadOptions},
     metrics::{self, EnforcerCollector},
@@ -52,6 +54,9 @@ enum Command {
     /// Write the policy for another enforcer: `emis export nft` prints an nftables ruleset.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Write man pages or shell completions made from this CLI (for packagers).
+    #[command(subcommand, hide = true)]
+    Generate(generate::GenerateCommand),
 }
 
 #[derive(Subcommand)]
@@ -232,6 +237,7 @@ fn main() -> ExitCode {
             print!("{}", emis_policy::nft::ruleset(&p, &nft.options())?);
             Ok(())
         }),
+        Command::Generate(what) => generate::run(what, Cli::command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! `cargo xtask`: developer tasks for emis. See `cargo xtask --help`.
 
 mod bench;
+mod deb;
 mod demo;
 mod fuzz;
 mod interrupt;
@@ -26,10 +27,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install or check what building and running emis needs (idempotent): rust-src for
-    /// nightly, bpf-linker 0.10.0, iproute2/ethtool/bpftool/curl/nftables, bpffs on /sys/fs/bpf.
+    /// nightly, bpf-linker 0.10.0, iproute2/ethtool/bpftool/curl/nftables, bpffs on
+    /// /sys/fs/bpf; for the package: cargo-deb 3, dpkg, systemd-analyze, man.
     Setup,
     /// Setup, then `cargo build --release -p emis-user` (builds and embeds the eBPF program).
     Build,
+    /// Build, then the Debian package with cargo-deb: the binary, the systemd unit, the
+    /// example /etc/emis/emis.toml, man pages and shell completions. Prints its path.
+    Deb,
     /// Setup and build, then run emis on the gateway of a namespace lab and drive
     /// allowed, denied and out-of-scope flows through it. Needs root.
     Demo {
@@ -88,6 +93,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Setup => setup::setup(),
         Cmd::Build => build(),
+        Cmd::Deb => deb::deb(),
         Cmd::Demo { keep } => demo::demo(keep),
         Cmd::Test { args } => test(&args),
         Cmd::Bench { quick } => bench::bench(quick),
@@ -116,6 +122,9 @@ fn test(args: &[String]) -> Result<()> {
     }
     // The lab tests run the `emis` binary itself, from target/debug.
     run(cargo().args(["build", "-p", "emis-user", "--bins"]))?;
+    // The packaging test packages the release binary (`cargo xtask deb`); building it
+    // here keeps that test short. The benchmark below shares these release builds.
+    run(cargo().args(["build", "--release", "-p", "emis-user", "--bins"]))?;
     let mut cmd = cargo();
     // The default members, not `--workspace`: emis-ebpf is a member that builds only
     // for bpfel-unknown-none (emis-user's build.rs drives it); see Cargo.toml.

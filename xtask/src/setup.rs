@@ -8,6 +8,18 @@ use std::process::Command;
 /// bpf-linker release that works with the nightly's LLVM here (docs: TOOLCHAIN.md).
 pub const BPF_LINKER_VERSION: &str = "0.10.0";
 
+/// cargo-deb release that `cargo xtask deb` uses; its rust-version (1.85) fits stable.
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// Debian packages that building and checking the package needs, with a binary each
+/// provides: dpkg-deb lists and extracts it, systemd-analyze verifies the unit, man
+/// renders the pages (tests/tests/packaging.rs).
+pub const PACKAGING_PACKAGES: [(&str, &str); 3] = [
+    ("dpkg", "dpkg-deb"),
+    ("systemd", "systemd-analyze"),
+    ("man-db", "man"),
+];
+
 /// Debian packages needed at run time, with a binary each provides.
 pub const APT_PACKAGES: [(&str, &str); 5] = [
     ("iproute2", "ip"),
@@ -21,9 +33,11 @@ pub const APT_PACKAGES: [(&str, &str); 5] = [
 pub fn setup() -> Result<()> {
     println!("==> setup (checks first; installs only what is missing)");
     apt_packages().context("setup: run-time packages")?;
+    apt_install_missing(&PACKAGING_PACKAGES).context("setup: packaging tools")?;
     bpffs().context("setup: bpffs")?;
     rust_src().context("setup: rust-src for nightly")?;
     bpf_linker().context("setup: bpf-linker")?;
+    cargo_deb().context("setup: cargo-deb")?;
     println!("    setup: done");
     Ok(())
 }
@@ -203,6 +217,57 @@ fn bpf_linker() -> Result<()> {
     }
 }
 
+/// The version in `cargo deb --version` output ("3.8.0"; older releases print
+/// "cargo-deb 2.x.y").
+pub fn parse_cargo_deb_version(out: &str) -> Option<&str> {
+    let word = out.lines().next()?.split_whitespace().last()?;
+    word.split('.')
+        .all(|n| n.parse::<u32>().is_ok())
+        .then_some(word)
+}
+
+fn cargo_deb_version() -> Option<String> {
+    let out = cargo().args(["deb", "--version"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_cargo_deb_version(&String::from_utf8_lossy(&out.stdout)).map(str::to_string)
+}
+
+/// Installs cargo-deb unless a 3.x is already there (any 3.x reads the metadata in
+/// emis-user/Cargo.toml the same way).
+fn cargo_deb() -> Result<()> {
+    let have = cargo_deb_version();
+    if let Some(v) = &have {
+        if v.starts_with("3.") {
+            found(&format!("cargo-deb {v}"));
+            return Ok(());
+        }
+        println!("    cargo-deb {v} found; 3.x is needed, installing {CARGO_DEB_VERSION}");
+    } else {
+        println!("    cargo-deb not found; installing {CARGO_DEB_VERSION} (takes a few minutes)");
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "install",
+        &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+        "--locked",
+    ]);
+    if have.is_some() {
+        cmd.arg("--force");
+    }
+    run(&mut cmd)?;
+    match cargo_deb_version() {
+        Some(v) if v.starts_with("3.") => Ok(()),
+        Some(v) => bail!(
+            "after installing, `cargo deb --version` says {v}: another cargo-deb comes first on PATH"
+        ),
+        None => bail!(
+            "cargo-deb was installed but `cargo deb --version` does not run; is $CARGO_HOME/bin on PATH?"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +288,17 @@ mod tests {
             "sysfs /sys sysfs rw 0 0\nnone /sys/fs/bpf tmpfs rw 0 0\nbpf /mnt/bpf bpf rw 0 0\n";
         assert!(bpffs_mounted(with));
         assert!(!bpffs_mounted(without));
+    }
+
+    #[test]
+    fn cargo_deb_versions() {
+        assert_eq!(parse_cargo_deb_version("3.8.0\n"), Some("3.8.0"));
+        assert_eq!(parse_cargo_deb_version("cargo-deb 2.12.1"), Some("2.12.1"));
+        assert_eq!(
+            parse_cargo_deb_version("error: no such command: `deb`"),
+            None
+        );
+        assert_eq!(parse_cargo_deb_version(""), None);
     }
 
     #[test]
