@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
-use emis::benchprog::BenchPrograms;
 use emis_policy::spec::Source;
+use emis_testkit::BenchPrograms;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use report::{median, Machine, Report, Scale, Settings, Target, Throughput};
@@ -84,9 +84,7 @@ fn step(title: &str) {
 }
 
 fn run(cli: &Cli) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads XDP programs and creates network namespaces: run it as root (`cargo xtask bench` as root)");
-    }
+    emis_lab::require_root("the benchmark loads XDP programs and creates network namespaces")?;
     let quick = cli.quick;
     let settings = Settings {
         cost_repeat: if quick { 100_000 } else { 1_000_000 },

@@ -18,17 +18,21 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::PerCpuArray;
 use emis::{
-    benchprog::{self, BenchPrograms},
     loader::{self, LoadOptions},
     stats::Snapshot,
 };
 use emis_common::{Counter, MAP_STATS};
-use emis_lab::{Host, Lab};
+use emis_lab::{in_netns_scoped, Host, Lab};
 use emis_policy::{
     compile::compile,
     nft::{Family, NftOptions},
     packet::{PacketSpec, TCP_SYN},
     policy::{Policy, Protocol},
+};
+use emis_testkit::{
+    attach::attach_native,
+    programs::{self, BenchPrograms},
+    testrun::live_frames,
 };
 use serde::Serialize;
 
@@ -204,13 +208,13 @@ impl<'a> Bench<'a> {
         // No IPv6 in the lab: neighbour discovery would add frames to the counts.
         for host in Host::ALL {
             let ns = lab.ns(host);
-            benchprog::in_netns_scoped(&ns, || {
+            in_netns_scoped(&ns, || -> Result<()> {
                 std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
                     .context("disabling IPv6")?;
                 std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
                     .context("disabling IPv6")?;
                 Ok(())
-            })?;
+            })??;
         }
         let gw_mac = mac_of(&lab, Host::Gateway, emis_lab::GW_SITE_IFACE)?;
         let site_mac = mac_of(&lab, Host::Site, emis_lab::SITE_IFACE)?;
@@ -241,12 +245,12 @@ impl<'a> Bench<'a> {
             "ethtool",
             &["-K", emis_lab::GW_SITE_IFACE, "gro", "on"],
         )?;
-        let site_ifindex = benchprog::in_netns_scoped(&lab.ns(Host::Site), || {
-            benchprog::ifindex(emis_lab::SITE_IFACE)
-        })?;
+        let site_ifindex = in_netns_scoped(&lab.ns(Host::Site), || {
+            emis_lab::ifindex(emis_lab::SITE_IFACE)
+        })??;
         let emis_ns = lab.ns(Host::Emis);
-        let sink = benchprog::attach_native(
-            programs.program_mut(benchprog::NOOP_DROP)?,
+        let sink = attach_native(
+            programs.program_mut(programs::NOOP_DROP)?,
             &emis_ns,
             emis_lab::EMIS_IFACE,
         )?;
@@ -287,8 +291,8 @@ impl<'a> Bench<'a> {
         let mut noop_link = None;
         match contender {
             Contender::NoopDrop => {
-                noop_link = Some(benchprog::attach_native(
-                    self.programs.program_mut(benchprog::NOOP_DROP)?,
+                noop_link = Some(attach_native(
+                    self.programs.program_mut(programs::NOOP_DROP)?,
                     &gw,
                     iface,
                 )?);
@@ -296,7 +300,7 @@ impl<'a> Bench<'a> {
             Contender::EmisDrop | Contender::EmisPass => {
                 let compiled = compile(self.policy)?;
                 let mut ebpf = loader::load(&compiled, LoadOptions::default())?;
-                benchprog::attach_native(loader::program_mut(&mut ebpf)?, &gw, iface)?;
+                attach_native(loader::program_mut(&mut ebpf)?, &gw, iface)?;
                 emis_ebpf = Some(ebpf);
             }
             Contender::XdpFilterDrop => {
@@ -328,7 +332,7 @@ impl<'a> Bench<'a> {
         let detach: Result<()> = (|| {
             if let Some(link) = noop_link {
                 self.programs
-                    .program_mut(benchprog::NOOP_DROP)?
+                    .program_mut(programs::NOOP_DROP)?
                     .detach(link)
                     .context("detaching the no-op program")?;
             }
@@ -397,7 +401,7 @@ impl<'a> Bench<'a> {
         } else {
             &self.denied
         };
-        let tx = self.programs.program(benchprog::TX)?;
+        let tx = self.programs.program(programs::TX)?;
         let site = self.lab.ns(Host::Site);
         let gw = self.lab.ns(Host::Gateway);
         let stop = AtomicBool::new(false);
@@ -405,16 +409,16 @@ impl<'a> Bench<'a> {
         let cpu = self.generator_cpu;
         std::thread::scope(|scope| -> Result<Sample> {
             let generator = scope.spawn(|| -> Result<u64> {
-                loader::join_netns(&site)?;
+                emis_lab::enter_netns(&site)?;
                 pin_to_cpu(cpu);
                 let mut sent = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    benchprog::live_frames(tx, frame, ifindex, BATCH, PER_CALL)?;
+                    live_frames(tx, frame, ifindex, BATCH, PER_CALL)?;
                     sent += PER_CALL as u64;
                 }
                 Ok(sent)
             });
-            let sampled = benchprog::in_netns_scoped(&gw, || {
+            let sampled = in_netns_scoped(&gw, || {
                 let sample = |own: &dyn Fn() -> Result<Option<u64>>| -> Result<(Instant, u64, u64, Option<u64>)> {
                     let own_before = own()?;
                     let t = Instant::now();
@@ -441,7 +445,8 @@ impl<'a> Bench<'a> {
                     drop1 - drop0,
                     own0.zip(own1).map(|(a, b)| b - a),
                 ))
-            });
+            })
+            .and_then(|sampled| sampled);
             stop.store(true, Ordering::Relaxed);
             let generated = generator
                 .join()
@@ -471,7 +476,7 @@ impl<'a> Bench<'a> {
     pub fn finish(mut self) -> Result<()> {
         if let Some(link) = self.sink.take() {
             self.programs
-                .program_mut(benchprog::NOOP_DROP)?
+                .program_mut(programs::NOOP_DROP)?
                 .detach(link)
                 .context("detaching the sink")?;
         }
