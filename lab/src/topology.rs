@@ -117,7 +117,20 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Everything in the diagram, in the order the kernel needs it: namespaces, links,
+    /// addresses, then routes over the links and forwarding on the gateway.
     fn build(&self) -> Result<()> {
+        self.add_namespaces_and_links()?;
+        self.address_site()?;
+        self.address_gateway()?;
+        self.address_emis_side()?;
+        // Routes after the links are up, so the next hops are reachable.
+        self.add_routes()?;
+        self.enable_forwarding()
+    }
+
+    /// The three namespaces with `lo` up, and the two veth pairs between them.
+    fn add_namespaces_and_links(&self) -> Result<()> {
         let site = self.ns(Host::Site);
         let gw = self.ns(Host::Gateway);
         let emis = self.ns(Host::Emis);
@@ -157,8 +170,12 @@ impl Lab {
             "netns",
             &emis,
         ])?;
+        Ok(())
+    }
 
-        // Site LAN.
+    /// The site LAN host and the clinical server on `site0`.
+    fn address_site(&self) -> Result<()> {
+        let site = self.ns(Host::Site);
         ip(&[
             "-n",
             &site,
@@ -178,8 +195,12 @@ impl Lab {
             SITE_IFACE,
         ])?;
         ip(&["-n", &site, "link", "set", SITE_IFACE, "up"])?;
+        Ok(())
+    }
 
-        // Gateway.
+    /// The gateway's two sides.
+    fn address_gateway(&self) -> Result<()> {
+        let gw = self.ns(Host::Gateway);
         ip(&[
             "-n",
             &gw,
@@ -200,8 +221,12 @@ impl Lab {
         ])?;
         ip(&["-n", &gw, "link", "set", GW_SITE_IFACE, "up"])?;
         ip(&["-n", &gw, "link", "set", GW_EMIS_IFACE, "up"])?;
+        Ok(())
+    }
 
-        // EMIS side.
+    /// The EMIS side's link, and every EMIS-side address on its `lo`.
+    fn address_emis_side(&self) -> Result<()> {
+        let emis = self.ns(Host::Emis);
         ip(&[
             "-n",
             &emis,
@@ -223,8 +248,14 @@ impl Lab {
                 "lo",
             ])?;
         }
+        Ok(())
+    }
 
-        // Routes (after the links are up, so the next hops are reachable).
+    /// Default routes of the site and the EMIS side; the gateway's routes to EMIS networks.
+    fn add_routes(&self) -> Result<()> {
+        let site = self.ns(Host::Site);
+        let gw = self.ns(Host::Gateway);
+        let emis = self.ns(Host::Emis);
         let gw_site = GW_SITE_ADDR.to_string();
         let gw_emis = GW_EMIS_ADDR.to_string();
         let emis_link = EMIS_LINK_ADDR.to_string();
@@ -233,9 +264,14 @@ impl Lab {
         for net in EMIS_SIDE_ROUTES {
             ip(&["-n", &gw, "route", "add", net, "via", &emis_link])?;
         }
+        Ok(())
+    }
 
-        // Forwarding on the gateway. /proc/sys/net follows the netns of the thread
-        // that opens it, so no `sysctl` binary is needed.
+    /// ip_forward=1 on the gateway, read back.
+    fn enable_forwarding(&self) -> Result<()> {
+        let gw = self.ns(Host::Gateway);
+        // /proc/sys/net follows the netns of the thread that opens it, so no `sysctl`
+        // binary is needed.
         const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
         let value = in_netns(&gw, || -> io::Result<String> {
             std::fs::write(FORWARD, "1")?;
