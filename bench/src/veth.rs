@@ -111,6 +111,25 @@ pub struct Bench<'a> {
     generator_cpu: usize,
 }
 
+/// What [`Bench::attach`] put on gw-site that [`Bench::detach`] must take off; xdp-filter
+/// and nftables are taken off by name.
+#[derive(Default)]
+struct Attached {
+    /// The enforcer, detached when dropped.
+    emis: Option<aya::Ebpf>,
+    noop_link: Option<aya::programs::xdp::XdpLinkId>,
+}
+
+/// One reading of the counters a throughput run compares.
+struct Counts {
+    at: Instant,
+    /// gw-site's rx packets and rx drops.
+    rx: u64,
+    dropped: u64,
+    /// What the contender itself counted, if it counts.
+    own: Option<u64>,
+}
+
 /// Runs `ip netns exec NS sh -c SCRIPT`.
 fn sh_in(lab: &Lab, host: Host, script: &str) -> Result<String> {
     lab.exec(host, "sh", &["-c", script])
@@ -284,14 +303,23 @@ impl<'a> Bench<'a> {
         warmup: Duration,
         duration: Duration,
     ) -> Result<Sample> {
+        let attached = self.attach(contender)?;
+        let result = self.measure(contender, round, warmup, duration, attached.emis.as_ref());
+        // Detach, whatever happened.
+        let detached = self.detach(contender, attached);
+        let sample = result?;
+        detached?;
+        Ok(sample)
+    }
+
+    /// Puts `contender` on gw-site.
+    fn attach(&mut self, contender: Contender) -> Result<Attached> {
         let gw = self.lab.ns(Host::Gateway);
         let iface = emis_lab::GW_SITE_IFACE;
-        // Attach.
-        let mut emis_ebpf = None;
-        let mut noop_link = None;
+        let mut attached = Attached::default();
         match contender {
             Contender::NoopDrop => {
-                noop_link = Some(attach_native(
+                attached.noop_link = Some(attach_native(
                     self.programs.program_mut(programs::NOOP_DROP)?,
                     &gw,
                     iface,
@@ -301,7 +329,7 @@ impl<'a> Bench<'a> {
                 let compiled = compile(self.policy)?;
                 let mut ebpf = loader::load(&compiled, LoadOptions::default())?;
                 attach_native(loader::program_mut(&mut ebpf)?, &gw, iface)?;
-                emis_ebpf = Some(ebpf);
+                attached.emis = Some(ebpf);
             }
             Contender::XdpFilterDrop => {
                 let mut script = format!(
@@ -327,35 +355,54 @@ impl<'a> Bench<'a> {
                 loaded.context("loading the nftables ruleset (is nftables installed?)")?;
             }
         }
-        let result = self.measure(contender, round, warmup, duration, emis_ebpf.as_ref());
-        // Detach, whatever happened.
-        let detach: Result<()> = (|| {
-            if let Some(link) = noop_link {
-                self.programs
-                    .program_mut(programs::NOOP_DROP)?
-                    .detach(link)
-                    .context("detaching the no-op program")?;
+        Ok(attached)
+    }
+
+    /// Takes `contender` off gw-site again.
+    fn detach(&mut self, contender: Contender, attached: Attached) -> Result<()> {
+        if let Some(link) = attached.noop_link {
+            self.programs
+                .program_mut(programs::NOOP_DROP)?
+                .detach(link)
+                .context("detaching the no-op program")?;
+        }
+        drop(attached.emis);
+        match contender {
+            Contender::XdpFilterDrop => {
+                let iface = emis_lab::GW_SITE_IFACE;
+                self.lab
+                    .ip(Host::Gateway, &["link", "set", "dev", iface, "xdp", "off"])?;
             }
-            drop(emis_ebpf);
-            match contender {
-                Contender::XdpFilterDrop => {
-                    self.lab
-                        .ip(Host::Gateway, &["link", "set", "dev", iface, "xdp", "off"])?;
-                }
-                Contender::NftDrop | Contender::NftPass => {
-                    self.lab.exec(
-                        Host::Gateway,
-                        "nft",
-                        &["delete", "table", "netdev", NFT_TABLE],
-                    )?;
-                }
-                _ => {}
+            Contender::NftDrop | Contender::NftPass => {
+                self.lab.exec(
+                    Host::Gateway,
+                    "nft",
+                    &["delete", "table", "netdev", NFT_TABLE],
+                )?;
             }
-            Ok(())
-        })();
-        let sample = result?;
-        detach?;
-        Ok(sample)
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// gw-site's counters and the contender's own count, now; called from a thread in
+    /// the gateway's namespace.
+    fn counts(&self, contender: Contender, emis: Option<&aya::Ebpf>) -> Result<Counts> {
+        let own_before = self.own_count(contender, emis)?;
+        let at = Instant::now();
+        let (rx, dropped) = rx_counters(emis_lab::GW_SITE_IFACE)?;
+        let own_after = self.own_count(contender, emis)?;
+        // The contender's count is taken on both sides of the rx read; use the mean.
+        let own = match (own_before, own_after) {
+            (Some(a), Some(b)) => Some((a + b) / 2),
+            _ => None,
+        };
+        Ok(Counts {
+            at,
+            rx,
+            dropped,
+            own,
+        })
     }
 
     fn own_count(&self, contender: Contender, emis: Option<&aya::Ebpf>) -> Result<Option<u64>> {
@@ -419,31 +466,18 @@ impl<'a> Bench<'a> {
                 Ok(sent)
             });
             let sampled = in_netns_scoped(&gw, || {
-                let sample = |own: &dyn Fn() -> Result<Option<u64>>| -> Result<(Instant, u64, u64, Option<u64>)> {
-                    let own_before = own()?;
-                    let t = Instant::now();
-                    let (rx, drop) = rx_counters(emis_lab::GW_SITE_IFACE)?;
-                    let own_after = own()?;
-                    // The contender's count is taken on both sides of the rx read; use the mean.
-                    let own = match (own_before, own_after) {
-                        (Some(a), Some(b)) => Some((a + b) / 2),
-                        _ => None,
-                    };
-                    Ok((t, rx, drop, own))
-                };
                 std::thread::sleep(warmup);
                 if generator.is_finished() {
                     bail!("the generator stopped during the warm-up");
                 }
-                let own = || self.own_count(contender, emis);
-                let (t0, rx0, drop0, own0) = sample(&own)?;
+                let before = self.counts(contender, emis)?;
                 std::thread::sleep(duration);
-                let (t1, rx1, drop1, own1) = sample(&own)?;
+                let after = self.counts(contender, emis)?;
                 Ok((
-                    t1 - t0,
-                    rx1 - rx0,
-                    drop1 - drop0,
-                    own0.zip(own1).map(|(a, b)| b - a),
+                    after.at - before.at,
+                    after.rx - before.rx,
+                    after.dropped - before.dropped,
+                    before.own.zip(after.own).map(|(a, b)| b - a),
                 ))
             })
             .and_then(|sampled| sampled);
