@@ -43,7 +43,7 @@ pub fn tcp_connects(ns: &str, addr: Ipv4Addr, port: u16, timeout: Duration) -> R
     Ok(tcp_probe(ns, None, addr, port, timeout)? == TcpOutcome::Connected)
 }
 
-/// Like [`tcp_connects`], from source address `src` (e.g. [`CLINICAL_ADDR`]).
+/// Like [`tcp_connects`], from source address `src` (e.g. [`CLINICAL_ADDR`](crate::CLINICAL_ADDR)).
 pub fn tcp_connects_from(
     ns: &str,
     src: Ipv4Addr,

@@ -90,7 +90,7 @@ pub fn ns_name(prefix: &str, host: Host) -> String {
 /// A created lab. Dropping it deletes its namespaces (errors ignored), unless
 /// [`Lab::keep`] was called.
 ///
-/// Drop sockets made inside the lab ([`TcpServers`], [`UdpEcho`]) before the lab:
+/// Drop sockets made inside the lab ([`TcpServers`](crate::TcpServers), [`UdpEcho`](crate::UdpEcho)) before the lab:
 /// a socket keeps its namespace, and its interfaces, alive after `ip netns del`.
 #[derive(Debug)]
 pub struct Lab {
