@@ -18,13 +18,15 @@ const COLORS: [RGBColor; 7] = [
     RGBColor(0x9c, 0x75, 0x5f),
 ];
 
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
 fn e<E: std::fmt::Debug>(err: E) -> anyhow::Error {
     anyhow!("drawing the chart: {err:?}")
 }
 
 /// Grouped bars: `groups` along x, one bar per series in each group.
 fn bars(
-    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    area: &Area,
     title: &str,
     y_desc: &str,
     groups: &[String],
@@ -86,6 +88,7 @@ fn bars(
     Ok(())
 }
 
+/// The three panels under a title naming the machine: cost, scaling, throughput.
 pub fn draw(report: &Report, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (1100, 1250)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
@@ -102,11 +105,18 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
         )
         .map_err(e)?;
     let panels = root.split_evenly((3, 1));
+    cost_panel(&panels[0], report)?;
+    scaling_panel(&panels[1], report)?;
+    throughput_panel(&panels[2], report)?;
+    root.present().map_err(e)?;
+    Ok(())
+}
 
-    // 1. Per-packet cost.
+/// Per-packet cost of each class on the three programs.
+fn cost_panel(area: &Area, report: &Report) -> Result<()> {
     let classes: Vec<String> = report.cost.iter().map(|c| c.class.clone()).collect();
     bars(
-        &panels[0],
+        area,
         "Per-packet cost, BPF_PROG_TEST_RUN (median ns)",
         "ns per packet",
         &classes,
@@ -118,79 +128,82 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
             ),
             ("emis", report.cost.iter().map(|c| c.emis_ns).collect()),
         ],
-    )?;
+    )
+}
 
-    // 2. Scaling.
-    {
-        let sizes: Vec<f64> = report.scaling.iter().map(|s| s.prefixes as f64).collect();
-        let xmin = sizes.iter().copied().fold(f64::MAX, f64::min).max(1.0);
-        let xmax = sizes.iter().copied().fold(0.0, f64::max).max(xmin * 10.0);
-        let ymax = report
+/// The enforcer's cost per class against the number of extra prefixes (log scale).
+fn scaling_panel(area: &Area, report: &Report) -> Result<()> {
+    let sizes: Vec<f64> = report.scaling.iter().map(|s| s.prefixes as f64).collect();
+    let xmin = sizes.iter().copied().fold(f64::MAX, f64::min).max(1.0);
+    let xmax = sizes.iter().copied().fold(0.0, f64::max).max(xmin * 10.0);
+    let ymax = report
+        .scaling
+        .iter()
+        .flat_map(|s| s.cost.iter().map(|c| c.emis_ns))
+        .fold(0.0, f64::max)
+        * 1.2
+        + 1.0;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "emis per-packet cost against extra count-scope prefixes (median ns)",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .margin_right(40)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((xmin..xmax).log_scale(), 0f64..ymax)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("extra prefixes (log scale)")
+        .y_desc("ns per packet")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(e)?;
+    let class_names: Vec<String> = report
+        .scaling
+        .first()
+        .map(|s| s.cost.iter().map(|c| c.class.clone()).collect())
+        .unwrap_or_default();
+    for (i, class) in class_names.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(f64, f64)> = report
             .scaling
             .iter()
-            .flat_map(|s| s.cost.iter().map(|c| c.emis_ns))
-            .fold(0.0, f64::max)
-            * 1.2
-            + 1.0;
-        let mut chart = ChartBuilder::on(&panels[1])
-            .caption(
-                "emis per-packet cost against extra count-scope prefixes (median ns)",
-                ("sans-serif", 20),
-            )
-            .margin(12)
-            .margin_right(40)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d((xmin..xmax).log_scale(), 0f64..ymax)
-            .map_err(e)?;
+            .filter_map(|s| {
+                s.cost
+                    .iter()
+                    .find(|c| &c.class == class)
+                    .map(|c| (s.prefixes as f64, c.emis_ns))
+            })
+            .collect();
         chart
-            .configure_mesh()
-            .x_desc("extra prefixes (log scale)")
-            .y_desc("ns per packet")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .label_style(("sans-serif", 12))
-            .draw()
-            .map_err(e)?;
-        let class_names: Vec<String> = report
-            .scaling
-            .first()
-            .map(|s| s.cost.iter().map(|c| c.class.clone()).collect())
-            .unwrap_or_default();
-        for (i, class) in class_names.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            let points: Vec<(f64, f64)> = report
-                .scaling
-                .iter()
-                .filter_map(|s| {
-                    s.cost
-                        .iter()
-                        .find(|c| &c.class == class)
-                        .map(|c| (s.prefixes as f64, c.emis_ns))
-                })
-                .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                .map_err(e)?
-                .label(class.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], color));
-            chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(e)?;
-        }
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(e)?
+            .label(class.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], color));
         chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(e)?;
     }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(e)?;
+    Ok(())
+}
 
-    // 3. Throughput.
+/// Median throughput of each contender.
+fn throughput_panel(area: &Area, report: &Report) -> Result<()> {
     let names: Vec<String> = report.throughput.iter().map(|t| t.short.clone()).collect();
     bars(
-        &panels[2],
+        area,
         "Throughput on veth, median of alternated runs (Mpps at the receiver)",
         "Mpps",
         &names,
@@ -202,7 +215,5 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
                 .map(|t| t.median_pps / 1e6)
                 .collect(),
         )],
-    )?;
-    root.present().map_err(e)?;
-    Ok(())
+    )
 }

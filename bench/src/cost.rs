@@ -4,36 +4,27 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context as _, Result};
-use emis::{
-    benchprog::{self, BenchPrograms},
-    testrun::{TestProgram, XDP_DROP, XDP_PASS},
-};
 use emis_policy::{
     packet::{PacketSpec, TCP_ACK, TCP_SYN},
     policy::{Mode, Policy},
     spec::{load_policy, SiteOptions, Source},
 };
+use emis_testkit::{
+    programs::{self, BenchPrograms},
+    run_repeat, TestProgram, XDP_DROP, XDP_PASS,
+};
 use serde::Serialize;
 
-pub const SITE_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 2);
-pub const EMIS_PRIMARY: Ipv4Addr = Ipv4Addr::new(10, 207, 116, 10);
-pub const INTERNET_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-pub const SITE_HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 2);
+use emis_lab::site::{SITE_HOST, SITE_HOST_V6, TEST_SITE};
+use emis_lab::{EMIS_PRIMARY, OUT_OF_SCOPE as INTERNET_HOST};
+/// An IPv6 internet host outside every enforce-scope network.
 pub const INTERNET_HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 0x10);
 
-/// The site the benchmark's policy uses: every role set, IPv4 and IPv6 LAN.
-pub const SITE_NETS: [&str; 5] = [
-    "lan=192.168.10.0/24",
-    "lan=2001:db8:10::/48",
-    "clinical-server=192.168.10.5/32",
-    "surgery=192.168.10.0/24",
-    "local-sites=192.168.10.0/24",
-];
-
-/// The embedded spec with the benchmark's site and, optionally, an ip-ranges.json.
+/// The embedded spec with the test site (the tests' and the lab's) and, optionally, an
+/// ip-ranges.json.
 pub fn policy(aws_ip_ranges: Option<Source>) -> Result<Policy> {
     let site = SiteOptions {
-        site_nets: SITE_NETS.iter().map(|s| s.to_string()).collect(),
+        site_nets: TEST_SITE.iter().map(|s| s.to_string()).collect(),
         aws_ip_ranges,
         ..Default::default()
     };
@@ -149,8 +140,8 @@ pub fn measure(
     repeat: u32,
     mut tick: impl FnMut(),
 ) -> Result<Vec<ClassCost>> {
-    let noop = bench.program(benchprog::NOOP_PASS)?;
-    let parse = bench.program(benchprog::PARSE_ONLY)?;
+    let noop = bench.program(programs::NOOP_PASS)?;
+    let parse = bench.program(programs::PARSE_ONLY)?;
     // Once each, in order: checks the verdicts and opens the flow the reply answers.
     for class in classes {
         let action = enforcer.run(&class.frame)?;
@@ -167,8 +158,8 @@ pub fn measure(
     for class in classes {
         let (mut n, mut p, mut e) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
-            let rn = benchprog::run_repeat(noop, &class.frame, repeat)?;
-            let rp = benchprog::run_repeat(parse, &class.frame, repeat)?;
+            let rn = run_repeat(noop, &class.frame, repeat)?;
+            let rp = run_repeat(parse, &class.frame, repeat)?;
             let re = enforcer
                 .run_repeat(&class.frame, repeat)
                 .with_context(|| format!("running the enforcer on `{}`", class.name))?;

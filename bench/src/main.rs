@@ -16,18 +16,20 @@ mod cost;
 mod loadchild;
 mod report;
 mod synth;
+mod targets;
 mod veth;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
-use emis::benchprog::BenchPrograms;
-use emis_policy::spec::Source;
+use emis_policy::{policy::Policy, spec::Source};
+use emis_testkit::BenchPrograms;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use report::{median, Machine, Report, Scale, Settings, Target, Throughput};
+use cost::ClassCost;
+use report::{median, Machine, Report, Scale, Settings, Throughput};
 use veth::Contender;
 
 #[derive(Parser)]
@@ -84,11 +86,42 @@ fn step(title: &str) {
 }
 
 fn run(cli: &Cli) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads XDP programs and creates network namespaces: run it as root (`cargo xtask bench` as root)");
-    }
+    emis_lab::require_root("the benchmark loads XDP programs and creates network namespaces")?;
+    let settings = settings(cli);
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    let machine = Machine::read();
+    eprintln!(
+        "emis benchmark on {} ({} cores, kernel {}){}",
+        machine.cpu_model,
+        machine.cores,
+        machine.kernel,
+        if cli.quick { ", --quick" } else { "" }
+    );
+
+    let mut programs = BenchPrograms::load()?;
+    let policy = cost::policy(None)?;
+    let classes = cost::classes();
+    let cost = per_packet_cost(&programs, &policy, &classes, &settings)?;
+    let scaling = scaling(&programs, &classes, &settings)?;
+    let samples = throughput_samples(&mut programs, &policy, &settings, cli.quick)?;
+
+    let mut report = Report {
+        quick: cli.quick,
+        machine,
+        settings,
+        cost,
+        scaling,
+        throughput: throughput(&samples),
+        targets: Vec::new(),
+    };
+    report.targets = targets::targets(&report);
+    write_report(&report, &cli.out)
+}
+
+/// How long and how often each step measures: the full run, or the short one CI makes.
+fn settings(cli: &Cli) -> Settings {
     let quick = cli.quick;
-    let settings = Settings {
+    Settings {
         cost_repeat: if quick { 100_000 } else { 1_000_000 },
         cost_reps: if quick { 3 } else { 7 },
         scaling_sizes: if quick {
@@ -100,39 +133,38 @@ fn run(cli: &Cli) -> Result<()> {
         throughput_rounds: if quick { 2 } else { 5 },
         generator_cpu: cli.generator_cpu,
         frame_bytes: 60,
-    };
-    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
-    let machine = Machine::read();
-    eprintln!(
-        "emis benchmark on {} ({} cores, kernel {}){}",
-        machine.cpu_model,
-        machine.cores,
-        machine.kernel,
-        if quick { ", --quick" } else { "" }
-    );
+    }
+}
 
-    let mut programs = BenchPrograms::load()?;
-
-    // 1. Per-packet cost with the embedded spec.
+/// Step 1, per-packet cost with the embedded spec.
+fn per_packet_cost(
+    programs: &BenchPrograms,
+    policy: &Policy,
+    classes: &[cost::Class],
+    settings: &Settings,
+) -> Result<Vec<ClassCost>> {
     step("per-packet cost (BPF_PROG_TEST_RUN): no-op, parse-only and emis side by side");
-    let policy = cost::policy(None)?;
-    let classes = cost::classes();
-    let cost_rows = {
-        let mut enforcer = cost::load_enforcer(&policy)?;
-        let pb = bar((classes.len() * settings.cost_reps) as u64, "cost");
-        let rows = cost::measure(
-            &programs,
-            &mut enforcer,
-            &classes,
-            settings.cost_reps,
-            settings.cost_repeat,
-            || pb.inc(1),
-        )?;
-        pb.finish_and_clear();
-        rows
-    };
+    let mut enforcer = cost::load_enforcer(policy)?;
+    let pb = bar((classes.len() * settings.cost_reps) as u64, "cost");
+    let rows = cost::measure(
+        programs,
+        &mut enforcer,
+        classes,
+        settings.cost_reps,
+        settings.cost_repeat,
+        || pb.inc(1),
+    )?;
+    pb.finish_and_clear();
+    Ok(rows)
+}
 
-    // 2. Scaling.
+/// Step 2, scaling: each size of synthetic ip-ranges.json is compiled and loaded in a
+/// child process, then the classes are measured against the grown tries.
+fn scaling(
+    programs: &BenchPrograms,
+    classes: &[cost::Class],
+    settings: &Settings,
+) -> Result<Vec<Scale>> {
     step("scaling: extra count-scope prefixes, compile+load in a child, cost in the same run as the no-op");
     let tmp = std::env::temp_dir().join(format!("emisbench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
@@ -141,30 +173,7 @@ fn run(cli: &Cli) -> Result<()> {
     let scale_result: Result<()> = (|| {
         for &size in &settings.scaling_sizes {
             pb.set_message(format!("{size} prefixes"));
-            let synthetic = synth::Synthetic::new(size);
-            let path = tmp.join(format!("ip-ranges-{size}.json"));
-            let json = synthetic.to_json();
-            std::fs::write(&path, &json)?;
-            let load = loadchild::measure(&path)?;
-            let policy = cost::policy(Some(Source::new(path.display().to_string(), json)))?;
-            let mut enforcer = cost::load_enforcer(&policy)?;
-            drop(policy);
-            let mut scale_classes = classes.clone();
-            scale_classes.push(cost::aws_class(synthetic.v4_inside()));
-            let rows = cost::measure(
-                &programs,
-                &mut enforcer,
-                &scale_classes,
-                settings.cost_reps,
-                settings.cost_repeat,
-                || {},
-            )?;
-            scaling.push(Scale {
-                prefixes: size,
-                load,
-                cost: rows,
-            });
-            std::fs::remove_file(&path)?;
+            scaling.push(scale(programs, classes, settings, &tmp, size)?);
             pb.inc(1);
         }
         Ok(())
@@ -172,35 +181,80 @@ fn run(cli: &Cli) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     scale_result?;
     pb.finish_and_clear();
+    Ok(scaling)
+}
 
-    // 3. Throughput.
+/// One size of the scaling step; its ip-ranges.json goes in `tmp` and is removed again.
+fn scale(
+    programs: &BenchPrograms,
+    classes: &[cost::Class],
+    settings: &Settings,
+    tmp: &Path,
+    size: usize,
+) -> Result<Scale> {
+    let synthetic = synth::Synthetic::new(size);
+    let path = tmp.join(format!("ip-ranges-{size}.json"));
+    let json = synthetic.to_json();
+    std::fs::write(&path, &json)?;
+    let load = loadchild::measure(&path)?;
+    let policy = cost::policy(Some(Source::new(path.display().to_string(), json)))?;
+    let mut enforcer = cost::load_enforcer(&policy)?;
+    drop(policy);
+    let mut scale_classes = classes.to_vec();
+    scale_classes.push(cost::aws_class(synthetic.v4_inside()));
+    let rows = cost::measure(
+        programs,
+        &mut enforcer,
+        &scale_classes,
+        settings.cost_reps,
+        settings.cost_repeat,
+        || {},
+    )?;
+    std::fs::remove_file(&path)?;
+    Ok(Scale {
+        prefixes: size,
+        load,
+        cost: rows,
+    })
+}
+
+/// Step 3, throughput: every contender in turn, round after round, on the lab's gateway.
+fn throughput_samples(
+    programs: &mut BenchPrograms,
+    policy: &Policy,
+    settings: &Settings,
+    quick: bool,
+) -> Result<Vec<veth::Sample>> {
     step("throughput on veth: live-frames generator into the gateway, contenders alternated");
     let mut samples = Vec::new();
-    {
-        let mut bench = veth::Bench::new(&mut programs, &policy, settings.generator_cpu)?;
-        let total = (settings.throughput_rounds * Contender::ALL.len()) as u64;
-        let pb = bar(total, "throughput");
-        let warmup = Duration::from_millis(if quick { 200 } else { 500 });
-        let duration = Duration::from_secs_f64(settings.throughput_seconds);
-        let runs: Result<()> = (|| {
-            for round in 0..settings.throughput_rounds {
-                for contender in Contender::ALL {
-                    pb.set_message(contender.name());
-                    let sample = bench
-                        .run(contender, round, warmup, duration)
-                        .with_context(|| format!("throughput run: {}", contender.name()))?;
-                    check_own_count(&sample)?;
-                    samples.push(sample);
-                    pb.inc(1);
-                }
+    let mut bench = veth::Bench::new(programs, policy, settings.generator_cpu)?;
+    let total = (settings.throughput_rounds * Contender::ALL.len()) as u64;
+    let pb = bar(total, "throughput");
+    let warmup = Duration::from_millis(if quick { 200 } else { 500 });
+    let duration = Duration::from_secs_f64(settings.throughput_seconds);
+    let runs: Result<()> = (|| {
+        for round in 0..settings.throughput_rounds {
+            for contender in Contender::ALL {
+                pb.set_message(contender.name());
+                let sample = bench
+                    .run(contender, round, warmup, duration)
+                    .with_context(|| format!("throughput run: {}", contender.name()))?;
+                check_own_count(&sample)?;
+                samples.push(sample);
+                pb.inc(1);
             }
-            Ok(())
-        })();
-        pb.finish_and_clear();
-        let finished = bench.finish();
-        runs?;
-        finished?;
-    }
+        }
+        Ok(())
+    })();
+    pb.finish_and_clear();
+    let finished = bench.finish();
+    runs?;
+    finished?;
+    Ok(samples)
+}
+
+/// Each contender's median, and its ratio to the no-op's.
+fn throughput(samples: &[veth::Sample]) -> Vec<Throughput> {
     let noop_median = median(
         &samples
             .iter()
@@ -208,7 +262,7 @@ fn run(cli: &Cli) -> Result<()> {
             .map(|s| s.pps)
             .collect::<Vec<_>>(),
     );
-    let throughput: Vec<Throughput> = Contender::ALL
+    Contender::ALL
         .iter()
         .map(|&c| {
             let mine: Vec<_> = samples
@@ -226,24 +280,16 @@ fn run(cli: &Cli) -> Result<()> {
                 samples: mine,
             }
         })
-        .collect();
+        .collect()
+}
 
-    let mut report = Report {
-        quick,
-        machine,
-        settings,
-        cost: cost_rows,
-        scaling,
-        throughput,
-        targets: Vec::new(),
-    };
-    report.targets = targets(&report);
-
-    let json_path = cli.out.join("bench.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
+/// bench.json and bench.svg under `out`, and the tables on stdout.
+fn write_report(report: &Report, out: &Path) -> Result<()> {
+    let json_path = out.join("bench.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(report)?)
         .with_context(|| format!("writing {}", json_path.display()))?;
-    let svg_path = cli.out.join("bench.svg");
-    chart::draw(&report, &svg_path)?;
+    let svg_path = out.join("bench.svg");
+    chart::draw(report, &svg_path)?;
     println!("{}", report.table());
     println!("Wrote {} and {}", json_path.display(), svg_path.display());
     Ok(())
@@ -278,87 +324,4 @@ fn check_own_count(sample: &veth::Sample) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn find(report: &Report, c: Contender) -> &Throughput {
-    let name = c.name();
-    report
-        .throughput
-        .iter()
-        .find(|t| t.contender == name)
-        .expect("every contender ran")
-}
-
-fn targets(report: &Report) -> Vec<Target> {
-    let mut out = Vec::new();
-    let noop = find(report, Contender::NoopDrop);
-    let emis = find(report, Contender::EmisDrop);
-    let nft = find(report, Contender::NftDrop);
-    out.push(Target {
-        name: "drop-path throughput vs the no-op XDP_DROP limit".into(),
-        wanted: ">= 90%".into(),
-        measured: format!(
-            "{:.1}% ({:.3} vs {:.3} Mpps)",
-            emis.ratio_to_noop * 100.0,
-            emis.median_pps / 1e6,
-            noop.median_pps / 1e6
-        ),
-        met: emis.ratio_to_noop >= 0.9,
-    });
-    let vs_nft = emis.median_pps / nft.median_pps;
-    out.push(Target {
-        name: "drop-path throughput vs the nftables ruleset".into(),
-        wanted: ">= 2x".into(),
-        measured: format!(
-            "{vs_nft:.2}x ({:.3} vs {:.3} Mpps)",
-            emis.median_pps / 1e6,
-            nft.median_pps / 1e6
-        ),
-        met: vs_nft >= 2.0,
-    });
-    if let (Some(first), Some(last)) = (report.scaling.first(), report.scaling.last()) {
-        let ratios = first
-            .cost
-            .iter()
-            .zip(&last.cost)
-            .map(|(a, b)| (a.class.clone(), b.emis_ns / a.emis_ns));
-        // The target is about the six packet classes; the packet into the
-        // count-scope prefixes themselves walks the grown trie by design, and is shown apart.
-        let (worst_class, worst) = ratios
-            .clone()
-            .filter(|(class, _)| class != cost::AWS_CLASS)
-            .fold(
-                (String::new(), 0.0f64),
-                |acc, x| if x.1 > acc.1 { x } else { acc },
-            );
-        let aws = ratios
-            .filter(|(class, _)| class == cost::AWS_CLASS)
-            .map(|(_, ratio)| format!("; a packet into the aws prefixes themselves: {ratio:.2}x"))
-            .collect::<String>();
-        out.push(Target {
-            name: format!(
-                "per-packet cost at {} prefixes vs {}",
-                last.prefixes, first.prefixes
-            ),
-            wanted: "<= 1.3x (each packet class)".into(),
-            measured: format!("worst {worst:.2}x ({worst_class}){aws}"),
-            met: worst <= 1.3,
-        });
-        out.push(Target {
-            name: format!("compile+load time at {} prefixes", last.prefixes),
-            wanted: "< 5 s".into(),
-            measured: format!("{:.2} s", last.load.total_ms / 1e3),
-            met: last.load.total_ms < 5000.0,
-        });
-        out.push(Target {
-            name: format!(
-                "loader peak RSS at {} prefixes (kernel maps excluded)",
-                last.prefixes
-            ),
-            wanted: "< 50 MB".into(),
-            measured: format!("{:.1} MB", last.load.peak_rss_kib as f64 / 1024.0),
-            met: (last.load.peak_rss_kib as f64 / 1024.0) < 50.0,
-        });
-    }
-    out
 }

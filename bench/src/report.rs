@@ -117,7 +117,21 @@ impl Report {
     /// The tables, as printed on stdout and pasted into docs/BENCHMARKS.md.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let w = &mut s;
+        self.machine_line(&mut s);
+        let _ = writeln!(s);
+        self.cost_table(&mut s);
+        let _ = writeln!(s);
+        self.scaling_table(&mut s);
+        let _ = writeln!(s);
+        self.load_table(&mut s);
+        let _ = writeln!(s);
+        self.throughput_table(&mut s);
+        let _ = writeln!(s);
+        self.targets_list(&mut s);
+        s
+    }
+
+    fn machine_line(&self, w: &mut String) {
         let _ = writeln!(
             w,
             "Machine: {}, {} cores, kernel {}{}",
@@ -126,7 +140,10 @@ impl Report {
             self.machine.kernel,
             if self.quick { " (--quick)" } else { "" }
         );
-        let _ = writeln!(w);
+    }
+
+    /// Per-packet cost of each class on the three programs.
+    fn cost_table(&self, w: &mut String) {
         let _ = writeln!(
             w,
             "Per-packet cost, BPF_PROG_TEST_RUN, median of {} x {} runs (ns; ratio to no-op)",
@@ -144,7 +161,10 @@ impl Report {
                 c.class, c.noop_ns, c.parse_ns, c.emis_ns, c.parse_ratio, c.emis_ratio
             );
         }
-        let _ = writeln!(w);
+    }
+
+    /// The enforcer's cost per class at each number of extra prefixes.
+    fn scaling_table(&self, w: &mut String) {
         let _ = writeln!(
             w,
             "Scaling: extra prefixes in the count-scope `aws` network (synthetic, Amazon-shaped)"
@@ -171,7 +191,10 @@ impl Report {
                 let _ = writeln!(w, "{line}");
             }
         }
-        let _ = writeln!(w);
+    }
+
+    /// Time and memory of compiling and loading each size.
+    fn load_table(&self, w: &mut String) {
         let _ = writeln!(
             w,
             "| prefixes | file | trie entries v4+v6 | read | policy | compile | load (verifier + maps) | total | peak RSS |"
@@ -193,7 +216,10 @@ impl Report {
                 l.peak_rss_kib as f64 / 1024.0
             );
         }
-        let _ = writeln!(w);
+    }
+
+    /// Median throughput of each contender on veth.
+    fn throughput_table(&self, w: &mut String) {
         let _ = writeln!(
             w,
             "Throughput on veth: 60-byte frames, 1 generator thread, median of {} alternated runs of {:.0} s",
@@ -215,7 +241,10 @@ impl Report {
                 t.samples.len()
             );
         }
-        let _ = writeln!(w);
+    }
+
+    /// MET or MISSED for each target of the issue.
+    fn targets_list(&self, w: &mut String) {
         let _ = writeln!(w, "Targets");
         for t in &self.targets {
             let _ = writeln!(
@@ -227,6 +256,5 @@ impl Report {
                 t.measured
             );
         }
-        s
     }
 }

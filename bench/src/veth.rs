@@ -18,17 +18,21 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::PerCpuArray;
 use emis::{
-    benchprog::{self, BenchPrograms},
     loader::{self, LoadOptions},
     stats::Snapshot,
 };
 use emis_common::{Counter, MAP_STATS};
-use emis_lab::{Host, Lab};
+use emis_lab::{in_netns_scoped, Host, Lab};
 use emis_policy::{
     compile::compile,
     nft::{Family, NftOptions},
     packet::{PacketSpec, TCP_SYN},
     policy::{Policy, Protocol},
+};
+use emis_testkit::{
+    attach::attach_native,
+    programs::{self, BenchPrograms},
+    testrun::live_frames,
 };
 use serde::Serialize;
 
@@ -105,6 +109,25 @@ pub struct Bench<'a> {
     sink: Option<aya::programs::xdp::XdpLinkId>,
     nft_ruleset: String,
     generator_cpu: usize,
+}
+
+/// What [`Bench::attach`] put on gw-site that [`Bench::detach`] must take off; xdp-filter
+/// and nftables are taken off by name.
+#[derive(Default)]
+struct Attached {
+    /// The enforcer, detached when dropped.
+    emis: Option<aya::Ebpf>,
+    noop_link: Option<aya::programs::xdp::XdpLinkId>,
+}
+
+/// One reading of the counters a throughput run compares.
+struct Counts {
+    at: Instant,
+    /// gw-site's rx packets and rx drops.
+    rx: u64,
+    dropped: u64,
+    /// What the contender itself counted, if it counts.
+    own: Option<u64>,
 }
 
 /// Runs `ip netns exec NS sh -c SCRIPT`.
@@ -204,13 +227,13 @@ impl<'a> Bench<'a> {
         // No IPv6 in the lab: neighbour discovery would add frames to the counts.
         for host in Host::ALL {
             let ns = lab.ns(host);
-            benchprog::in_netns_scoped(&ns, || {
+            in_netns_scoped(&ns, || -> Result<()> {
                 std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
                     .context("disabling IPv6")?;
                 std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
                     .context("disabling IPv6")?;
                 Ok(())
-            })?;
+            })??;
         }
         let gw_mac = mac_of(&lab, Host::Gateway, emis_lab::GW_SITE_IFACE)?;
         let site_mac = mac_of(&lab, Host::Site, emis_lab::SITE_IFACE)?;
@@ -241,12 +264,12 @@ impl<'a> Bench<'a> {
             "ethtool",
             &["-K", emis_lab::GW_SITE_IFACE, "gro", "on"],
         )?;
-        let site_ifindex = benchprog::in_netns_scoped(&lab.ns(Host::Site), || {
-            benchprog::ifindex(emis_lab::SITE_IFACE)
-        })?;
+        let site_ifindex = in_netns_scoped(&lab.ns(Host::Site), || {
+            emis_lab::ifindex(emis_lab::SITE_IFACE)
+        })??;
         let emis_ns = lab.ns(Host::Emis);
-        let sink = benchprog::attach_native(
-            programs.program_mut(benchprog::NOOP_DROP)?,
+        let sink = attach_native(
+            programs.program_mut(programs::NOOP_DROP)?,
             &emis_ns,
             emis_lab::EMIS_IFACE,
         )?;
@@ -280,15 +303,24 @@ impl<'a> Bench<'a> {
         warmup: Duration,
         duration: Duration,
     ) -> Result<Sample> {
+        let attached = self.attach(contender)?;
+        let result = self.measure(contender, round, warmup, duration, attached.emis.as_ref());
+        // Detach, whatever happened.
+        let detached = self.detach(contender, attached);
+        let sample = result?;
+        detached?;
+        Ok(sample)
+    }
+
+    /// Puts `contender` on gw-site.
+    fn attach(&mut self, contender: Contender) -> Result<Attached> {
         let gw = self.lab.ns(Host::Gateway);
         let iface = emis_lab::GW_SITE_IFACE;
-        // Attach.
-        let mut emis_ebpf = None;
-        let mut noop_link = None;
+        let mut attached = Attached::default();
         match contender {
             Contender::NoopDrop => {
-                noop_link = Some(benchprog::attach_native(
-                    self.programs.program_mut(benchprog::NOOP_DROP)?,
+                attached.noop_link = Some(attach_native(
+                    self.programs.program_mut(programs::NOOP_DROP)?,
                     &gw,
                     iface,
                 )?);
@@ -296,8 +328,8 @@ impl<'a> Bench<'a> {
             Contender::EmisDrop | Contender::EmisPass => {
                 let compiled = compile(self.policy)?;
                 let mut ebpf = loader::load(&compiled, LoadOptions::default())?;
-                benchprog::attach_native(loader::program_mut(&mut ebpf)?, &gw, iface)?;
-                emis_ebpf = Some(ebpf);
+                attach_native(loader::program_mut(&mut ebpf)?, &gw, iface)?;
+                attached.emis = Some(ebpf);
             }
             Contender::XdpFilterDrop => {
                 let mut script = format!(
@@ -323,35 +355,54 @@ impl<'a> Bench<'a> {
                 loaded.context("loading the nftables ruleset (is nftables installed?)")?;
             }
         }
-        let result = self.measure(contender, round, warmup, duration, emis_ebpf.as_ref());
-        // Detach, whatever happened.
-        let detach: Result<()> = (|| {
-            if let Some(link) = noop_link {
-                self.programs
-                    .program_mut(benchprog::NOOP_DROP)?
-                    .detach(link)
-                    .context("detaching the no-op program")?;
+        Ok(attached)
+    }
+
+    /// Takes `contender` off gw-site again.
+    fn detach(&mut self, contender: Contender, attached: Attached) -> Result<()> {
+        if let Some(link) = attached.noop_link {
+            self.programs
+                .program_mut(programs::NOOP_DROP)?
+                .detach(link)
+                .context("detaching the no-op program")?;
+        }
+        drop(attached.emis);
+        match contender {
+            Contender::XdpFilterDrop => {
+                let iface = emis_lab::GW_SITE_IFACE;
+                self.lab
+                    .ip(Host::Gateway, &["link", "set", "dev", iface, "xdp", "off"])?;
             }
-            drop(emis_ebpf);
-            match contender {
-                Contender::XdpFilterDrop => {
-                    self.lab
-                        .ip(Host::Gateway, &["link", "set", "dev", iface, "xdp", "off"])?;
-                }
-                Contender::NftDrop | Contender::NftPass => {
-                    self.lab.exec(
-                        Host::Gateway,
-                        "nft",
-                        &["delete", "table", "netdev", NFT_TABLE],
-                    )?;
-                }
-                _ => {}
+            Contender::NftDrop | Contender::NftPass => {
+                self.lab.exec(
+                    Host::Gateway,
+                    "nft",
+                    &["delete", "table", "netdev", NFT_TABLE],
+                )?;
             }
-            Ok(())
-        })();
-        let sample = result?;
-        detach?;
-        Ok(sample)
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// gw-site's counters and the contender's own count, now; called from a thread in
+    /// the gateway's namespace.
+    fn counts(&self, contender: Contender, emis: Option<&aya::Ebpf>) -> Result<Counts> {
+        let own_before = self.own_count(contender, emis)?;
+        let at = Instant::now();
+        let (rx, dropped) = rx_counters(emis_lab::GW_SITE_IFACE)?;
+        let own_after = self.own_count(contender, emis)?;
+        // The contender's count is taken on both sides of the rx read; use the mean.
+        let own = match (own_before, own_after) {
+            (Some(a), Some(b)) => Some((a + b) / 2),
+            _ => None,
+        };
+        Ok(Counts {
+            at,
+            rx,
+            dropped,
+            own,
+        })
     }
 
     fn own_count(&self, contender: Contender, emis: Option<&aya::Ebpf>) -> Result<Option<u64>> {
@@ -397,7 +448,7 @@ impl<'a> Bench<'a> {
         } else {
             &self.denied
         };
-        let tx = self.programs.program(benchprog::TX)?;
+        let tx = self.programs.program(programs::TX)?;
         let site = self.lab.ns(Host::Site);
         let gw = self.lab.ns(Host::Gateway);
         let stop = AtomicBool::new(false);
@@ -405,43 +456,31 @@ impl<'a> Bench<'a> {
         let cpu = self.generator_cpu;
         std::thread::scope(|scope| -> Result<Sample> {
             let generator = scope.spawn(|| -> Result<u64> {
-                loader::join_netns(&site)?;
+                emis_lab::enter_netns(&site)?;
                 pin_to_cpu(cpu);
                 let mut sent = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    benchprog::live_frames(tx, frame, ifindex, BATCH, PER_CALL)?;
+                    live_frames(tx, frame, ifindex, BATCH, PER_CALL)?;
                     sent += PER_CALL as u64;
                 }
                 Ok(sent)
             });
-            let sampled = benchprog::in_netns_scoped(&gw, || {
-                let sample = |own: &dyn Fn() -> Result<Option<u64>>| -> Result<(Instant, u64, u64, Option<u64>)> {
-                    let own_before = own()?;
-                    let t = Instant::now();
-                    let (rx, drop) = rx_counters(emis_lab::GW_SITE_IFACE)?;
-                    let own_after = own()?;
-                    // The contender's count is taken on both sides of the rx read; use the mean.
-                    let own = match (own_before, own_after) {
-                        (Some(a), Some(b)) => Some((a + b) / 2),
-                        _ => None,
-                    };
-                    Ok((t, rx, drop, own))
-                };
+            let sampled = in_netns_scoped(&gw, || {
                 std::thread::sleep(warmup);
                 if generator.is_finished() {
                     bail!("the generator stopped during the warm-up");
                 }
-                let own = || self.own_count(contender, emis);
-                let (t0, rx0, drop0, own0) = sample(&own)?;
+                let before = self.counts(contender, emis)?;
                 std::thread::sleep(duration);
-                let (t1, rx1, drop1, own1) = sample(&own)?;
+                let after = self.counts(contender, emis)?;
                 Ok((
-                    t1 - t0,
-                    rx1 - rx0,
-                    drop1 - drop0,
-                    own0.zip(own1).map(|(a, b)| b - a),
+                    after.at - before.at,
+                    after.rx - before.rx,
+                    after.dropped - before.dropped,
+                    before.own.zip(after.own).map(|(a, b)| b - a),
                 ))
-            });
+            })
+            .and_then(|sampled| sampled);
             stop.store(true, Ordering::Relaxed);
             let generated = generator
                 .join()
@@ -471,7 +510,7 @@ impl<'a> Bench<'a> {
     pub fn finish(mut self) -> Result<()> {
         if let Some(link) = self.sink.take() {
             self.programs
-                .program_mut(benchprog::NOOP_DROP)?
+                .program_mut(programs::NOOP_DROP)?
                 .detach(link)
                 .context("detaching the sink")?;
         }

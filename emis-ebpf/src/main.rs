@@ -21,7 +21,6 @@ use emis_common::{
     PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLIES_STATEFUL, STATS_LEN,
 };
 
-mod bench;
 mod parse;
 
 use parse::{

@@ -4,9 +4,7 @@
 //! `loader` loads and attaches the XDP program; `stats`, `flows` and `metrics` read its
 //! counters.
 
-pub mod benchprog;
 pub mod flows;
 pub mod loader;
 pub mod metrics;
 pub mod stats;
-pub mod testrun;

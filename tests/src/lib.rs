@@ -1,31 +1,21 @@
-//! Helpers shared by the integration tests: the embedded policy with a test site, a
-//! seeded generator of structured random frames, and a kernel-versus-model comparison.
+//! Helpers of the integration tests alone: the embedded policy with the test site
+//! (`emis_lab::site::TEST_SITE`), a seeded generator of structured random frames, and a
+//! kernel-versus-model comparison. What the benchmark shares with the tests is in
+//! `emis_testkit` (kernel program) and `emis_lab` (namespaces, the test site).
 
 use std::net::IpAddr;
 
 use anyhow::{ensure, Result};
-use emis::{
-    loader::LoadOptions,
-    testrun::{TestProgram, XDP_ABORTED, XDP_DROP, XDP_PASS},
-};
+use emis::loader::LoadOptions;
 use emis_common::{stats_index, Decision};
 use emis_policy::{
     model::Model,
     policy::{Mode, Policy, Replies, Timeouts},
     spec::{load_policy, SiteOptions, Source},
 };
+use emis_testkit::{TestProgram, XDP_ABORTED, XDP_DROP, XDP_PASS};
 
 pub mod generate;
-
-/// The site used by the kernel tests: every role set, so role boundaries are exercised.
-pub const TEST_SITE: &[&str] = &[
-    "lan=192.168.10.0/24",
-    "clinical-server=192.168.10.5/32",
-    "surgery=192.168.10.0/25",
-    "local-sites=192.168.10.0/24",
-    "local-sites=192.168.20.0/24",
-    "lan=2001:db8:10::/48",
-];
 
 /// A small stand-in for Amazon's ip-ranges.json: two eu-west-2 ranges and one elsewhere.
 pub const TEST_AWS_RANGES: &str = r#"{

@@ -3,30 +3,15 @@
 
 use std::net::IpAddr;
 
-use emis::testrun::{XDP_DROP, XDP_PASS};
 use emis_common::{Decision, DenyReason, PassReason, Path, PROTO_TCP};
+use emis_lab::site::TEST_SITE;
 use emis_policy::{
     model,
     packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_SYN},
-    policy::{Endpoint, Mode, Policy, Replies, Role, Scope},
+    policy::{Mode, Policy, Replies, Scope},
 };
-use emis_tests::{default_policy, generate::Generator, ip, Harness, TEST_SITE};
-
-/// An address inside one side of a rule, under TEST_SITE and the test AWS ranges.
-fn address_in(policy: &Policy, endpoint: Endpoint, other_side: bool) -> IpAddr {
-    match endpoint {
-        Endpoint::Network(id) => {
-            let prefix = policy.networks[id as usize].prefixes[0];
-            match prefix.network() {
-                IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 10).into()),
-                IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 10).into()),
-            }
-        }
-        Endpoint::Role(role) if role == Role::CLINICAL_SERVER => ip("192.168.10.5"),
-        Endpoint::Role(role) if role == Role::LOCAL_SITES && other_side => ip("192.168.20.7"),
-        Endpoint::Role(_) => ip("192.168.10.2"),
-    }
-}
+use emis_testkit::{fixture::address_in, XDP_DROP, XDP_PASS};
+use emis_tests::{default_policy, generate::Generator, ip, Harness};
 
 fn frame(proto: u8, src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     match proto {

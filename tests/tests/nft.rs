@@ -6,38 +6,30 @@
 //! name the same decision (or, where the ruleset cannot name it, give the same verdict).
 //! Needs root, nftables and network namespaces.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use emis::{
-    benchprog::{self, BenchPrograms},
     loader::{self, LoadOptions},
     stats::Snapshot,
 };
 use emis_common::{stats_index, Counter, Decision, MAP_STATS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
-use emis_lab::{Host, Lab};
+use emis_lab::{in_netns_scoped, site::TEST_SITE, Host, Lab};
 use emis_policy::{
     compile::compile,
     model::{self, Frame},
     nft::{self, Family, NftOptions},
     packet::{PacketSpec, TCP_ACK, TCP_SYN},
-    policy::{Endpoint, Mode, Policy, Replies, Role},
+    policy::{Mode, Policy, Replies},
 };
-use emis_tests::{default_policy, generate::Generator, hex, ip, TEST_SITE};
+use emis_testkit::{
+    attach::attach_native,
+    fixture::address_in,
+    programs::{self, BenchPrograms},
+    testrun::live_frames,
+};
+use emis_tests::{default_policy, generate::Generator, hex, ip};
 
 const TABLE: &str = "emistest";
-
-fn address_in(policy: &Policy, endpoint: Endpoint, other_side: bool) -> IpAddr {
-    match endpoint {
-        Endpoint::Network(id) => match policy.networks[id as usize].prefixes[0].network() {
-            IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 10).into()),
-            IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 10).into()),
-        },
-        Endpoint::Role(role) if role == Role::CLINICAL_SERVER => ip("192.168.10.5"),
-        Endpoint::Role(role) if role == Role::LOCAL_SITES && other_side => ip("192.168.20.7"),
-        Endpoint::Role(_) => ip("192.168.10.2"),
-    }
-}
 
 /// Every rule forward and as a reply, a bare-SYN "reply", a neighbouring port, the other
 /// protocols, a few malformed headers nftables can check, then seeded random frames.
@@ -134,11 +126,12 @@ fn comparable(frame: &[u8]) -> bool {
 
 /// Sends one frame from site0 with the live-frames generator (a thread in the site namespace).
 fn send(programs: &BenchPrograms, site_ns: &str, frame: &[u8]) {
-    let tx = programs.program(benchprog::TX).unwrap();
-    benchprog::in_netns_scoped(site_ns, || {
-        let index = benchprog::ifindex(emis_lab::SITE_IFACE)?;
-        benchprog::live_frames(tx, frame, index, 1, 1)
+    let tx = programs.program(programs::TX).unwrap();
+    in_netns_scoped(site_ns, || {
+        let index = emis_lab::ifindex(emis_lab::SITE_IFACE)?;
+        live_frames(tx, frame, index, 1, 1)
     })
+    .and_then(|sent| sent)
     .unwrap_or_else(|e| panic!("sending frame {}: {e:#}", hex(frame)));
 }
 
@@ -202,17 +195,15 @@ fn exported_ruleset_decides_as_the_xdp_program() {
     // Nothing but the test's frames may reach gw-site: no IPv6 chatter, no forwarding
     // (so nothing answers a forwarded frame through the site).
     for host in Host::ALL {
-        benchprog::in_netns_scoped(&lab.ns(host), || {
-            std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")?;
-            Ok(())
+        in_netns_scoped(&lab.ns(host), || {
+            std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
         })
+        .unwrap()
         .unwrap();
     }
-    benchprog::in_netns_scoped(&gw, || {
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "0")?;
-        Ok(())
-    })
-    .unwrap();
+    in_netns_scoped(&gw, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "0"))
+        .unwrap()
+        .unwrap();
     // A veth without XDP takes XDP-transmitted frames only with GRO on.
     lab.exec(Host::Gateway, "ethtool", &["-K", "gw-site", "gro", "on"])
         .unwrap();
@@ -225,7 +216,7 @@ fn exported_ruleset_decides_as_the_xdp_program() {
         ..LoadOptions::default()
     };
     let mut ebpf = loader::load(&compile(&policy).unwrap(), options).unwrap();
-    benchprog::attach_native(loader::program_mut(&mut ebpf).unwrap(), &gw, "gw-site").unwrap();
+    attach_native(loader::program_mut(&mut ebpf).unwrap(), &gw, "gw-site").unwrap();
     let total = |c: &Vec<Counter>| c.iter().map(|c| c.packets).sum::<u64>();
     let mut decisions = Vec::new();
     for frame in &frames {

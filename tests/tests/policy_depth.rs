@@ -4,13 +4,15 @@
 
 use std::time::Duration;
 
-use emis::{loader::LoadOptions, testrun::TestProgram};
+use emis::loader::LoadOptions;
 use emis_common::{Decision, DenyReason, PassReason, Path};
+use emis_lab::site::TEST_SITE;
 use emis_policy::{
     packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     policy::{Mode, Policy, Replies, Timeouts},
 };
-use emis_tests::{default_policy, generate::Conversations, ip, Harness, TEST_SITE};
+use emis_testkit::TestProgram;
+use emis_tests::{default_policy, generate::Conversations, ip, Harness};
 
 const SITE: &str = "192.168.10.2";
 const N3: &str = "10.207.116.10";

@@ -1,17 +1,20 @@
 //! `cargo xtask`: developer tasks for emis. See `cargo xtask --help`.
 
 mod bench;
+mod build;
 mod deb;
 mod demo;
 mod fuzz;
 mod interrupt;
+mod lab;
 mod setup;
+mod test;
 mod util;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
-use emis_lab::Lab;
-use util::{cargo, run};
+
+// The demo builds first, as `cargo xtask build` does.
+pub use build::build;
 
 #[derive(Parser)]
 #[command(
@@ -92,89 +95,21 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Setup => setup::setup(),
-        Cmd::Build => build(),
+        Cmd::Build => build::build(),
         Cmd::Deb => deb::deb(),
         Cmd::Demo { keep } => demo::demo(keep),
-        Cmd::Test { args } => test(&args),
+        Cmd::Test { args } => test::test(&args),
         Cmd::Bench { quick } => bench::bench(quick),
         Cmd::Fuzz { seconds, target } => fuzz::fuzz(target.as_deref(), seconds),
         Cmd::Lab { prefix, action } => match action {
-            LabAction::Up => lab_up(&prefix),
-            LabAction::Down => lab_down(&prefix),
+            LabAction::Up => lab::up(&prefix),
+            LabAction::Down => lab::down(&prefix),
         },
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(if interrupt::interrupted() { 130 } else { 1 });
     }
-}
-
-/// `cargo xtask build`.
-pub fn build() -> Result<()> {
-    setup::setup()?;
-    run(cargo().args(["build", "--release", "-p", "emis-user"]))
-}
-
-fn test(args: &[String]) -> Result<()> {
-    setup::setup()?;
-    if !util::is_root() {
-        println!("note: not running as root; the namespace and XDP integration tests will fail");
-    }
-    // The lab tests run the `emis` binary itself, from target/debug.
-    run(cargo().args(["build", "-p", "emis-user", "--bins"]))?;
-    // The packaging test packages the release binary (`cargo xtask deb`); building it
-    // here keeps that test short. The benchmark below shares these release builds.
-    run(cargo().args(["build", "--release", "-p", "emis-user", "--bins"]))?;
-    let mut cmd = cargo();
-    // The default members, not `--workspace`: emis-ebpf is a member that builds only
-    // for bpfel-unknown-none (emis-user's build.rs drives it); see Cargo.toml.
-    cmd.args(["test", "--all-targets"]).args(args);
-    println!("==> {}", util::show(&cmd));
-    let status = cmd
-        .status()
-        .map_err(|e| anyhow::anyhow!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        eprintln!("error: `{}` failed ({status})", util::show(&cmd));
-        std::process::exit(util::exit_code(status));
-    }
-    // The benchmark's short version: fails only when a measurement cannot be made.
-    bench::quick()?;
-    // A short fuzz run of every target (20 s each; EMIS_FUZZ_SECONDS, 0 skips).
-    fuzz::fuzz_for_test()
-}
-
-fn lab_up(prefix: &str) -> Result<()> {
-    emis_lab::require_root_and_tools()?;
-    println!("==> create lab {prefix}");
-    let lab = Lab::create(prefix)?;
-    demo::print_topology(&lab);
-    let [site, gw, emis] = lab.namespaces();
-    let [gw_site, gw_emis] = lab.gateway_ifaces();
-    println!(
-        "\nThe lab stays up. Try:\n  \
-         ip netns exec {site} bash                   # a shell on the site LAN\n  \
-         ip netns exec {emis} python3 -m http.server -b {primary} 443 &\n  \
-         ip netns exec {site} curl -m 3 http://{primary}:443/\n  \
-         target/release/emis run --netns {gw} --iface {gw_site} --iface {gw_emis} \
-         --site-net lan={net}\n\
-         Tear it down with: cargo xtask lab down --prefix {prefix}",
-        primary = emis_lab::EMIS_PRIMARY,
-        net = emis_lab::SITE_NET,
-    );
-    lab.keep();
-    Ok(())
-}
-
-fn lab_down(prefix: &str) -> Result<()> {
-    emis_lab::require_root_and_tools()?;
-    println!("==> delete lab {prefix}");
-    let removed = Lab::remove(prefix)?;
-    if removed.is_empty() {
-        println!("    no namespaces of lab {prefix} were present");
-    } else {
-        println!("    deleted {}", removed.join(", "));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

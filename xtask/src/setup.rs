@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: idempotent; prints what it found and what it did.
 
-use crate::util::{cargo, is_root, run};
+use crate::util::{cargo, run};
 use anyhow::{bail, Context, Result};
+use emis_lab::is_root;
 use std::io;
 use std::process::Command;
 

@@ -1,7 +1,6 @@
 //! Running and printing commands, and where things are.
 
 use anyhow::{bail, Context, Result};
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
@@ -72,17 +71,11 @@ pub fn show(cmd: &Command) -> String {
         .to_string_lossy()
         .into_owned();
     let mut parts = vec![prog];
-    parts.extend(cmd.get_args().map(quote));
+    parts.extend(
+        cmd.get_args()
+            .map(|arg| emis_lab::quote(&arg.to_string_lossy()).into_owned()),
+    );
     parts.join(" ")
-}
-
-fn quote(arg: &OsStr) -> String {
-    let s = arg.to_string_lossy();
-    if s.is_empty() || s.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    } else {
-        s.into_owned()
-    }
 }
 
 /// Prints `==> CMD`, runs it with inherited stdio, and fails if it fails.
@@ -106,11 +99,6 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         (None, Some(sig)) => 128 + sig,
         (None, None) => 1,
     }
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// `$CARGO_HOME/bin`, where `cargo install` puts bpf-linker.

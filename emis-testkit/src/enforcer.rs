@@ -1,5 +1,6 @@
-//! Runs the loaded kernel program on frames with BPF_PROG_TEST_RUN, without attaching it:
-//! what the kernel tests and the benchmark use to get real verdicts and timings.
+//! The enforcer loaded with one policy through emis's own loader and run on frames with
+//! BPF_PROG_TEST_RUN, without attaching it: what the kernel tests and the benchmark use
+//! to get real verdicts, counters and timings.
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -15,30 +16,19 @@ use emis_policy::{
     policy::{Mode, Policy},
 };
 
-use crate::{
+use emis::{
     flows::FlowTableStats,
     loader::{self, LoadOptions},
     stats::{sum_cpus, Snapshot},
 };
+
+use crate::testrun::{self, RunResult};
 
 /// The kernel program loaded with one policy, not attached anywhere.
 pub struct TestProgram {
     ebpf: Ebpf,
     options: LoadOptions,
 }
-
-/// One run's outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RunResult {
-    /// The XDP action (1 drop, 2 pass; 0 would be aborted).
-    pub action: u32,
-    /// Mean nanoseconds per run, as the kernel measured it.
-    pub ns_per_run: u64,
-}
-
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
 
 impl TestProgram {
     pub fn load(policy: &Policy, mode: Mode) -> Result<TestProgram> {
@@ -61,7 +51,7 @@ impl TestProgram {
 
     /// Runs the program `repeat` times on `frame`.
     pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
-        crate::benchprog::run_repeat(loader::program_mut(&mut self.ebpf)?, frame, repeat)
+        testrun::run_repeat(loader::program_mut(&mut self.ebpf)?, frame, repeat)
     }
 
     pub fn run(&mut self, frame: &[u8]) -> Result<u32> {

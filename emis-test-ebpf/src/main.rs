@@ -1,6 +1,7 @@
-//! Programs for the benchmark (`cargo xtask bench`), compiled into the same object as the
-//! enforcer so they are built with the same toolchain and flags. The loader never loads
-//! them; `emis::benchprog` does, by name.
+//! XDP programs for the benchmark (`cargo xtask bench`) and the tests, in an object of
+//! their own so the object the `emis` binary embeds holds the enforcer alone. Built like
+//! emis-ebpf (nightly, bpfel, bpf-linker) by emis-testkit's build.rs; `emis_testkit::programs`
+//! loads them by name.
 //!
 //! - `emis_noop_pass`, `emis_noop_drop`: the floor of BPF_PROG_TEST_RUN and the receiver
 //!   limit on veth.
@@ -8,11 +9,19 @@
 //!   nothing else: no map lookup, no decision, no counter.
 //! - `emis_tx`: the live-frames packet generator; every frame goes back out (XDP_TX) of
 //!   the interface named in the test run's context.
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use emis_common::{PROTO_TCP, PROTO_UDP};
 
-use crate::parse::{parse_frame, parse_tcp, parse_udp, Parsed};
+// The enforcer's parser itself, not a copy: what `emis_parse_only` measures is what the
+// enforcer runs. Only part of it is used here.
+#[allow(dead_code)]
+#[path = "../../emis-ebpf/src/parse.rs"]
+mod parse;
+
+use parse::{parse_frame, parse_tcp, parse_udp, Parsed};
 
 #[xdp]
 pub fn emis_noop_pass(_ctx: XdpContext) -> u32 {
@@ -47,4 +56,15 @@ pub fn emis_parse_only(ctx: XdpContext) -> u32 {
     // A volatile store keeps every read above: the parse is the work being measured.
     unsafe { core::ptr::write_volatile(&mut sink, sink) };
     xdp_action::XDP_PASS
+}
+
+/// The same license as the enforcer's object.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
 }

@@ -1,0 +1,102 @@
+//! The targets for the benchmark, each MET or MISSED from a finished report.
+
+use crate::cost;
+use crate::report::{Report, Target, Throughput};
+use crate::veth::Contender;
+
+fn find(report: &Report, c: Contender) -> &Throughput {
+    let name = c.name();
+    report
+        .throughput
+        .iter()
+        .find(|t| t.contender == name)
+        .expect("every contender ran")
+}
+
+/// Every target: the throughput ones, then the scaling ones if scaling ran.
+pub fn targets(report: &Report) -> Vec<Target> {
+    let mut out = throughput_targets(report);
+    out.extend(scaling_targets(report));
+    out
+}
+
+/// Drop-path throughput against the no-op limit and against nftables.
+fn throughput_targets(report: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    let noop = find(report, Contender::NoopDrop);
+    let emis = find(report, Contender::EmisDrop);
+    let nft = find(report, Contender::NftDrop);
+    out.push(Target {
+        name: "drop-path throughput vs the no-op XDP_DROP limit".into(),
+        wanted: ">= 90%".into(),
+        measured: format!(
+            "{:.1}% ({:.3} vs {:.3} Mpps)",
+            emis.ratio_to_noop * 100.0,
+            emis.median_pps / 1e6,
+            noop.median_pps / 1e6
+        ),
+        met: emis.ratio_to_noop >= 0.9,
+    });
+    let vs_nft = emis.median_pps / nft.median_pps;
+    out.push(Target {
+        name: "drop-path throughput vs the nftables ruleset".into(),
+        wanted: ">= 2x".into(),
+        measured: format!(
+            "{vs_nft:.2}x ({:.3} vs {:.3} Mpps)",
+            emis.median_pps / 1e6,
+            nft.median_pps / 1e6
+        ),
+        met: vs_nft >= 2.0,
+    });
+    out
+}
+
+/// Per-packet cost, load time and memory at the largest size against the smallest.
+fn scaling_targets(report: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    if let (Some(first), Some(last)) = (report.scaling.first(), report.scaling.last()) {
+        let ratios = first
+            .cost
+            .iter()
+            .zip(&last.cost)
+            .map(|(a, b)| (a.class.clone(), b.emis_ns / a.emis_ns));
+        // The target is about the six packet classes; the packet into the
+        // count-scope prefixes themselves walks the grown trie by design, and is shown apart.
+        let (worst_class, worst) = ratios
+            .clone()
+            .filter(|(class, _)| class != cost::AWS_CLASS)
+            .fold(
+                (String::new(), 0.0f64),
+                |acc, x| if x.1 > acc.1 { x } else { acc },
+            );
+        let aws = ratios
+            .filter(|(class, _)| class == cost::AWS_CLASS)
+            .map(|(_, ratio)| format!("; a packet into the aws prefixes themselves: {ratio:.2}x"))
+            .collect::<String>();
+        out.push(Target {
+            name: format!(
+                "per-packet cost at {} prefixes vs {}",
+                last.prefixes, first.prefixes
+            ),
+            wanted: "<= 1.3x (each packet class)".into(),
+            measured: format!("worst {worst:.2}x ({worst_class}){aws}"),
+            met: worst <= 1.3,
+        });
+        out.push(Target {
+            name: format!("compile+load time at {} prefixes", last.prefixes),
+            wanted: "< 5 s".into(),
+            measured: format!("{:.2} s", last.load.total_ms / 1e3),
+            met: last.load.total_ms < 5000.0,
+        });
+        out.push(Target {
+            name: format!(
+                "loader peak RSS at {} prefixes (kernel maps excluded)",
+                last.prefixes
+            ),
+            wanted: "< 50 MB".into(),
+            measured: format!("{:.1} MB", last.load.peak_rss_kib as f64 / 1024.0),
+            met: (last.load.peak_rss_kib as f64 / 1024.0) < 50.0,
+        });
+    }
+    out
+}

@@ -1,0 +1,34 @@
+//! The object the `emis` binary embeds holds the enforcer and nothing else; the test and
+//! benchmark programs are in an object of their own. Reads the objects without loading
+//! them (no root needed).
+
+use std::collections::BTreeSet;
+
+use emis_testkit::programs::{ALL, TEST_OBJECT};
+
+fn programs(object: &[u8], what: &str) -> BTreeSet<String> {
+    assert!(
+        !object.is_empty(),
+        "the {what} object is empty: this build used AYA_BUILD_SKIP=1; rebuild without it"
+    );
+    let parsed =
+        aya_obj::Object::parse(object).unwrap_or_else(|e| panic!("parsing the {what} object: {e}"));
+    parsed.programs.into_keys().collect()
+}
+
+#[test]
+fn the_emis_binary_embeds_exactly_the_enforcer() {
+    let found = programs(emis::loader::PROGRAM_OBJECT, "emis");
+    assert_eq!(
+        found,
+        BTreeSet::from([emis_common::PROGRAM_NAME.to_string()]),
+        "the object the emis binary embeds must hold one program, the enforcer"
+    );
+}
+
+#[test]
+fn the_test_object_holds_the_benchmark_programs() {
+    let found = programs(TEST_OBJECT, "test-program");
+    let expected: BTreeSet<String> = ALL.iter().map(|s| s.to_string()).collect();
+    assert_eq!(found, expected);
+}
