@@ -238,6 +238,9 @@ mod tests {
             FlowKey::new([2; 16], [1; 16], false, PROTO_TCP, 443, 40000)
         );
         assert_eq!(k.reversed().reversed(), k);
-        assert_eq!(FragKey::new([1; 16], [2; 16], true, 17, 7).family, FAMILY_V6);
+        assert_eq!(
+            FragKey::new([1; 16], [2; 16], true, 17, 7).family,
+            FAMILY_V6
+        );
     }
 }
