@@ -644,3 +644,24 @@ fn frag_key(facts: &IpFacts) -> FragKey {
         facts.frag_id,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        compile::compile,
+        spec::{load_policy, SiteOptions, Source},
+    };
+
+    /// The model takes lifetimes from the policy, the kernel from the compiled config:
+    /// both must put each state's lifetime in the same slot.
+    #[test]
+    fn lifetimes_match_the_compiled_config() {
+        let mut policy = load_policy(&Source::default_spec(), &SiteOptions::default()).unwrap();
+        let t = &mut policy.options.timeouts;
+        (t.tcp_syn, t.tcp_established, t.tcp_closing, t.udp) = (1, 2, 3, 4);
+        let model = Model::new(&policy, Replies::Stateful);
+        let config = compile(&policy).unwrap().config;
+        assert_eq!(model.flow_timeouts_ns(), config.flow_timeouts_ns);
+    }
+}
