@@ -13,20 +13,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use emis_common::{
-    flow_state_slot, stats_index, AddrInfo, Config, Counter, Decision, DenyReason, FlowKey,
-    FlowValue, FragKey, FragValue, PassReason, Path, PortKey, RuleSet, DEFAULT_FLOW_TABLE_SIZE,
-    FLOW_EVENT_COUNT, FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED,
-    FLOW_TCP_CLOSING, FLOW_TCP_ESTABLISHED, FLOW_TCP_SYN_SENT, FLOW_UDP, FRAG_TABLE_SIZE,
-    MAX_CANDIDATES, MAX_PORT_ENTRIES, MAX_PREFIXES, MODE_AUDIT, NO_NETWORK, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLIES_STATEFUL, STATS_LEN,
+    denial_network, deny_or_pass, expired, icmp_class, on_forward, on_reply, stats_index, Addr,
+    AddrInfo, Config, Counter, Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue,
+    IcmpClass, PassReason, Path, PortKey, RuleSet, DEFAULT_FLOW_TABLE_SIZE, FLOW_EVENT_COUNT,
+    FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_NEW, FRAG_TABLE_SIZE,
+    MAX_CANDIDATES, MAX_PORT_ENTRIES, MAX_PREFIXES, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, STATS_LEN,
 };
 
 mod parse;
 
-use parse::{
-    parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_udp, Addr, Parsed, L3, L4, TCP_ACK,
-    TCP_FIN, TCP_RST, TCP_SYN,
-};
+use parse::{parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_udp, Parsed, L3, L4};
 
 #[map(name = "EMIS_ADDR_V4")]
 static ADDR_V4: LpmTrie<[u8; 4], AddrInfo> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
@@ -59,9 +56,10 @@ pub fn emis(ctx: XdpContext) -> u32 {
     };
     let decision = decide(&ctx, cfg);
     count(&ctx, decision, cfg.mode);
-    match decision {
-        Decision::Deny { .. } if cfg.mode != MODE_AUDIT => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
+    if decision.drops(cfg.mode) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
     }
 }
 
@@ -84,98 +82,81 @@ fn flow_event(event: u32) {
     }
 }
 
-/// Where the packet's addresses stand: their classes and the enforce-scope network they
-/// touch. Each address is looked up only when a decision needs it, since the trie walk is
-/// the dearest step of the per-packet path: a reply of a tracked flow needs neither, a
-/// denied packet to an EMIS network only its destination.
-struct Scope<'a> {
-    l3: &'a L3,
-    unset_roles: u64,
-    count_mask: u64,
-    src: Option<AddrInfo>,
-    dst: Option<AddrInfo>,
+/// One address, looked up only when a decision needs it, since the trie walk is the
+/// dearest step of the per-packet path.
+struct AddrLookup<'a> {
+    addr: &'a Addr,
+    v6: bool,
+    info: Option<AddrInfo>,
     /// Count-scope classes, wanted only by rules that name a count-scope network.
-    src_count: Option<u64>,
-    dst_count: Option<u64>,
+    count: Option<u64>,
 }
 
-impl<'a> Scope<'a> {
+impl<'a> AddrLookup<'a> {
     #[inline(always)]
-    fn new(l3: &'a L3, cfg: &Config) -> Self {
-        Scope {
-            l3,
+    fn new(addr: &'a Addr, v6: bool) -> Self {
+        AddrLookup {
+            addr,
+            v6,
+            info: None,
+            count: None,
+        }
+    }
+
+    #[inline(always)]
+    fn info(&mut self) -> AddrInfo {
+        match self.info {
+            Some(info) => info,
+            None => {
+                let info = lookup(self.addr, self.v6);
+                self.info = Some(info);
+                info
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn count_classes(&mut self) -> u64 {
+        match self.count {
+            Some(classes) => classes,
+            None => {
+                let classes = count_classes(self.addr, self.v6);
+                self.count = Some(classes);
+                classes
+            }
+        }
+    }
+}
+
+/// Where a packet's addresses stand: their classes and the enforce-scope network they
+/// touch, each looked up on demand. A reply of a tracked flow needs neither; a denied
+/// packet to an EMIS network only its destination.
+struct Standing<'a> {
+    src: AddrLookup<'a>,
+    dst: AddrLookup<'a>,
+    unset_roles: u64,
+    count_mask: u64,
+}
+
+impl<'a> Standing<'a> {
+    #[inline(always)]
+    fn new(src: &'a Addr, dst: &'a Addr, v6: bool, cfg: &Config) -> Self {
+        Standing {
+            src: AddrLookup::new(src, v6),
+            dst: AddrLookup::new(dst, v6),
             unset_roles: cfg.unset_roles,
             count_mask: cfg.count_mask,
-            src: None,
-            dst: None,
-            src_count: None,
-            dst_count: None,
         }
     }
 
+    /// The first rule listing `proto`/`port` that the packet matches, forward or (`reply`)
+    /// reversed. The count-scope tries are walked only once an entry names a count-scope
+    /// network.
     #[inline(always)]
-    fn src_info(&mut self) -> AddrInfo {
-        match self.src {
-            Some(info) => info,
-            None => {
-                let info = lookup(&self.l3.src, self.l3.v6);
-                self.src = Some(info);
-                info
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn dst_info(&mut self) -> AddrInfo {
-        match self.dst {
-            Some(info) => info,
-            None => {
-                let info = lookup(&self.l3.dst, self.l3.v6);
-                self.dst = Some(info);
-                info
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn src_classes(&mut self) -> u64 {
-        classes(&self.src_info(), self.unset_roles)
-    }
-
-    #[inline(always)]
-    fn dst_classes(&mut self) -> u64 {
-        classes(&self.dst_info(), self.unset_roles)
-    }
-
-    #[inline(always)]
-    fn src_count(&mut self) -> u64 {
-        match self.src_count {
-            Some(classes) => classes,
-            None => {
-                let classes = count_classes(&self.l3.src, self.l3.v6);
-                self.src_count = Some(classes);
-                classes
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn dst_count(&mut self) -> u64 {
-        match self.dst_count {
-            Some(classes) => classes,
-            None => {
-                let classes = count_classes(&self.l3.dst, self.l3.v6);
-                self.dst_count = Some(classes);
-                classes
-            }
-        }
-    }
-
-    /// The first rule of `set` that the packet matches, forward or (`reply`) reversed. The
-    /// count-scope tries are walked only once an entry names a count-scope network.
-    #[inline(always)]
-    fn first_match(&mut self, set: &RuleSet, reply: bool) -> Option<u32> {
-        let (mut src, mut dst) = (self.src_classes(), self.dst_classes());
+    fn first_match(&mut self, proto: u8, port: u16, reply: bool) -> Option<u32> {
+        let set: &RuleSet = unsafe { PORTS.get(PortKey::new(proto, port)) }?;
+        let mut src = self.src.info().classes_with(self.unset_roles);
+        let mut dst = self.dst.info().classes_with(self.unset_roles);
         let mut with_count = false;
         let len = set.len as usize;
         for i in 0..MAX_CANDIDATES {
@@ -184,40 +165,28 @@ impl<'a> Scope<'a> {
             }
             let entry = &set.entries[i];
             if !with_count && (entry.src | entry.dst) & self.count_mask != 0 {
-                src |= self.src_count();
-                dst |= self.dst_count();
+                src |= self.src.count_classes();
+                dst |= self.dst.count_classes();
                 with_count = true;
             }
             let (from, to) = if reply { (dst, src) } else { (src, dst) };
-            if entry.src & from != 0 && entry.dst & to != 0 {
+            if entry.matches(from, to) {
                 return Some(entry.rule);
             }
         }
         None
     }
 
-    /// The enforce-scope network a denial is counted under: the destination's, else the source's.
+    /// The enforce-scope network a denial is counted under.
     #[inline(always)]
     fn network(&mut self) -> u32 {
-        let dst = self.dst_info().network;
-        if dst != NO_NETWORK {
-            dst
-        } else {
-            self.src_info().network
-        }
+        denial_network(self.dst.info().network, || self.src.info().network)
     }
 
     /// A denial in scope; outside it nothing is denied.
     #[inline(always)]
     fn deny_or_pass(&mut self, reason: DenyReason) -> Decision {
-        let network = self.network();
-        if network != NO_NETWORK {
-            Decision::Deny { reason, network }
-        } else {
-            Decision::Pass {
-                reason: PassReason::OutOfScope,
-            }
-        }
+        deny_or_pass(reason, self.network())
     }
 }
 
@@ -236,20 +205,20 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> Decision {
         }
         Parsed::Ip(l3) => l3,
     };
-    let mut scope = Scope::new(&l3, cfg);
+    let mut standing = Standing::new(&l3.src, &l3.dst, l3.v6, cfg);
     if l3.malformed {
-        return scope.deny_or_pass(DenyReason::Malformed);
+        return standing.deny_or_pass(DenyReason::Malformed);
     }
     if l3.fragment && l3.frag_offset != 0 {
-        return later_fragment(&l3, cfg).unwrap_or_else(|reason| scope.deny_or_pass(reason));
+        return later_fragment(&l3, cfg).unwrap_or_else(|reason| standing.deny_or_pass(reason));
     }
     let judged = match l3.proto {
         PROTO_TCP | PROTO_UDP => match transport_header(ctx, &l3) {
-            Some(l4) => transport(&l3, &l4, &mut scope, cfg),
+            Some(l4) => transport(&l3, &l4, &mut standing, cfg),
             None => Err(DenyReason::Malformed),
         },
-        PROTO_ICMP if !l3.v6 => icmp(ctx, &l3, &mut scope, cfg),
-        PROTO_ICMPV6 if l3.v6 => icmp(ctx, &l3, &mut scope, cfg),
+        PROTO_ICMP if !l3.v6 => icmp(ctx, &l3, &mut standing, cfg),
+        PROTO_ICMPV6 if l3.v6 => icmp(ctx, &l3, &mut standing, cfg),
         _ => Err(DenyReason::Protocol),
     };
     match judged {
@@ -259,7 +228,7 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> Decision {
             }
             decision
         }
-        Err(reason) => scope.deny_or_pass(reason),
+        Err(reason) => standing.deny_or_pass(reason),
     }
 }
 
@@ -272,11 +241,7 @@ fn lookup(addr: &Addr, v6: bool) -> AddrInfo {
     };
     match found {
         Some(info) => *info,
-        None => AddrInfo {
-            classes: 0,
-            network: NO_NETWORK,
-            _pad: 0,
-        },
+        None => AddrInfo::OUTSIDE,
     }
 }
 
@@ -291,38 +256,6 @@ fn count_classes(addr: &Addr, v6: bool) -> u64 {
     found.copied().unwrap_or(0)
 }
 
-/// The classes of an address, with unset roles standing for every address outside the enforce scope.
-#[inline(always)]
-fn classes(info: &AddrInfo, unset_roles: u64) -> u64 {
-    if info.network == NO_NETWORK {
-        info.classes | unset_roles
-    } else {
-        info.classes
-    }
-}
-
-/// The rules that list `port`, if any.
-#[inline(always)]
-fn rules_for(proto: u8, port: u16) -> Option<&'static RuleSet> {
-    unsafe { PORTS.get(PortKey::new(proto, port)) }
-}
-
-/// The first rule of `set` whose sources touch `from` and destinations touch `to`.
-#[inline(always)]
-fn first_match(set: &RuleSet, from: u64, to: u64) -> Option<u32> {
-    let len = set.len as usize;
-    for i in 0..MAX_CANDIDATES {
-        if i >= len {
-            break;
-        }
-        let entry = &set.entries[i];
-        if entry.src & from != 0 && entry.dst & to != 0 {
-            return Some(entry.rule);
-        }
-    }
-    None
-}
-
 #[inline(always)]
 fn transport_header(ctx: &XdpContext, l3: &L3) -> Option<L4> {
     if l3.proto == PROTO_TCP {
@@ -334,26 +267,21 @@ fn transport_header(ctx: &XdpContext, l3: &L3) -> Option<L4> {
 }
 
 #[inline(always)]
-fn flow_key(l3: &L3, sport: u16, dport: u16) -> FlowKey {
-    FlowKey {
-        src: l3.src,
-        dst: l3.dst,
-        sport,
-        dport,
-        proto: l3.proto,
-        family: if l3.v6 { 6 } else { 4 },
-        _pad: [0; 2],
-    }
+fn flow_key(l3: &L3, l4: &L4) -> FlowKey {
+    FlowKey::new(l3.src, l3.dst, l3.v6, l3.proto, l4.sport, l4.dport)
 }
 
 /// TCP and UDP: a forward match, else a reply to a tracked flow (stateful) or to a rule (stateless).
 #[inline(always)]
-fn transport(l3: &L3, l4: &L4, scope: &mut Scope, cfg: &Config) -> Result<Decision, DenyReason> {
-    let stateful = cfg.replies == REPLIES_STATEFUL;
-    let forward = rules_for(l3.proto, l4.dport).and_then(|set| scope.first_match(set, false));
-    if let Some(rule) = forward {
-        if stateful {
-            track_forward(&flow_key(l3, l4.sport, l4.dport), rule, l4.flags, cfg);
+fn transport(
+    l3: &L3,
+    l4: &L4,
+    standing: &mut Standing,
+    cfg: &Config,
+) -> Result<Decision, DenyReason> {
+    if let Some(rule) = standing.first_match(l3.proto, l4.dport, false) {
+        if cfg.stateful() {
+            track_forward(&flow_key(l3, l4), rule, l4.flags, cfg);
         }
         return Ok(Decision::Allow {
             rule,
@@ -363,10 +291,10 @@ fn transport(l3: &L3, l4: &L4, scope: &mut Scope, cfg: &Config) -> Result<Decisi
     if l4.bare_syn() {
         return Err(DenyReason::NoRule);
     }
-    let rule = if stateful {
-        track_reply(&flow_key(l3, l4.sport, l4.dport).reversed(), l4.flags, cfg)
+    let rule = if cfg.stateful() {
+        track_reply(&flow_key(l3, l4).reversed(), l4.flags, cfg)
     } else {
-        rules_for(l3.proto, l4.sport).and_then(|set| scope.first_match(set, true))
+        standing.first_match(l3.proto, l4.sport, true)
     };
     match rule {
         Some(rule) => Ok(Decision::Allow {
@@ -378,47 +306,8 @@ fn transport(l3: &L3, l4: &L4, scope: &mut Scope, cfg: &Config) -> Result<Decisi
 }
 
 #[inline(always)]
-fn lifetime_ns(state: u32, cfg: &Config) -> u64 {
-    match cfg.flow_timeouts_ns.get(flow_state_slot(state)) {
-        Some(ns) => *ns,
-        None => 0,
-    }
-}
-
-#[inline(always)]
-fn expired(flow: &FlowValue, now: u64, cfg: &Config) -> bool {
-    now.saturating_sub(flow.last_seen_ns) > lifetime_ns(flow.state, cfg)
-}
-
-/// The state a flow moves to on a packet in its forward direction.
-#[inline(always)]
-fn forward_state(state: u32, proto: u8, flags: u8) -> u32 {
-    if proto != PROTO_TCP {
-        FLOW_UDP
-    } else if flags & (TCP_FIN | TCP_RST) != 0 {
-        FLOW_TCP_CLOSING
-    } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        FLOW_TCP_SYN_SENT
-    } else if state == 0 {
-        // Picked up mid-stream (emis started after the handshake): the rule allows it anyway.
-        FLOW_TCP_ESTABLISHED
-    } else {
-        state
-    }
-}
-
-/// The state a flow moves to on a reply.
-#[inline(always)]
-fn reply_state(state: u32, proto: u8, flags: u8) -> u32 {
-    if proto != PROTO_TCP {
-        FLOW_UDP
-    } else if flags & (TCP_FIN | TCP_RST) != 0 {
-        FLOW_TCP_CLOSING
-    } else if state == FLOW_TCP_SYN_SENT && flags & TCP_ACK != 0 {
-        FLOW_TCP_ESTABLISHED
-    } else {
-        state
-    }
+fn flow_expired(flow: &FlowValue, now: u64, cfg: &Config) -> bool {
+    expired(flow.last_seen_ns, cfg.lifetime_ns(flow.state), now)
 }
 
 /// Records or refreshes the flow a forward packet belongs to.
@@ -427,12 +316,12 @@ fn track_forward(key: &FlowKey, rule: u32, flags: u8, cfg: &Config) {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         let flow = unsafe { &mut *flow };
-        let state = if expired(flow, now, cfg) {
-            0
+        let state = if flow_expired(flow, now, cfg) {
+            FLOW_NEW
         } else {
             flow.state
         };
-        flow.state = forward_state(state, key.proto, flags);
+        flow.state = on_forward(state, key.proto, flags);
         flow.rule = rule;
         flow.last_seen_ns = now;
         return;
@@ -440,7 +329,7 @@ fn track_forward(key: &FlowKey, rule: u32, flags: u8, cfg: &Config) {
     let flow = FlowValue {
         last_seen_ns: now,
         rule,
-        state: forward_state(0, key.proto, flags),
+        state: on_forward(FLOW_NEW, key.proto, flags),
     };
     match FLOWS.insert(key, &flow, 0) {
         Ok(()) => flow_event(FLOW_EVENT_CREATED),
@@ -452,7 +341,7 @@ fn track_forward(key: &FlowKey, rule: u32, flags: u8, cfg: &Config) {
 #[inline(always)]
 fn live_flow(key: &FlowKey, now: u64, cfg: &Config) -> Option<*mut FlowValue> {
     let flow = FLOWS.get_ptr_mut(key)?;
-    if expired(unsafe { &*flow }, now, cfg) {
+    if flow_expired(unsafe { &*flow }, now, cfg) {
         if FLOWS.remove(key).is_ok() {
             flow_event(FLOW_EVENT_EXPIRED);
         }
@@ -466,7 +355,7 @@ fn live_flow(key: &FlowKey, now: u64, cfg: &Config) -> Option<*mut FlowValue> {
 fn track_reply(key: &FlowKey, flags: u8, cfg: &Config) -> Option<u32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let flow = unsafe { &mut *live_flow(key, now, cfg)? };
-    flow.state = reply_state(flow.state, key.proto, flags);
+    flow.state = on_reply(flow.state, key.proto, flags);
     flow.last_seen_ns = now;
     Some(flow.rule)
 }
@@ -476,60 +365,43 @@ fn track_reply(key: &FlowKey, flags: u8, cfg: &Config) -> Option<u32> {
 fn icmp(
     ctx: &XdpContext,
     l3: &L3,
-    scope: &mut Scope,
+    standing: &mut Standing,
     cfg: &Config,
 ) -> Result<Decision, DenyReason> {
     let (kind, _code) = parse_icmp(ctx, l3.l4_offset, l3.l4_len).ok_or(DenyReason::Malformed)?;
-    let (echo, error) = if l3.v6 {
-        (kind == 128 || kind == 129, (1..=4).contains(&kind))
-    } else {
-        (
-            kind == 8 || kind == 0,
-            kind == 3 || kind == 11 || kind == 12,
-        )
-    };
-    if echo {
-        return if cfg.icmp_echo != 0 && scope.network() != NO_NETWORK {
-            Ok(Decision::Pass {
+    match icmp_class(kind, l3.v6) {
+        IcmpClass::Echo if cfg.icmp_echo != 0 && standing.network() != NO_NETWORK => {
+            return Ok(Decision::Pass {
                 reason: PassReason::IcmpEcho,
             })
-        } else {
-            Err(DenyReason::Icmp)
-        };
-    }
-    if !error {
-        return Err(DenyReason::Icmp);
+        }
+        IcmpClass::Error => {}
+        IcmpClass::Echo | IcmpClass::Other => return Err(DenyReason::Icmp),
     }
     let quoted = parse_quoted(ctx, l3.l4_offset, l3.l4_len, l3.v6).ok_or(DenyReason::Icmp)?;
     // An error goes back to the sender of the packet it quotes.
     if quoted.src != l3.dst {
         return Err(DenyReason::Icmp);
     }
-    let rule = if cfg.replies == REPLIES_STATEFUL {
-        let key = FlowKey {
-            src: quoted.src,
-            dst: quoted.dst,
-            sport: quoted.sport,
-            dport: quoted.dport,
-            proto: quoted.proto,
-            family: if l3.v6 { 6 } else { 4 },
-            _pad: [0; 2],
-        };
+    let rule = if cfg.stateful() {
+        let key = FlowKey::new(
+            quoted.src,
+            quoted.dst,
+            l3.v6,
+            quoted.proto,
+            quoted.sport,
+            quoted.dport,
+        );
         let now = unsafe { bpf_ktime_get_ns() };
         match live_flow(&key, now, cfg) {
             Some(flow) => Some(unsafe { (*flow).rule }),
             None => live_flow(&key.reversed(), now, cfg).map(|flow| unsafe { (*flow).rule }),
         }
     } else {
-        let from = classes(&lookup(&quoted.src, l3.v6), cfg.unset_roles)
-            | count_classes(&quoted.src, l3.v6);
-        let to = classes(&lookup(&quoted.dst, l3.v6), cfg.unset_roles)
-            | count_classes(&quoted.dst, l3.v6);
-        rules_for(quoted.proto, quoted.dport)
-            .and_then(|set| first_match(set, from, to))
-            .or_else(|| {
-                rules_for(quoted.proto, quoted.sport).and_then(|set| first_match(set, to, from))
-            })
+        let mut about = Standing::new(&quoted.src, &quoted.dst, l3.v6, cfg);
+        about
+            .first_match(quoted.proto, quoted.dport, false)
+            .or_else(|| about.first_match(quoted.proto, quoted.sport, true))
     };
     rule.map(|rule| Decision::Allow {
         rule,
@@ -540,14 +412,7 @@ fn icmp(
 
 #[inline(always)]
 fn frag_key(l3: &L3) -> FragKey {
-    FragKey {
-        src: l3.src,
-        dst: l3.dst,
-        id: l3.frag_id,
-        proto: l3.proto,
-        family: if l3.v6 { 6 } else { 4 },
-        _pad: [0; 2],
-    }
+    FragKey::new(l3.src, l3.dst, l3.v6, l3.proto, l3.frag_id)
 }
 
 /// An allowed first fragment lets the rest of its datagram through under the same rule.
@@ -566,15 +431,14 @@ fn remember_first_fragment(l3: &L3, decision: Decision) {
 /// A later fragment shares its first fragment's decision, if that was an allowance.
 #[inline(always)]
 fn later_fragment(l3: &L3, cfg: &Config) -> Result<Decision, DenyReason> {
-    // A TCP fragment at offset 8 or 16 would overwrite the ports or flags the first one showed.
-    if l3.proto == PROTO_TCP && l3.frag_offset < 3 {
+    if l3.proto == PROTO_TCP && l3.frag_offset < MIN_TCP_FRAG_OFFSET {
         return Err(DenyReason::Malformed);
     }
     let key = frag_key(l3);
     let entry = FRAGS.get_ptr_mut(&key).ok_or(DenyReason::Fragment)?;
     let now = unsafe { bpf_ktime_get_ns() };
     let entry = unsafe { &mut *entry };
-    if now.saturating_sub(entry.last_seen_ns) > cfg.fragment_timeout_ns {
+    if expired(entry.last_seen_ns, cfg.fragment_timeout_ns, now) {
         let _ = FRAGS.remove(&key);
         return Err(DenyReason::Fragment);
     }

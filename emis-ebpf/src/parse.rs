@@ -3,16 +3,13 @@
 //! error quotes. Every read is bounds-checked; no parser looks anything up.
 
 use aya_ebpf::programs::XdpContext;
-use emis_common::{MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, PROTO_TCP, PROTO_UDP};
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const MAX_VLAN_TAGS: usize = 2;
-const IPV6_HLEN: usize = 40;
-const IPV6_FRAGMENT: u8 = 44;
+use emis_common::{
+    ip_version, ipv4_header_len, ipv6_ext_header_len, is_bare_syn, is_ipv6_ext_header, is_vlan,
+    tcp_header_len, Addr, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, ETH_TYPE_OFFSET, ICMP_HLEN,
+    IPV4_FRAGMENT_MASK, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV6_EXT_MIN_LEN, IPV6_FRAGMENT,
+    IPV6_FRAGMENT_MASK, IPV6_HLEN, MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, MAX_QUOTED_PORTS_OFFSET,
+    MAX_VLAN_TAGS, PROTO_TCP, PROTO_UDP, TCP_HLEN, UDP_HLEN, VLAN_HLEN,
+};
 
 /// A fixed-size window of the frame at `offset`, or `None` if the frame is shorter.
 #[inline(always)]
@@ -29,9 +26,6 @@ pub fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<&[u8;
 pub fn be16(b: &[u8], i: usize) -> u16 {
     u16::from_be_bytes([b[i], b[i + 1]])
 }
-
-/// An address as the maps key it: IPv4 in the first four bytes, or IPv6.
-pub type Addr = [u8; 16];
 
 #[inline(always)]
 fn v4_addr(b: &[u8], i: usize) -> Addr {
@@ -78,17 +72,17 @@ pub fn parse_frame(ctx: &XdpContext) -> Parsed {
     let Some(eth) = bytes_at::<ETH_HLEN>(ctx, 0) else {
         return Parsed::Unparsed;
     };
-    let mut ethertype = be16(eth, 12);
+    let mut ethertype = be16(eth, ETH_TYPE_OFFSET);
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+        if !is_vlan(ethertype) {
             break;
         }
-        let Some(tag) = bytes_at::<4>(ctx, offset) else {
+        let Some(tag) = bytes_at::<VLAN_HLEN>(ctx, offset) else {
             return Parsed::Unparsed;
         };
         ethertype = be16(tag, 2);
-        offset += 4;
+        offset += VLAN_HLEN;
     }
     match ethertype {
         ETH_P_IPV4 => parse_ipv4(ctx, offset),
@@ -100,14 +94,16 @@ pub fn parse_frame(ctx: &XdpContext) -> Parsed {
 /// IPv4 with options (through IHL); lengths are checked against the frame.
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
-    let Some(ip) = bytes_at::<20>(ctx, offset) else {
+    let Some(ip) = bytes_at::<IPV4_HLEN>(ctx, offset) else {
         return Parsed::Unparsed;
     };
-    let header_len = ((ip[0] & 0x0f) as usize) * 4;
+    let header_len = ipv4_header_len(ip[0]);
     let total_len = be16(ip, 2) as usize;
     let frame_left = (ctx.data_end() - ctx.data()).saturating_sub(offset);
-    let malformed =
-        ip[0] >> 4 != 4 || header_len < 20 || total_len < header_len || total_len > frame_left;
+    let malformed = ip_version(ip[0]) != 4
+        || header_len < IPV4_HLEN
+        || total_len < header_len
+        || total_len > frame_left;
     let flags_fragment = be16(ip, 6);
     Parsed::Ip(L3 {
         src: v4_addr(ip, 12),
@@ -118,8 +114,8 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
         l4_len: total_len.saturating_sub(header_len),
         malformed,
         // More-fragments set or a non-zero offset.
-        fragment: flags_fragment & 0x3fff != 0,
-        frag_offset: flags_fragment & 0x1fff,
+        fragment: flags_fragment & IPV4_FRAGMENT_MASK != 0,
+        frag_offset: flags_fragment & IPV4_FRAG_OFFSET_MASK,
         frag_id: be16(ip, 4) as u32,
     })
 }
@@ -143,12 +139,12 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
         frag_id: 0,
     };
     let frame_left = (ctx.data_end() - ctx.data()).saturating_sub(l3.l4_offset);
-    if ip[0] >> 4 != 6 || l3.l4_len > frame_left {
+    if ip_version(ip[0]) != 6 || l3.l4_len > frame_left {
         l3.malformed = true;
         return Parsed::Ip(l3);
     }
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        let Some(ext_len) = ipv6_ext_header_len(ctx, &mut l3) else {
+        let Some(ext_len) = step_ipv6_ext_header(ctx, &mut l3) else {
             return Parsed::Ip(l3);
         };
         if ext_len > l3.l4_len || l3.l4_offset + ext_len > MAX_L4_OFFSET {
@@ -165,40 +161,30 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     Parsed::Ip(l3)
 }
 
-#[inline(always)]
-pub fn is_ipv6_ext_header(next: u8) -> bool {
-    matches!(next, 0 | 43 | 44 | 51 | 60)
-}
-
 /// The length of the extension header at `l3.l4_offset`, moving `l3.proto` on to the
 /// header after it; `None` once the next header is not an extension header, or the
 /// extension header is cut short (then `l3.malformed` is set).
 #[inline(always)]
-fn ipv6_ext_header_len(ctx: &XdpContext, l3: &mut L3) -> Option<usize> {
+fn step_ipv6_ext_header(ctx: &XdpContext, l3: &mut L3) -> Option<usize> {
     if !is_ipv6_ext_header(l3.proto) {
         return None;
     }
-    let ext = match bytes_at::<8>(ctx, l3.l4_offset) {
-        Some(ext) if l3.l4_len >= 8 => ext,
+    let ext = match bytes_at::<IPV6_EXT_MIN_LEN>(ctx, l3.l4_offset) {
+        Some(ext) if l3.l4_len >= IPV6_EXT_MIN_LEN => ext,
         _ => {
             l3.malformed = true;
             return None;
         }
     };
-    let len = match l3.proto {
-        IPV6_FRAGMENT => {
-            let field = be16(ext, 2);
-            // Fragment offset or more-fragments set; an atomic fragment (both clear) is whole.
-            if field & 0xfff9 != 0 {
-                l3.fragment = true;
-                l3.frag_offset = field >> 3;
-                l3.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
-            }
-            8
+    if l3.proto == IPV6_FRAGMENT {
+        let field = be16(ext, 2);
+        if field & IPV6_FRAGMENT_MASK != 0 {
+            l3.fragment = true;
+            l3.frag_offset = field >> 3;
+            l3.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
         }
-        51 => (ext[1] as usize + 2) * 4,
-        _ => (ext[1] as usize + 1) * 8,
-    };
+    }
+    let len = ipv6_ext_header_len(l3.proto, ext[1]);
     l3.proto = ext[0];
     Some(len)
 }
@@ -209,28 +195,23 @@ pub struct L4 {
     pub flags: u8,
 }
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
 impl L4 {
     /// A SYN without ACK opens a connection; it is never a reply.
     #[inline(always)]
     pub fn bare_syn(&self) -> bool {
-        self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        is_bare_syn(self.flags)
     }
 }
 
 /// TCP: ports and flags, with the data offset checked against the IP payload.
 #[inline(always)]
 pub fn parse_tcp(ctx: &XdpContext, offset: usize, l4_len: usize) -> Option<L4> {
-    if offset > MAX_L4_OFFSET || l4_len < 20 {
+    if offset > MAX_L4_OFFSET || l4_len < TCP_HLEN {
         return None;
     }
-    let tcp = bytes_at::<20>(ctx, offset)?;
-    let data_offset = ((tcp[12] >> 4) as usize) * 4;
-    if data_offset < 20 || data_offset > l4_len {
+    let tcp = bytes_at::<TCP_HLEN>(ctx, offset)?;
+    let data_offset = tcp_header_len(tcp[12]);
+    if data_offset < TCP_HLEN || data_offset > l4_len {
         return None;
     }
     Some(L4 {
@@ -244,12 +225,12 @@ pub fn parse_tcp(ctx: &XdpContext, offset: usize, l4_len: usize) -> Option<L4> {
 /// `whole` (a first fragment holds only part of it).
 #[inline(always)]
 pub fn parse_udp(ctx: &XdpContext, offset: usize, l4_len: usize, whole: bool) -> Option<L4> {
-    if offset > MAX_L4_OFFSET || l4_len < 8 {
+    if offset > MAX_L4_OFFSET || l4_len < UDP_HLEN {
         return None;
     }
-    let udp = bytes_at::<8>(ctx, offset)?;
+    let udp = bytes_at::<UDP_HLEN>(ctx, offset)?;
     let udp_len = be16(udp, 4) as usize;
-    if udp_len < 8 || (whole && udp_len > l4_len) {
+    if udp_len < UDP_HLEN || (whole && udp_len > l4_len) {
         return None;
     }
     Some(L4 {
@@ -262,10 +243,10 @@ pub fn parse_udp(ctx: &XdpContext, offset: usize, l4_len: usize, whole: bool) ->
 /// The ICMP or ICMPv6 type and code.
 #[inline(always)]
 pub fn parse_icmp(ctx: &XdpContext, offset: usize, l4_len: usize) -> Option<(u8, u8)> {
-    if offset > MAX_L4_OFFSET || l4_len < 8 {
+    if offset > MAX_L4_OFFSET || l4_len < ICMP_HLEN {
         return None;
     }
-    let icmp = bytes_at::<8>(ctx, offset)?;
+    let icmp = bytes_at::<ICMP_HLEN>(ctx, offset)?;
     Some((icmp[0], icmp[1]))
 }
 
@@ -282,13 +263,13 @@ pub struct Quoted {
 /// quote is cut short, of another family, or not TCP/UDP straight after the IP header.
 #[inline(always)]
 pub fn parse_quoted(ctx: &XdpContext, offset: usize, l4_len: usize, v6: bool) -> Option<Quoted> {
-    let inner = offset + 8;
+    let inner = offset + ICMP_HLEN;
     if inner > MAX_L4_OFFSET {
         return None;
     }
     let (src, dst, proto, ports_at, header_len) = if v6 {
         let ip = bytes_at::<IPV6_HLEN>(ctx, inner)?;
-        if ip[0] >> 4 != 6 {
+        if ip_version(ip[0]) != 6 {
             return None;
         }
         (
@@ -299,10 +280,13 @@ pub fn parse_quoted(ctx: &XdpContext, offset: usize, l4_len: usize, v6: bool) ->
             IPV6_HLEN,
         )
     } else {
-        let ip = bytes_at::<20>(ctx, inner)?;
-        let header_len = ((ip[0] & 0x0f) as usize) * 4;
+        let ip = bytes_at::<IPV4_HLEN>(ctx, inner)?;
+        let header_len = ipv4_header_len(ip[0]);
         // A quoted fragment other than the first carries no ports.
-        if ip[0] >> 4 != 4 || header_len < 20 || be16(ip, 6) & 0x1fff != 0 {
+        if ip_version(ip[0]) != 4
+            || header_len < IPV4_HLEN
+            || be16(ip, 6) & IPV4_FRAG_OFFSET_MASK != 0
+        {
             return None;
         }
         (
@@ -317,7 +301,7 @@ pub fn parse_quoted(ctx: &XdpContext, offset: usize, l4_len: usize, v6: bool) ->
         return None;
     }
     // The quote must hold the ports within what the outer header vouches for.
-    if 8 + header_len + 4 > l4_len || ports_at > MAX_L4_OFFSET + 64 {
+    if ICMP_HLEN + header_len + 4 > l4_len || ports_at > MAX_QUOTED_PORTS_OFFSET {
         return None;
     }
     let ports = bytes_at::<4>(ctx, ports_at)?;

@@ -1,6 +1,17 @@
 //! The reference verdict: what POLICY.md says the enforcer must decide for a frame,
 //! computed straight from the policy (no maps), so tests can hold the kernel to it.
 //! [`Model`] keeps its own flow and fragment tables for stateful sequences.
+//!
+//! What the model owns is the policy evaluation: classes come from the policy's networks
+//! and roles, and the matching rule is the first in spec order, never a compiled map, so
+//! agreement with the kernel checks the compiler too.
+//!
+//! Where the kernel's behaviour is a fact rather than a policy, the model mirrors it on
+//! purpose and takes it from `emis_common`, as the kernel does: the parser's header
+//! layouts and bounds (VLAN tags, IPv6 extension headers, [`MAX_L4_OFFSET`]), the
+//! flow-state transitions and lifetimes, flow and fragment keys, which ICMP types are
+//! echo or errors, and deny-or-pass by enforce-scope network. The parser below reads
+//! frames header by header as the kernel's `parse` does, with the same bounds.
 
 use std::{
     collections::HashMap,
@@ -8,23 +19,21 @@ use std::{
 };
 
 use emis_common::{
-    network_bit, role_bit, Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue,
-    PassReason, Path, FLOW_TCP_CLOSING, FLOW_TCP_ESTABLISHED, FLOW_TCP_SYN_SENT, FLOW_UDP,
-    MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    PROTO_UDP,
+    denial_network, deny_or_pass, expired, flow_timeouts_ns, icmp_class, ip_version,
+    ipv4_header_len, ipv6_ext_header_len, is_bare_syn, is_ipv6_ext_header, is_vlan, lifetime_ns,
+    network_bit, on_forward, on_reply, role_bit, tcp_header_len, Addr, Decision, DenyReason,
+    FlowKey, FlowValue, FragKey, FragValue, IcmpClass, PassReason, Path, ETH_HLEN, ETH_P_IPV4,
+    ETH_P_IPV6, ETH_TYPE_OFFSET, FLOW_NEW, FLOW_STATE_COUNT, ICMP_HLEN, IPV4_FRAGMENT_MASK,
+    IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV6_EXT_MIN_LEN, IPV6_FRAGMENT, IPV6_FRAGMENT_MASK,
+    IPV6_HLEN, MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, MAX_QUOTED_PORTS_OFFSET, MAX_VLAN_TAGS,
+    MIN_TCP_FRAG_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_HLEN,
+    UDP_HLEN, VLAN_HLEN,
 };
 
 use crate::{
     compile::endpoint_mask,
     policy::{Policy, Replies, Role, Scope},
 };
-
-const ETH_HLEN: usize = 14;
-const MAX_VLAN_TAGS: usize = 2;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// What the parser read from a frame, before any policy applies.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +70,7 @@ pub struct L4Facts {
 
 impl L4Facts {
     pub fn bare_syn(&self) -> bool {
-        self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        is_bare_syn(self.flags)
     }
 }
 
@@ -101,42 +110,44 @@ pub fn parse(frame: &[u8]) -> Frame {
     if frame.len() < ETH_HLEN {
         return Frame::Unparsed;
     }
-    let mut ethertype = be16(frame, 12);
+    let mut ethertype = be16(frame, ETH_TYPE_OFFSET);
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != 0x8100 && ethertype != 0x88a8 {
+        if !is_vlan(ethertype) {
             break;
         }
-        if frame.len() < offset + 4 {
+        if frame.len() < offset + VLAN_HLEN {
             return Frame::Unparsed;
         }
         ethertype = be16(frame, offset + 2);
-        offset += 4;
+        offset += VLAN_HLEN;
     }
     match ethertype {
-        0x0800 => parse_ipv4(frame, offset),
-        0x86dd => parse_ipv6(frame, offset),
+        ETH_P_IPV4 => parse_ipv4(frame, offset),
+        ETH_P_IPV6 => parse_ipv6(frame, offset),
         _ => Frame::NonIp,
     }
 }
 
 fn parse_ipv4(frame: &[u8], offset: usize) -> Frame {
-    let Some(ip) = frame.get(offset..offset + 20) else {
+    let Some(ip) = frame.get(offset..offset + IPV4_HLEN) else {
         return Frame::Unparsed;
     };
-    let header_len = (ip[0] & 0x0f) as usize * 4;
+    let header_len = ipv4_header_len(ip[0]);
     let total_len = be16(ip, 2) as usize;
     let frame_left = frame.len() - offset;
-    let malformed =
-        ip[0] >> 4 != 4 || header_len < 20 || total_len < header_len || total_len > frame_left;
+    let malformed = ip_version(ip[0]) != 4
+        || header_len < IPV4_HLEN
+        || total_len < header_len
+        || total_len > frame_left;
     let flags_fragment = be16(ip, 6);
     let mut facts = IpFacts {
         src: ipv4_at(ip, 12),
         dst: ipv4_at(ip, 16),
         proto: ip[9],
         malformed,
-        fragment: flags_fragment & 0x3fff != 0,
-        frag_offset: flags_fragment & 0x1fff,
+        fragment: flags_fragment & IPV4_FRAGMENT_MASK != 0,
+        frag_offset: flags_fragment & IPV4_FRAG_OFFSET_MASK,
         frag_id: be16(ip, 4) as u32,
         l4: None,
         icmp: None,
@@ -154,7 +165,7 @@ fn parse_ipv4(frame: &[u8], offset: usize) -> Frame {
 }
 
 fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
-    let Some(ip) = frame.get(offset..offset + 40) else {
+    let Some(ip) = frame.get(offset..offset + IPV6_HLEN) else {
         return Frame::Unparsed;
     };
     let mut facts = IpFacts {
@@ -168,35 +179,30 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
         l4: None,
         icmp: None,
     };
-    let mut l4_offset = offset + 40;
+    let mut l4_offset = offset + IPV6_HLEN;
     let mut l4_len = be16(ip, 4) as usize;
-    if ip[0] >> 4 != 6 || l4_len > frame.len() - l4_offset {
+    if ip_version(ip[0]) != 6 || l4_len > frame.len() - l4_offset {
         facts.malformed = true;
         return Frame::Ip(facts);
     }
-    let is_ext = |next: u8| matches!(next, 0 | 43 | 44 | 51 | 60);
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        if !is_ext(facts.proto) {
+        if !is_ipv6_ext_header(facts.proto) {
             break;
         }
-        if l4_len < 8 || frame.len() < l4_offset + 8 {
+        if l4_len < IPV6_EXT_MIN_LEN || frame.len() < l4_offset + IPV6_EXT_MIN_LEN {
             facts.malformed = true;
             return Frame::Ip(facts);
         }
-        let ext = &frame[l4_offset..l4_offset + 8];
-        let ext_len = match facts.proto {
-            44 => {
-                let field = be16(ext, 2);
-                if field & 0xfff9 != 0 {
-                    facts.fragment = true;
-                    facts.frag_offset = field >> 3;
-                    facts.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
-                }
-                8
+        let ext = &frame[l4_offset..l4_offset + IPV6_EXT_MIN_LEN];
+        if facts.proto == IPV6_FRAGMENT {
+            let field = be16(ext, 2);
+            if field & IPV6_FRAGMENT_MASK != 0 {
+                facts.fragment = true;
+                facts.frag_offset = field >> 3;
+                facts.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
             }
-            51 => (ext[1] as usize + 2) * 4,
-            _ => (ext[1] as usize + 1) * 8,
-        };
+        }
+        let ext_len = ipv6_ext_header_len(facts.proto, ext[1]);
         facts.proto = ext[0];
         if ext_len > l4_len || l4_offset + ext_len > MAX_L4_OFFSET {
             facts.malformed = true;
@@ -205,7 +211,7 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
         l4_offset += ext_len;
         l4_len -= ext_len;
     }
-    if is_ext(facts.proto) {
+    if is_ipv6_ext_header(facts.proto) {
         facts.malformed = true;
     } else {
         parse_l4(frame, &mut facts, l4_offset, l4_len, true);
@@ -221,9 +227,9 @@ fn parse_l4(frame: &[u8], facts: &mut IpFacts, offset: usize, l4_len: usize, v6:
     let window = |n: usize| frame.get(offset..offset + n).filter(|_| l4_len >= n);
     match facts.proto {
         PROTO_TCP => {
-            if let Some(tcp) = window(20) {
-                let data_offset = (tcp[12] >> 4) as usize * 4;
-                if data_offset >= 20 && data_offset <= l4_len {
+            if let Some(tcp) = window(TCP_HLEN) {
+                let data_offset = tcp_header_len(tcp[12]);
+                if data_offset >= TCP_HLEN && data_offset <= l4_len {
                     facts.l4 = Some(L4Facts {
                         sport: be16(tcp, 0),
                         dport: be16(tcp, 2),
@@ -233,10 +239,10 @@ fn parse_l4(frame: &[u8], facts: &mut IpFacts, offset: usize, l4_len: usize, v6:
             }
         }
         PROTO_UDP => {
-            if let Some(udp) = window(8) {
+            if let Some(udp) = window(UDP_HLEN) {
                 let udp_len = be16(udp, 4) as usize;
                 // A first fragment holds only part of the datagram the UDP length describes.
-                if udp_len >= 8 && (facts.fragment || udp_len <= l4_len) {
+                if udp_len >= UDP_HLEN && (facts.fragment || udp_len <= l4_len) {
                     facts.l4 = Some(L4Facts {
                         sport: be16(udp, 0),
                         dport: be16(udp, 2),
@@ -246,10 +252,10 @@ fn parse_l4(frame: &[u8], facts: &mut IpFacts, offset: usize, l4_len: usize, v6:
             }
         }
         PROTO_ICMP if !v6 => {
-            facts.icmp = window(8).map(|h| icmp_facts(frame, h, offset, l4_len, false))
+            facts.icmp = window(ICMP_HLEN).map(|h| icmp_facts(frame, h, offset, l4_len, false))
         }
         PROTO_ICMPV6 if v6 => {
-            facts.icmp = window(8).map(|h| icmp_facts(frame, h, offset, l4_len, true))
+            facts.icmp = window(ICMP_HLEN).map(|h| icmp_facts(frame, h, offset, l4_len, true))
         }
         _ => {}
     }
@@ -265,20 +271,29 @@ fn icmp_facts(frame: &[u8], header: &[u8], offset: usize, l4_len: usize, v6: boo
 
 /// The TCP or UDP packet quoted after the 8-byte ICMP header at `offset`.
 fn parse_quoted(frame: &[u8], offset: usize, l4_len: usize, v6: bool) -> Option<Quoted> {
-    let inner = offset + 8;
+    let inner = offset + ICMP_HLEN;
     if inner > MAX_L4_OFFSET {
         return None;
     }
     let (src, dst, proto, ports_at, header_len) = if v6 {
-        let ip = frame.get(inner..inner + 40)?;
-        if ip[0] >> 4 != 6 {
+        let ip = frame.get(inner..inner + IPV6_HLEN)?;
+        if ip_version(ip[0]) != 6 {
             return None;
         }
-        (ipv6_at(ip, 8), ipv6_at(ip, 24), ip[6], inner + 40, 40)
+        (
+            ipv6_at(ip, 8),
+            ipv6_at(ip, 24),
+            ip[6],
+            inner + IPV6_HLEN,
+            IPV6_HLEN,
+        )
     } else {
-        let ip = frame.get(inner..inner + 20)?;
-        let header_len = (ip[0] & 0x0f) as usize * 4;
-        if ip[0] >> 4 != 4 || header_len < 20 || be16(ip, 6) & 0x1fff != 0 {
+        let ip = frame.get(inner..inner + IPV4_HLEN)?;
+        let header_len = ipv4_header_len(ip[0]);
+        if ip_version(ip[0]) != 4
+            || header_len < IPV4_HLEN
+            || be16(ip, 6) & IPV4_FRAG_OFFSET_MASK != 0
+        {
             return None;
         }
         (
@@ -292,7 +307,7 @@ fn parse_quoted(frame: &[u8], offset: usize, l4_len: usize, v6: bool) -> Option<
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
     }
-    if 8 + header_len + 4 > l4_len || ports_at > MAX_L4_OFFSET + 64 {
+    if ICMP_HLEN + header_len + 4 > l4_len || ports_at > MAX_QUOTED_PORTS_OFFSET {
         return None;
     }
     let ports = frame.get(ports_at..ports_at + 4)?;
@@ -351,29 +366,18 @@ pub fn decide(policy: &Policy, frame: &[u8]) -> Decision {
     Model::new(policy, Replies::Stateless).decide(frame)
 }
 
-fn octets(addr: IpAddr) -> ([u8; 16], u8) {
+/// An address as the kernel's tables key it.
+fn octets(addr: IpAddr) -> Addr {
     let mut out = [0u8; 16];
     match addr {
-        IpAddr::V4(a) => {
-            out[..4].copy_from_slice(&a.octets());
-            (out, 4)
-        }
-        IpAddr::V6(a) => (a.octets(), 6),
+        IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => out = a.octets(),
     }
+    out
 }
 
 fn flow_key(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> FlowKey {
-    let (src, family) = octets(src);
-    let (dst, _) = octets(dst);
-    FlowKey {
-        src,
-        dst,
-        sport,
-        dport,
-        proto,
-        family,
-        _pad: [0; 2],
-    }
+    FlowKey::new(octets(src), octets(dst), src.is_ipv6(), proto, sport, dport)
 }
 
 /// The enforcer as a userspace model: the policy plus the flows and fragments it has allowed,
@@ -386,7 +390,8 @@ pub struct Model<'p> {
     now_ns: u64,
 }
 
-/// Where the packet stands before any rule.
+/// Where a packet's addresses stand before any rule: their classes and the
+/// enforce-scope network a denial is counted under.
 struct Standing {
     src: u64,
     dst: u64,
@@ -395,16 +400,7 @@ struct Standing {
 
 impl Standing {
     fn deny_or_pass(&self, reason: DenyReason) -> Decision {
-        if self.network != NO_NETWORK {
-            Decision::Deny {
-                reason,
-                network: self.network,
-            }
-        } else {
-            Decision::Pass {
-                reason: PassReason::OutOfScope,
-            }
-        }
+        deny_or_pass(reason, self.network)
     }
 }
 
@@ -446,11 +442,7 @@ impl<'p> Model<'p> {
         let standing = Standing {
             src,
             dst,
-            network: if dst_net != NO_NETWORK {
-                dst_net
-            } else {
-                src_net
-            },
+            network: denial_network(dst_net, || src_net),
         };
         if facts.malformed {
             return standing.deny_or_pass(DenyReason::Malformed);
@@ -541,43 +533,27 @@ impl<'p> Model<'p> {
         .ok_or(DenyReason::NoRule)
     }
 
-    fn lifetime_ns(&self, state: u32) -> u64 {
+    fn flow_timeouts_ns(&self) -> [u64; FLOW_STATE_COUNT] {
         let t = &self.policy.options.timeouts;
-        let seconds = match state {
-            FLOW_TCP_SYN_SENT => t.tcp_syn,
-            FLOW_TCP_ESTABLISHED => t.tcp_established,
-            FLOW_TCP_CLOSING => t.tcp_closing,
-            _ => t.udp,
-        };
-        seconds * 1_000_000_000
+        flow_timeouts_ns(t.tcp_syn, t.tcp_established, t.tcp_closing, t.udp)
     }
 
     fn expired(&self, flow: &FlowValue) -> bool {
-        self.now_ns.saturating_sub(flow.last_seen_ns) > self.lifetime_ns(flow.state)
+        let lifetime = lifetime_ns(&self.flow_timeouts_ns(), flow.state);
+        expired(flow.last_seen_ns, lifetime, self.now_ns)
     }
 
     fn track_forward(&mut self, key: FlowKey, rule: u32, flags: u8) {
         let state = match self.flows.get(&key) {
             Some(flow) if !self.expired(flow) => flow.state,
-            _ => 0,
-        };
-        let state = if key.proto != PROTO_TCP {
-            FLOW_UDP
-        } else if flags & (TCP_FIN | TCP_RST) != 0 {
-            FLOW_TCP_CLOSING
-        } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            FLOW_TCP_SYN_SENT
-        } else if state == 0 {
-            FLOW_TCP_ESTABLISHED
-        } else {
-            state
+            _ => FLOW_NEW,
         };
         self.flows.insert(
             key,
             FlowValue {
                 last_seen_ns: self.now_ns,
                 rule,
-                state,
+                state: on_forward(state, key.proto, flags),
             },
         );
     }
@@ -594,13 +570,7 @@ impl<'p> Model<'p> {
 
     fn track_reply(&mut self, key: FlowKey, flags: u8) -> Option<u32> {
         let mut flow = self.live_flow(&key)?;
-        if key.proto != PROTO_TCP {
-            flow.state = FLOW_UDP;
-        } else if flags & (TCP_FIN | TCP_RST) != 0 {
-            flow.state = FLOW_TCP_CLOSING;
-        } else if flow.state == FLOW_TCP_SYN_SENT && flags & TCP_ACK != 0 {
-            flow.state = FLOW_TCP_ESTABLISHED;
-        }
+        flow.state = on_reply(flow.state, key.proto, flags);
         flow.last_seen_ns = self.now_ns;
         self.flows.insert(key, flow);
         Some(flow.rule)
@@ -608,29 +578,14 @@ impl<'p> Model<'p> {
 
     fn icmp(&mut self, facts: &IpFacts, standing: &Standing) -> Result<Decision, DenyReason> {
         let icmp = facts.icmp.ok_or(DenyReason::Malformed)?;
-        let v6 = facts.src.is_ipv6();
-        let (echo, error) = if v6 {
-            (
-                icmp.kind == 128 || icmp.kind == 129,
-                (1..=4).contains(&icmp.kind),
-            )
-        } else {
-            (
-                icmp.kind == 8 || icmp.kind == 0,
-                matches!(icmp.kind, 3 | 11 | 12),
-            )
-        };
-        if echo {
-            return if self.policy.options.icmp_echo && standing.network != NO_NETWORK {
-                Ok(Decision::Pass {
+        match icmp_class(icmp.kind, facts.src.is_ipv6()) {
+            IcmpClass::Echo if self.policy.options.icmp_echo && standing.network != NO_NETWORK => {
+                return Ok(Decision::Pass {
                     reason: PassReason::IcmpEcho,
                 })
-            } else {
-                Err(DenyReason::Icmp)
-            };
-        }
-        if !error {
-            return Err(DenyReason::Icmp);
+            }
+            IcmpClass::Error => {}
+            IcmpClass::Echo | IcmpClass::Other => return Err(DenyReason::Icmp),
         }
         let quoted = icmp.quoted.ok_or(DenyReason::Icmp)?;
         if quoted.src != facts.dst {
@@ -662,13 +617,13 @@ impl<'p> Model<'p> {
     }
 
     fn later_fragment(&mut self, facts: &IpFacts) -> Result<Decision, DenyReason> {
-        if facts.proto == PROTO_TCP && facts.frag_offset < 3 {
+        if facts.proto == PROTO_TCP && facts.frag_offset < MIN_TCP_FRAG_OFFSET {
             return Err(DenyReason::Malformed);
         }
         let key = frag_key(facts);
         let entry = self.frags.get_mut(&key).ok_or(DenyReason::Fragment)?;
         let timeout = self.policy.options.timeouts.fragment * 1_000_000_000;
-        if self.now_ns.saturating_sub(entry.last_seen_ns) > timeout {
+        if expired(entry.last_seen_ns, timeout, self.now_ns) {
             self.frags.remove(&key);
             return Err(DenyReason::Fragment);
         }
@@ -681,14 +636,32 @@ impl<'p> Model<'p> {
 }
 
 fn frag_key(facts: &IpFacts) -> FragKey {
-    let (src, family) = octets(facts.src);
-    let (dst, _) = octets(facts.dst);
-    FragKey {
-        src,
-        dst,
-        id: facts.frag_id,
-        proto: facts.proto,
-        family,
-        _pad: [0; 2],
+    FragKey::new(
+        octets(facts.src),
+        octets(facts.dst),
+        facts.src.is_ipv6(),
+        facts.proto,
+        facts.frag_id,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        compile::compile,
+        spec::{load_policy, SiteOptions, Source},
+    };
+
+    /// The model takes lifetimes from the policy, the kernel from the compiled config:
+    /// both must put each state's lifetime in the same slot.
+    #[test]
+    fn lifetimes_match_the_compiled_config() {
+        let mut policy = load_policy(&Source::default_spec(), &SiteOptions::default()).unwrap();
+        let t = &mut policy.options.timeouts;
+        (t.tcp_syn, t.tcp_established, t.tcp_closing, t.udp) = (1, 2, 3, 4);
+        let model = Model::new(&policy, Replies::Stateful);
+        let config = compile(&policy).unwrap().config;
+        assert_eq!(model.flow_timeouts_ns(), config.flow_timeouts_ns);
     }
 }

@@ -3,13 +3,12 @@
 
 use std::net::IpAddr;
 
-use emis_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_PSH: u8 = 0x08;
-pub const TCP_ACK: u8 = 0x10;
+use emis_common::{
+    ETH_P_IPV4, ETH_P_IPV6, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPV6_AUTH, IPV6_FRAGMENT,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
+/// The TCP flags a [`PacketSpec`] may carry, as the kernel reads them.
+pub use emis_common::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 
 /// One packet to build. Defaults: no VLAN tags, no IP options, TCP flags SYN, 0 payload bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,7 +94,7 @@ impl PacketSpec {
         }
         match (self.src, self.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                frame.extend_from_slice(&0x0800u16.to_be_bytes());
+                frame.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
                 let mut options = self.ipv4_options.clone();
                 while !options.len().is_multiple_of(4) {
                     options.push(0);
@@ -120,12 +119,12 @@ impl PacketSpec {
                 frame.extend_from_slice(&ip);
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+                frame.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
                 let mut ext = Vec::new();
                 for (i, &(kind, len)) in self.ipv6_ext.iter().enumerate() {
                     let next = self.ipv6_ext.get(i + 1).map_or(self.proto, |&(k, _)| k);
                     let mut header = ipv6_ext_header(kind, next, len);
-                    if kind == 44 {
+                    if kind == IPV6_FRAGMENT {
                         let field = (self.frag_offset << 3) | u16::from(self.more_fragments);
                         header[2..4].copy_from_slice(&field.to_be_bytes());
                     }
@@ -175,8 +174,8 @@ impl PacketSpec {
                     icmp.extend_from_slice(body);
                     icmp
                 }
-                None if self.proto == PROTO_ICMP => vec![8, 0, 0, 0, 0, 1, 0, 1],
-                None => vec![128, 0, 0, 0, 0, 1, 0, 1],
+                None if self.proto == PROTO_ICMP => vec![ICMP_ECHO_REQUEST, 0, 0, 0, 0, 1, 0, 1],
+                None => vec![ICMPV6_ECHO_REQUEST, 0, 0, 0, 0, 1, 0, 1],
             },
             _ => vec![0u8; 8],
         };
@@ -187,15 +186,15 @@ impl PacketSpec {
 
 /// An IPv6 extension header of `kind` and total `len` bytes (rounded to its unit).
 fn ipv6_ext_header(kind: u8, next: u8, len: usize) -> Vec<u8> {
-    let (unit, bias) = if kind == 51 { (4, 2) } else { (8, 1) };
-    let len = if kind == 44 {
+    let (unit, bias) = if kind == IPV6_AUTH { (4, 2) } else { (8, 1) };
+    let len = if kind == IPV6_FRAGMENT {
         8
     } else {
         len.max(8).div_ceil(unit) * unit
     };
     let mut header = vec![0u8; len];
     header[0] = next;
-    if kind != 44 {
+    if kind != IPV6_FRAGMENT {
         header[1] = (len / unit - bias) as u8;
     }
     header

@@ -1,0 +1,165 @@
+//! The maps the kernel program and the loader share: their names, sizes, and the layout
+//! of the address, port and counter entries, with the class bits an address entry holds.
+//!
+//! Every value is `#[repr(C)]` plain data with explicit padding, so the loader writes
+//! exactly the bytes the kernel program reads.
+
+/// Name of the map from IPv4 prefix to [`AddrInfo`].
+pub const MAP_ADDR_V4: &str = "EMIS_ADDR_V4";
+/// Name of the map from IPv6 prefix to [`AddrInfo`].
+pub const MAP_ADDR_V6: &str = "EMIS_ADDR_V6";
+/// Name of the map from IPv4 prefix to the classes of count-scope networks (`u64`). Kept
+/// apart so Amazon-sized ranges never deepen the walk for traffic to the EMIS networks.
+pub const MAP_COUNT_V4: &str = "EMIS_COUNT_V4";
+/// Name of the map from IPv6 prefix to the classes of count-scope networks (`u64`).
+pub const MAP_COUNT_V6: &str = "EMIS_COUNT_V6";
+/// Name of the map from [`PortKey`] to [`RuleSet`].
+pub const MAP_PORTS: &str = "EMIS_PORTS";
+/// Name of the one-entry array holding [`Config`](crate::Config).
+pub const MAP_CONFIG: &str = "EMIS_CONFIG";
+/// Name of the per-CPU array of [`Counter`]s, laid out by [`stats_index`](crate::stats_index).
+pub const MAP_STATS: &str = "EMIS_STATS";
+/// Name of the LRU map from [`FlowKey`](crate::FlowKey) to [`FlowValue`](crate::FlowValue):
+/// flows a rule allowed.
+pub const MAP_FLOWS: &str = "EMIS_FLOWS";
+/// Name of the LRU map from [`FragKey`](crate::FragKey) to [`FragValue`](crate::FragValue):
+/// datagrams whose first fragment was allowed.
+pub const MAP_FRAGS: &str = "EMIS_FRAGS";
+/// Name of the per-CPU array of flow-table events, indexed by `FLOW_EVENT_*`.
+pub const MAP_FLOW_EVENTS: &str = "EMIS_FLOW_EVENTS";
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "emis";
+
+/// Flow-table entries unless `emis run --flow-table-size` says otherwise.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 131_072;
+/// Datagrams whose later fragments are awaited at once.
+pub const FRAG_TABLE_SIZE: u32 = 16_384;
+
+/// Networks a spec may name; network `i` owns class bit `i`.
+pub const MAX_NETWORKS: u32 = 32;
+/// Rules a spec may hold; rule ids index the counter array.
+pub const MAX_RULES: u32 = 256;
+/// Distinct (source, destination) pairs one protocol and port may carry.
+pub const MAX_CANDIDATES: usize = 8;
+/// Entries of each address trie. The tries are not preallocated, so the cap costs nothing until used.
+pub const MAX_PREFIXES: u32 = 2 * 1024 * 1024;
+/// Entries of the (protocol, port) map.
+pub const MAX_PORT_ENTRIES: u32 = 16 * 1024;
+/// `AddrInfo::network` when no enforce-scope network contains the address.
+pub const NO_NETWORK: u32 = u32::MAX;
+
+/// Site roles, each with a class bit above the networks' bits.
+pub const ROLE_LAN: u32 = 0;
+pub const ROLE_CLINICAL_SERVER: u32 = 1;
+pub const ROLE_SURGERY: u32 = 2;
+pub const ROLE_LOCAL_SITES: u32 = 3;
+pub const ROLE_COUNT: u32 = 4;
+pub const ROLE_NAMES: [&str; ROLE_COUNT as usize] =
+    ["lan", "clinical-server", "surgery", "local-sites"];
+
+/// The class bit of network `id`.
+pub const fn network_bit(id: u32) -> u64 {
+    1u64 << id
+}
+
+/// The class bit of site role `role`.
+pub const fn role_bit(role: u32) -> u64 {
+    1u64 << (MAX_NETWORKS + role)
+}
+
+/// Every role's class bit.
+pub const ALL_ROLE_BITS: u64 = ((1u64 << ROLE_COUNT) - 1) << MAX_NETWORKS;
+
+/// The value of an address-trie entry: every class (network or role) the prefix
+/// belongs to, with enclosing prefixes already folded in by the compiler, so one
+/// longest-prefix lookup answers for all of them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AddrInfo {
+    pub classes: u64,
+    /// The enforce-scope network containing the prefix, or [`NO_NETWORK`].
+    pub network: u32,
+    pub _pad: u32,
+}
+
+impl AddrInfo {
+    /// What an address no prefix holds stands for: no class, no network.
+    pub const OUTSIDE: AddrInfo = AddrInfo {
+        classes: 0,
+        network: NO_NETWORK,
+        _pad: 0,
+    };
+
+    /// The classes rules see: an address outside every enforce-scope network also holds
+    /// `unset_roles`, the roles the site left unset (an unset role stands for everyone
+    /// outside the enforce scope).
+    #[inline(always)]
+    pub const fn classes_with(&self, unset_roles: u64) -> u64 {
+        if self.network == NO_NETWORK {
+            self.classes | unset_roles
+        } else {
+            self.classes
+        }
+    }
+}
+
+/// Key of the port map: a transport protocol and a port in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl PortKey {
+    pub const fn new(proto: u8, port: u16) -> Self {
+        Self {
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// One rule as seen from one port: the classes its sources and destinations must touch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleEntry {
+    pub src: u64,
+    pub dst: u64,
+    pub rule: u32,
+    pub _pad: u32,
+}
+
+impl RuleEntry {
+    /// Whether a packet from classes `from` to classes `to` matches this rule.
+    #[inline(always)]
+    pub const fn matches(&self, from: u64, to: u64) -> bool {
+        self.src & from != 0 && self.dst & to != 0
+    }
+}
+
+/// The rules that list one (protocol, port), in spec order; the first that matches wins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleSet {
+    pub len: u32,
+    pub _pad: u32,
+    pub entries: [RuleEntry; MAX_CANDIDATES],
+}
+
+/// Slots of the flow-event array: a new flow entered the table, an insert failed,
+/// an expired flow was removed when met.
+pub const FLOW_EVENT_CREATED: u32 = 0;
+pub const FLOW_EVENT_INSERT_FAILED: u32 = 1;
+pub const FLOW_EVENT_EXPIRED: u32 = 2;
+pub const FLOW_EVENT_COUNT: u32 = 4;
+
+/// Packets and bytes of one decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
