@@ -1,0 +1,106 @@
+//! The state file (`<state dir>/state.json`): what the daemon last installed, so that
+//! `emis stats`, `status`, `mode`, `reload` and the next `emis run` can find and name it.
+//! It outlives the daemon with the pins; `emis detach` removes both.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use emis_policy::policy::Replies;
+use serde::{Deserialize, Serialize};
+
+use super::{error::What as _, slots::Slots, Error};
+use crate::stats::Labels;
+
+pub const STATE_FILE: &str = "state.json";
+
+/// What the daemon re-reads on a reload: its config file, or the policy files it was
+/// given on the command line (which override the config file's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sources {
+    pub config: Option<PathBuf>,
+    pub spec: Option<PathBuf>,
+    pub site: Option<PathBuf>,
+    pub site_nets: Option<Vec<String>>,
+    pub aws_ip_ranges: Option<PathBuf>,
+}
+
+/// The outcome of the last reload, for `emis status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReload {
+    /// Unix seconds.
+    pub at: u64,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct State {
+    /// The daemon that wrote this (it may have exited since: the lock says whether it runs).
+    pub pid: u32,
+    /// When that daemon started, unix seconds.
+    pub since: u64,
+    pub pin_dir: PathBuf,
+    pub netns: Option<String>,
+    /// The interfaces the program is attached to.
+    pub interfaces: Vec<String>,
+    /// Interface -> native or skb.
+    #[serde(default)]
+    pub attach_modes: BTreeMap<String, String>,
+    pub spec_sha256: String,
+    /// When the policy now in force was installed, unix seconds.
+    #[serde(default)]
+    pub loaded_at: u64,
+    pub labels: Labels,
+    pub replies: Replies,
+    pub flow_table_size: u32,
+    #[serde(default)]
+    pub slots: Slots,
+    #[serde(default)]
+    pub sources: Sources,
+    #[serde(default)]
+    pub last_reload: Option<LastReload>,
+}
+
+impl State {
+    pub fn write(&self, state_dir: &Path) -> Result<(), Error> {
+        std::fs::create_dir_all(state_dir).what(|| format!("creating {}", state_dir.display()))?;
+        let path = state_dir.join(STATE_FILE);
+        let tmp = state_dir.join(".state.json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).what(|| "encoding the state".into())?;
+        std::fs::write(&tmp, bytes).what(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).what(|| format!("writing {}", path.display()))
+    }
+
+    pub fn read(state_dir: &Path) -> Result<State, Error> {
+        let path = state_dir.join(STATE_FILE);
+        let text = std::fs::read(&path).what(|| {
+            format!(
+                "reading {}: has `emis run` run with this --state-dir? (`emis status`)",
+                path.display()
+            )
+        })?;
+        serde_json::from_slice(&text).what(|| format!("parsing {}", path.display()))
+    }
+
+    /// The state file, if there is one.
+    pub fn find(state_dir: &Path) -> Option<State> {
+        State::read(state_dir).ok()
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// RFC 3339, UTC.
+pub fn rfc3339(unix: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix as i64)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
