@@ -270,7 +270,9 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app).await.map_err(MetricsError::Serve)
+    axum::serve(listener, app)
+        .await
+        .map_err(MetricsError::Serve)
 }
 
 /// Binds the metrics listener now (before anything in the kernel changes), non-blocking

@@ -23,6 +23,8 @@
 //! needs root except the pure helpers; [`require_root_and_tools`] says what is
 //! missing.
 
+pub mod daemon;
+
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
 use std::io;

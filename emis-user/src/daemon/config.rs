@@ -107,7 +107,10 @@ impl RunSettings {
                 config.map_or("--iface".into(), |c| c.display().to_string()),
                 "no interface to attach to",
             );
-            err.hint = Some("give --iface IF (repeatable) or `interfaces = [\"eth0\"]` in the config file".into());
+            err.hint = Some(
+                "give --iface IF (repeatable) or `interfaces = [\"eth0\"]` in the config file"
+                    .into(),
+            );
             return Err(err);
         }
         Ok(RunSettings {
@@ -147,7 +150,11 @@ pub fn policy_inputs(sources: &Sources) -> Result<(Source, SiteOptions), SpecErr
     };
     let site = SiteOptions {
         site_file: site_path.as_deref().map(Source::read).transpose()?,
-        site_nets: sources.site_nets.clone().or(file.site_nets).unwrap_or_default(),
+        site_nets: sources
+            .site_nets
+            .clone()
+            .or(file.site_nets)
+            .unwrap_or_default(),
         aws_ip_ranges: aws_path.as_deref().map(Source::read).transpose()?,
     };
     Ok((spec, site))
@@ -195,15 +202,16 @@ pub fn parse(source: &Source, base: &Path) -> Result<Given, SpecError> {
         let span = table.get(key).and_then(|i| i.span());
         err(key, span, format!("`{key}` must be {want}"))
     };
-    let string = |key: &str| -> Result<Option<(String, Option<std::ops::Range<usize>>)>, SpecError> {
-        if table.get(key).is_none() {
-            return Ok(None);
-        }
-        match value(key) {
-            Some((toml_edit::Value::String(s), span)) => Ok(Some((s.value().clone(), span))),
-            _ => Err(wrong_type(key, "a string")),
-        }
-    };
+    let string =
+        |key: &str| -> Result<Option<(String, Option<std::ops::Range<usize>>)>, SpecError> {
+            if table.get(key).is_none() {
+                return Ok(None);
+            }
+            match value(key) {
+                Some((toml_edit::Value::String(s), span)) => Ok(Some((s.value().clone(), span))),
+                _ => Err(wrong_type(key, "a string")),
+            }
+        };
     let strings = |key: &str| -> Result<Option<Vec<String>>, SpecError> {
         if table.get(key).is_none() {
             return Ok(None);
@@ -277,8 +285,9 @@ pub fn parse(source: &Source, base: &Path) -> Result<Given, SpecError> {
             "metrics_addr",
             string("metrics_addr")?,
             |s| {
-                s.parse::<SocketAddr>()
-                    .map_err(|e| format!("`{s}` is not an address and port ({e}), e.g. 127.0.0.1:9469"))
+                s.parse::<SocketAddr>().map_err(|e| {
+                    format!("`{s}` is not an address and port ({e}), e.g. 127.0.0.1:9469")
+                })
             },
             err,
         )?,
@@ -344,7 +353,10 @@ state_dir = "/run/x"
         let e = parse_text("interfaces = [\"eth0\"]\nmode = \"block\"\n").unwrap_err();
         assert_eq!((e.line, e.column), (Some(2), Some(8)), "{e}");
         assert_eq!(e.field.as_deref(), Some("mode"));
-        assert!(e.to_string().starts_with("emis.toml:2:8: in `mode`:"), "{e}");
+        assert!(
+            e.to_string().starts_with("emis.toml:2:8: in `mode`:"),
+            "{e}"
+        );
         let e = parse_text("interface = [\"eth0\"]\n").unwrap_err();
         assert!(e.to_string().contains("unknown key `interface`"), "{e}");
         assert_eq!(e.line, Some(1));

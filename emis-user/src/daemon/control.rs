@@ -64,7 +64,11 @@ pub async fn serve(listener: tokio::net::UnixListener, calls: mpsc::Sender<Call>
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
-            if tokio::io::BufReader::new(read).read_line(&mut line).await.is_err() {
+            if tokio::io::BufReader::new(read)
+                .read_line(&mut line)
+                .await
+                .is_err()
+            {
                 return;
             }
             let response = match serde_json::from_str::<Request>(&line) {
@@ -97,13 +101,11 @@ pub fn request(state_dir: &Path, request: &Request) -> Result<Response, Error> {
     let path = socket_path(state_dir);
     let mut stream = match UnixStream::connect(&path) {
         Ok(stream) => stream,
-        Err(e) if StateLock::holder(state_dir).is_none() => {
-            return Err(Error::Refused(format!(
-                "no emis daemon runs with state dir {} ({}: {e}); `emis status` says what is attached",
-                state_dir.display(),
-                path.display()
-            )))
-        }
+        Err(e) if StateLock::holder(state_dir).is_none() => return Err(Error::Refused(format!(
+            "no emis daemon runs with state dir {} ({}: {e}); `emis status` says what is attached",
+            state_dir.display(),
+            path.display()
+        ))),
         Err(e) => return Err(e).what(|| format!("connecting to {}", path.display())),
     };
     stream

@@ -93,7 +93,12 @@ impl PolicyDiff {
             return "no change in rules or prefixes".into();
         }
         let list = |names: &[String]| {
-            let mut text = names.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+            let mut text = names
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
             if names.len() > 10 {
                 text.push_str(&format!(", ... ({} more)", names.len() - 10));
             }
@@ -139,6 +144,10 @@ mod tests {
         assert_eq!(diff.prefixes_removed.len(), 1);
         let back = PolicyDiff::between(&b, &a);
         assert_eq!(back.rules_added, diff.rules_removed);
-        assert!(back.summary().contains("rules added (1)"), "{}", back.summary());
+        assert!(
+            back.summary().contains("rules added (1)"),
+            "{}",
+            back.summary()
+        );
     }
 }

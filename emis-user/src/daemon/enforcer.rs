@@ -207,9 +207,10 @@ fn install(
     let flow_table_size = {
         let flows = pins.open_map(MAP_FLOWS)?;
         let size = match &flows {
-            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => {
-                data.info().map(|i| i.max_entries()).unwrap_or(settings.flow_table_size)
-            }
+            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => data
+                .info()
+                .map(|i| i.max_entries())
+                .unwrap_or(settings.flow_table_size),
             _ => settings.flow_table_size,
         };
         if size != settings.flow_table_size {
@@ -306,9 +307,8 @@ fn current_mode(pins: &Pins) -> Option<Mode> {
 
 /// Deletes the tracked flows `doomed` picks.
 fn delete_flows(pins: &Pins, doomed: impl Fn(&FlowValue) -> bool) -> Result<usize, Error> {
-    let mut flows: HashMap<_, FlowKey, FlowValue> =
-        HashMap::try_from(pins.open_map(MAP_FLOWS)?)
-            .what(|| format!("pinned map {MAP_FLOWS} has an unexpected type"))?;
+    let mut flows: HashMap<_, FlowKey, FlowValue> = HashMap::try_from(pins.open_map(MAP_FLOWS)?)
+        .what(|| format!("pinned map {MAP_FLOWS} has an unexpected type"))?;
     let keys: Vec<FlowKey> = flows
         .iter()
         .filter_map(Result::ok)

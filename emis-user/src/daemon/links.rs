@@ -111,16 +111,30 @@ pub fn install(
     modes_before: &BTreeMap<String, String>,
 ) -> Result<Vec<Installed>, Error> {
     let mut installed = Vec::new();
-    let (pinned, fresh): (Vec<&String>, Vec<&String>) =
+    let (pinned, mut fresh): (Vec<&String>, Vec<&String>) =
         ifaces.iter().partition(|iface| pins.link(iface).exists());
     for iface in pinned {
         let path = pins.link(iface);
         let link = PinnedLink::from_pin(&path).what(|| format!("opening {}", path.display()))?;
         let link = XdpLink::try_from(FdLink::from(link))
             .what(|| format!("{} is not an XDP link", path.display()))?;
-        program
-            .attach_to_link(link)
-            .what(|| format!("replacing the program on {iface} (bpf_link_update)"))?;
+        match program.attach_to_link(link) {
+            Ok(_) => {}
+            // The link's interface is gone (its namespace or device was deleted and made
+            // again): nothing runs behind it, so attach anew.
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOLINK) =>
+            {
+                tracing::info!(%iface, "the pinned link's interface is gone; attaching anew");
+                std::fs::remove_file(&path).what(|| format!("removing {}", path.display()))?;
+                fresh.push(iface);
+                continue;
+            }
+            Err(e) => {
+                return Err(e)
+                    .what(|| format!("replacing the program on {iface} (bpf_link_update)"))
+            }
+        }
         installed.push(Installed {
             iface: iface.clone(),
             mode: modes_before
@@ -182,7 +196,9 @@ fn attach_pinned(
         },
     };
     let id = id.what(|| "attaching the XDP program".into())?;
-    let link = program.take_link(id).what(|| "taking the new link".into())?;
+    let link = program
+        .take_link(id)
+        .what(|| "taking the new link".into())?;
     let link = FdLink::try_from(link).map_err(|_| {
         Error::Refused(
             "the kernel attached through netlink, not a bpf_link, so the attachment could not \

@@ -53,8 +53,10 @@ impl Pins {
         self.dir.join(PROGRAM_PIN)
     }
 
+    /// bpffs refuses names with a dot (eth0.100), and no interface name holds a colon.
     pub fn link(&self, iface: &str) -> PathBuf {
-        self.dir.join(format!("{LINK_PREFIX}{iface}"))
+        self.dir
+            .join(format!("{LINK_PREFIX}{}", iface.replace('.', ":")))
     }
 
     /// The interfaces with a pinned link, sorted.
@@ -62,7 +64,7 @@ impl Pins {
         let mut ifaces: Vec<String> = self
             .entries()
             .iter()
-            .filter_map(|name| name.strip_prefix(LINK_PREFIX).map(str::to_string))
+            .filter_map(|name| name.strip_prefix(LINK_PREFIX).map(|i| i.replace(':', ".")))
             .collect();
         ifaces.sort();
         ifaces
@@ -122,12 +124,15 @@ impl Pins {
     }
 
     /// Pins through a temporary name and renames over `path`, so the pin is never missing.
+    /// (bpffs refuses dots in names, hence the suffix.)
     pub fn replace(
         &self,
         path: &Path,
         pin: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>,
     ) -> Result<(), Error> {
-        let tmp = path.with_extension("new");
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push("-new");
+        let tmp = PathBuf::from(tmp);
         let _ = std::fs::remove_file(&tmp);
         pin(&tmp).what(|| format!("pinning {}", tmp.display()))?;
         std::fs::rename(&tmp, path).what(|| format!("renaming {} into place", tmp.display()))
@@ -159,10 +164,9 @@ impl PinnedMaps {
             .info()
             .what(|| format!("reading the size of {MAP_FLOWS}"))?
             .max_entries();
-        let flows: HashMap<MapData, FlowKey, FlowValue> = HashMap::try_from(
-            Map::from_map_data(flows_data).map_err(typed(MAP_FLOWS))?,
-        )
-        .map_err(typed(MAP_FLOWS))?;
+        let flows: HashMap<MapData, FlowKey, FlowValue> =
+            HashMap::try_from(Map::from_map_data(flows_data).map_err(typed(MAP_FLOWS))?)
+                .map_err(typed(MAP_FLOWS))?;
         Ok(PinnedMaps {
             stats: PerCpuArray::try_from(pins.open_map(MAP_STATS)?).map_err(typed(MAP_STATS))?,
             config: Array::try_from(pins.open_map(MAP_CONFIG)?).map_err(typed(MAP_CONFIG))?,
@@ -175,14 +179,14 @@ impl PinnedMaps {
 
     /// Reopens the config map: a reload pins a new one.
     pub fn reopen_config(&mut self, pins: &Pins) -> Result<(), Error> {
-        self.config = Array::try_from(pins.open_map(MAP_CONFIG)?).what(|| {
-            format!("pinned map {MAP_CONFIG} has an unexpected type")
-        })?;
+        self.config = Array::try_from(pins.open_map(MAP_CONFIG)?)
+            .what(|| format!("pinned map {MAP_CONFIG} has an unexpected type"))?;
         Ok(())
     }
 
     pub fn snapshot(&self) -> Result<Snapshot, Error> {
-        Snapshot::read::<_, aya::maps::MapError>(&self.stats).what(|| format!("reading {MAP_STATS}"))
+        Snapshot::read::<_, aya::maps::MapError>(&self.stats)
+            .what(|| format!("reading {MAP_STATS}"))
     }
 
     pub fn mode(&self) -> Result<Mode, Error> {
@@ -205,7 +209,7 @@ impl PinnedMaps {
             &self.flow_events,
             self.flow_capacity,
         )
-            .what(|| "reading the flow table".into())
+        .what(|| "reading the flow table".into())
     }
 }
 
