@@ -101,11 +101,13 @@ pub fn request(state_dir: &Path, request: &Request) -> Result<Response, Error> {
     let path = socket_path(state_dir);
     let mut stream = match UnixStream::connect(&path) {
         Ok(stream) => stream,
-        Err(e) if StateLock::holder(state_dir).is_none() => return Err(Error::Refused(format!(
+        Err(e) if StateLock::holder(state_dir).is_none() => {
+            return Err(Error::Refused(format!(
             "no emis daemon runs with state dir {} ({}: {e}); `emis status` says what is attached",
             state_dir.display(),
             path.display()
-        ))),
+        )))
+        }
         Err(e) => return Err(e).what(|| format!("connecting to {}", path.display())),
     };
     stream
