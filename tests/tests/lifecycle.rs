@@ -12,14 +12,14 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use emis::daemon::pins::{PinnedMaps, Pins};
 use emis_lab::{
     daemon::{Daemon, DaemonDirs},
-    in_netns, tcp_connects, Host, Lab, TcpServers, EMIS_IFACE, EMIS_PRIMARY, SITE_ADDR, SITE_IFACE,
+    in_netns, tcp_connects, Host, Lab, TcpServers, EMIS_BACKUP, EMIS_IFACE, EMIS_PRIMARY,
+    SITE_ADDR, SITE_IFACE,
 };
 use emis_tests::emis_bin;
 
@@ -111,101 +111,73 @@ fn status(dirs: &DaemonDirs) -> serde_json::Value {
     serde_json::from_str(&emis_ok(dirs, &["status", "--json"])).unwrap()
 }
 
-/// Echoes lines back on every connection, on each address, inside a namespace.
-struct EchoServer {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+/// One TCP connection from the site to the EMIS side, with both ends held by the test
+/// and kept open across restarts and reloads.
+struct Pair {
+    client: BufReader<TcpStream>,
+    client_out: TcpStream,
+    server: BufReader<TcpStream>,
+    server_out: TcpStream,
 }
 
-impl EchoServer {
-    fn start(ns: &str, addrs: &[(Ipv4Addr, u16)]) -> EchoServer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for &(addr, port) in addrs {
-            let listener = in_netns(ns, move || TcpListener::bind((addr, port)))
-                .unwrap()
-                .expect("binding the echo server");
-            listener.set_nonblocking(true).unwrap();
-            let stop = stop.clone();
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            std::thread::spawn(move || echo(stream));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-            }));
-        }
-        EchoServer { stop, threads }
-    }
-}
-
-fn echo(stream: TcpStream) {
-    stream.set_nonblocking(false).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    for line in BufReader::new(stream).lines() {
-        let Ok(line) = line else { return };
-        if writeln!(writer, "{line}").is_err() {
-            return;
-        }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A TCP connection from the site, kept open across restarts and reloads.
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Conn {
-    fn open(lab: &Lab, addr: Ipv4Addr, port: u16) -> Conn {
-        let stream = in_netns(&lab.ns(Host::Site), move || {
+impl Pair {
+    fn open(lab: &Lab, addr: Ipv4Addr, port: u16) -> Pair {
+        let listener = in_netns(&lab.ns(Host::Emis), move || TcpListener::bind((addr, port)))
+            .unwrap()
+            .expect("listening on the EMIS side");
+        let client = in_netns(&lab.ns(Host::Site), move || {
             TcpStream::connect_timeout(&SocketAddr::from((addr, port)), TIMEOUT)
         })
         .unwrap()
         .expect("connecting from the site");
-        stream
-            .set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
-        Conn {
-            writer: stream.try_clone().unwrap(),
-            reader: BufReader::new(stream),
+        let (server, _) = listener.accept().unwrap();
+        for s in [&client, &server] {
+            s.set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+        }
+        Pair {
+            client_out: client.try_clone().unwrap(),
+            client: BufReader::new(client),
+            server_out: server.try_clone().unwrap(),
+            server: BufReader::new(server),
         }
     }
 
-    /// Sends a line and reads it back: both directions crossed the gateway.
-    fn exchange(&mut self, text: &str) -> bool {
-        if writeln!(self.writer, "{text}").is_err() {
+    fn said(out: &mut TcpStream, into: &mut BufReader<TcpStream>, text: &str) -> bool {
+        if writeln!(out, "{text}").is_err() {
             return false;
         }
         let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(_) => line.trim_end() == text,
-            Err(_) => false,
-        }
+        matches!(into.read_line(&mut line), Ok(n) if n > 0) && line.trim_end() == text
+    }
+
+    /// The server speaks first: packets in the reply direction only, which pass only
+    /// through the flow table (no rule allows them as forward packets).
+    fn server_says(&mut self, text: &str) -> bool {
+        Pair::said(&mut self.server_out, &mut self.client, text)
+    }
+
+    fn client_says(&mut self, text: &str) -> bool {
+        Pair::said(&mut self.client_out, &mut self.server, text)
     }
 }
 
 #[test]
 fn kill_9_leaves_the_policy_enforcing_and_a_new_run_adopts_flows_and_counters() {
     let lab = Lab::create("emiskill").expect("creating the lab namespaces (run as root)");
-    let _echo = EchoServer::start(&lab.ns(Host::Emis), &[(EMIS_PRIMARY, 443)]);
-    let _servers = TcpServers::start(&lab.ns(Host::Emis), &[(EMIS_PRIMARY, 444)]).unwrap();
+    let _servers = TcpServers::start(
+        &lab.ns(Host::Emis),
+        &[(EMIS_PRIMARY, 443), (EMIS_PRIMARY, 444)],
+    )
+    .unwrap();
     let dirs = dirs("kill", 19480);
     let mut daemon = Daemon::start(&dirs, &run_args(&lab, &[])).expect("emis run");
-    let mut conn = Conn::open(&lab, EMIS_PRIMARY, 443);
-    assert!(conn.exchange("before the kill"), "an allowed flow works");
+    // tcp 80 to Table 1: client-patching-internet.
+    let mut conn = Pair::open(&lab, EMIS_PRIMARY, 80);
+    assert!(
+        conn.server_says("before the kill"),
+        "an allowed flow's replies pass"
+    );
 
     let status_before = daemon.kill().unwrap();
     assert!(!status_before.success(), "SIGKILL ends emis");
@@ -219,7 +191,7 @@ fn kill_9_leaves_the_policy_enforcing_and_a_new_run_adopts_flows_and_counters() 
         "allowed traffic still passes"
     );
     assert!(
-        conn.exchange("while emis is dead"),
+        conn.server_says("while emis is dead"),
         "the open flow's replies still pass"
     );
     let said = status(&dirs);
@@ -238,9 +210,10 @@ fn kill_9_leaves_the_policy_enforcing_and_a_new_run_adopts_flows_and_counters() 
     let said = status(&dirs);
     assert_eq!(said["daemon"]["pid"], daemon.pid(), "{said}");
     assert!(
-        conn.exchange("after the restart"),
-        "the reply of a flow opened before the kill passes after the new run adopted the flow table"
+        conn.server_says("after the restart"),
+        "the reply of a flow opened before the kill passes: the new run adopted the flow table"
     );
+    assert!(conn.client_says("and back"));
     assert!(!connects(&lab, EMIS_PRIMARY, 444));
     assert!(
         counted(&dirs) > before_restart,
@@ -277,21 +250,16 @@ fn spec_file(dirs: &DaemonDirs) -> PathBuf {
 #[test]
 fn reload_adds_and_removes_rules_keeps_flows_and_refuses_a_broken_spec() {
     let lab = Lab::create("emisrld").expect("creating the lab namespaces (run as root)");
-    let _echo = EchoServer::start(
-        &lab.ns(Host::Emis),
-        &[(EMIS_PRIMARY, 443), (EMIS_PRIMARY, 444)],
-    );
+    // Probes go to Table 1's backup address; held connections to its primary.
+    let _servers = TcpServers::start(&lab.ns(Host::Emis), &[(EMIS_BACKUP, 444)]).unwrap();
     let dirs = dirs("reload", 19481);
     let spec = spec_file(&dirs);
     let spec_arg = spec.display().to_string();
     let mut daemon =
         Daemon::start(&dirs, &run_args(&lab, &["--spec", &spec_arg])).expect("emis run");
-    assert!(
-        !connects(&lab, EMIS_PRIMARY, 444),
-        "no rule for tcp 444 yet"
-    );
-    let mut conn = Conn::open(&lab, EMIS_PRIMARY, 443);
-    assert!(conn.exchange("before the reload"));
+    assert!(!connects(&lab, EMIS_BACKUP, 444), "no rule for tcp 444 yet");
+    let mut conn = Pair::open(&lab, EMIS_PRIMARY, 443);
+    assert!(conn.server_says("before the reload"));
 
     write_spec(&spec, &(embedded_spec() + TCP_444_RULE));
     let said = emis_ok(&dirs, &["reload"]);
@@ -304,15 +272,15 @@ fn reload_adds_and_removes_rules_keeps_flows_and_refuses_a_broken_spec() {
         .unwrap_or_else(|| panic!("no swap time in {said}"));
     assert!(swap_ms < 250.0, "the swap took {swap_ms} ms");
     assert!(
-        connects(&lab, EMIS_PRIMARY, 444),
+        connects(&lab, EMIS_BACKUP, 444),
         "the new rule takes effect"
     );
     assert!(
-        conn.exchange("after the reload"),
+        conn.server_says("after the reload"),
         "a flow opened before the reload gets its reply after it"
     );
-    let mut conn_444 = Conn::open(&lab, EMIS_PRIMARY, 444);
-    assert!(conn_444.exchange("through the new rule"));
+    let mut conn_444 = Pair::open(&lab, EMIS_PRIMARY, 444);
+    assert!(conn_444.server_says("through the new rule"));
     let sha_with_rule = status(&dirs)["spec_sha256"].clone();
 
     write_spec(
@@ -328,7 +296,7 @@ fn reload_adds_and_removes_rules_keeps_flows_and_refuses_a_broken_spec() {
         "the refusal names file:line and field: {err}"
     );
     assert!(
-        connects(&lab, EMIS_PRIMARY, 444),
+        connects(&lab, EMIS_BACKUP, 444),
         "the old policy keeps deciding"
     );
     assert_eq!(status(&dirs)["spec_sha256"], sha_with_rule);
@@ -346,13 +314,13 @@ fn reload_adds_and_removes_rules_keeps_flows_and_refuses_a_broken_spec() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(status(&dirs)["last_reload"]["ok"], true);
-    assert!(!connects(&lab, EMIS_PRIMARY, 444), "the removed rule stops");
+    assert!(!connects(&lab, EMIS_BACKUP, 444), "the removed rule stops");
     assert!(
-        !conn_444.exchange("after its rule was removed"),
+        !conn_444.server_says("after its rule was removed"),
         "a flow whose rule is gone gets no more replies"
     );
     assert!(
-        conn.exchange("after two reloads"),
+        conn.server_says("after two reloads"),
         "other flows keep theirs"
     );
 
