@@ -101,7 +101,18 @@ impl Daemon {
     /// Spawns `emis run ARGS` plus the dirs' flags; output goes to `log` if given, else
     /// to this process's stderr. The child gets SIGINT if this process dies first.
     pub fn spawn(dirs: &DaemonDirs, args: &[String], log: Option<&Path>) -> Result<Daemon> {
+        Daemon::spawn_with_env(dirs, args, log, &[])
+    }
+
+    /// As [`Daemon::spawn`], with extra environment variables (e.g. NOTIFY_SOCKET).
+    pub fn spawn_with_env(
+        dirs: &DaemonDirs,
+        args: &[String],
+        log: Option<&Path>,
+        envs: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let mut cmd = Command::new(&dirs.bin);
+        cmd.envs(envs.iter().copied());
         cmd.arg("run")
             .args(args)
             .args(dirs.run_args())

@@ -489,3 +489,76 @@ fn a_second_run_on_the_same_state_dir_is_refused() {
     let out = dirs.detach().unwrap();
     assert!(out.contains("detached from"), "{out}");
 }
+
+#[test]
+fn a_config_file_runs_the_daemon_flags_override_it_and_systemd_hears_ready_reloading_stopping() {
+    let lab = Lab::create("emiscfg").expect("creating the lab namespaces (run as root)");
+    let dirs = dirs("config", 19486);
+    let etc = dirs.state_dir.with_extension("etc");
+    let _ = std::fs::remove_dir_all(&etc);
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("spec.toml"), embedded_spec()).unwrap();
+    let config = etc.join("emis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interfaces = [\"gw-site\", \"gw-emis\"]\nnetns = \"{}\"\nspec = \"spec.toml\"\n\
+             site_nets = [\"lan=192.168.10.0/24\"]\nmode = \"audit\"\nxdp_mode = \"native\"\n\
+             metrics_addr = \"127.0.0.1:1\"\n",
+            lab.ns(Host::Gateway)
+        ),
+    )
+    .unwrap();
+    let socket_path = etc.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a message for systemd");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let config_arg = config.display().to_string();
+    // The flags' --metrics-addr (from the dirs) overrides the file's unusable port 1.
+    let mut daemon = Daemon::spawn_with_env(
+        &dirs,
+        &["--config".to_string(), config_arg],
+        None,
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    )
+    .unwrap();
+    let ready = next();
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(
+        xdp_attached(&lab, "gw-site") && xdp_attached(&lab, "gw-emis"),
+        "READY comes after the program is attached"
+    );
+    daemon.wait_ready(Duration::from_secs(10)).unwrap();
+    let said = status(&dirs);
+    assert_eq!(said["mode"], "audit", "{said}");
+    assert_eq!(said["interfaces"][0]["mode"], "native", "{said}");
+
+    emis_ok(&dirs, &["reload"]);
+    let reloading = next();
+    assert!(
+        reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(next().contains("READY=1"));
+    assert!(daemon.stop().unwrap().success());
+    assert!(next().contains("STOPPING=1"));
+    dirs.detach().unwrap();
+
+    std::fs::write(&config, "interfaces = [\"eth0\"]\nmode = \"block\"\n").unwrap();
+    let out = Command::new(emis_bin())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("{}:2:8: in `mode`", config.display())),
+        "config errors read like spec errors: {err}"
+    );
+}
