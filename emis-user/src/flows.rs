@@ -23,13 +23,21 @@ pub struct FlowTableStats {
 }
 
 impl FlowTableStats {
-    /// `capacity` is the flow map's max_entries, which the loader set. Generic in its
-    /// error so callers with their own error type use it as their last expression.
-    pub fn read<F: Borrow<MapData>, V: Borrow<MapData>, E: From<MapError>>(
+    /// [`FlowTableStats::from_maps`] for callers that use anyhow (the test harness).
+    pub fn read<F: Borrow<MapData>, V: Borrow<MapData>>(
         flows: &HashMap<F, FlowKey, FlowValue>,
         events: &PerCpuArray<V, u64>,
         capacity: u32,
-    ) -> Result<FlowTableStats, E> {
+    ) -> anyhow::Result<FlowTableStats> {
+        Ok(FlowTableStats::from_maps(flows, events, capacity)?)
+    }
+
+    /// `capacity` is the flow map's max_entries, which the loader set.
+    pub fn from_maps<F: Borrow<MapData>, V: Borrow<MapData>>(
+        flows: &HashMap<F, FlowKey, FlowValue>,
+        events: &PerCpuArray<V, u64>,
+        capacity: u32,
+    ) -> Result<FlowTableStats, MapError> {
         // One syscall per entry: fine at scrape intervals for tables of this size.
         let entries = flows.keys().filter(|k| k.is_ok()).count() as u64;
         let event = |slot: u32| -> Result<u64, MapError> { Ok(events.get(&slot, 0)?.iter().sum()) };

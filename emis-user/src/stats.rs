@@ -55,16 +55,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Generic in its error so callers with their own error type use it as their last
-    /// expression.
-    pub fn read<T: std::borrow::Borrow<MapData>, E: From<MapError>>(
+    /// Every slot of a counter map, summed over CPUs.
+    pub fn from_map<T: std::borrow::Borrow<MapData>>(
         map: &PerCpuArray<T, Counter>,
-    ) -> Result<Snapshot, E> {
+    ) -> Result<Snapshot, MapError> {
         let mut counters = Vec::with_capacity(STATS_LEN as usize);
         for values in map.iter() {
             counters.push(sum_cpus(&values?));
         }
         Ok(Snapshot { counters })
+    }
+
+    /// [`Snapshot::from_map`] for callers that use anyhow (the test and bench harnesses);
+    /// the daemon uses the typed one.
+    pub fn read<T: std::borrow::Borrow<MapData>>(
+        map: &PerCpuArray<T, Counter>,
+    ) -> anyhow::Result<Snapshot> {
+        Ok(Snapshot::from_map(map)?)
     }
 
     pub fn at(&self, index: u32) -> Counter {

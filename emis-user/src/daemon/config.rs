@@ -34,6 +34,9 @@ pub const KEYS: [&str; 13] = [
 
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9469";
 
+/// A string value and where it is in the file.
+type Located = Option<(String, Option<std::ops::Range<usize>>)>;
+
 /// Settings as given, by the file or by flags: `None` where not given.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Given {
@@ -202,16 +205,15 @@ pub fn parse(source: &Source, base: &Path) -> Result<Given, SpecError> {
         let span = table.get(key).and_then(|i| i.span());
         err(key, span, format!("`{key}` must be {want}"))
     };
-    let string =
-        |key: &str| -> Result<Option<(String, Option<std::ops::Range<usize>>)>, SpecError> {
-            if table.get(key).is_none() {
-                return Ok(None);
-            }
-            match value(key) {
-                Some((toml_edit::Value::String(s), span)) => Ok(Some((s.value().clone(), span))),
-                _ => Err(wrong_type(key, "a string")),
-            }
-        };
+    let string = |key: &str| -> Result<Located, SpecError> {
+        if table.get(key).is_none() {
+            return Ok(None);
+        }
+        match value(key) {
+            Some((toml_edit::Value::String(s), span)) => Ok(Some((s.value().clone(), span))),
+            _ => Err(wrong_type(key, "a string")),
+        }
+    };
     let strings = |key: &str| -> Result<Option<Vec<String>>, SpecError> {
         if table.get(key).is_none() {
             return Ok(None);
@@ -237,7 +239,7 @@ pub fn parse(source: &Source, base: &Path) -> Result<Given, SpecError> {
     };
     fn parsed<T>(
         key: &str,
-        found: Option<(String, Option<std::ops::Range<usize>>)>,
+        found: Located,
         parse: impl Fn(&str) -> Result<T, String>,
         err: impl Fn(&str, Option<std::ops::Range<usize>>, String) -> SpecError,
     ) -> Result<Option<T>, SpecError> {

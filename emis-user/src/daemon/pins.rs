@@ -185,8 +185,7 @@ impl PinnedMaps {
     }
 
     pub fn snapshot(&self) -> Result<Snapshot, Error> {
-        Snapshot::read::<_, aya::maps::MapError>(&self.stats)
-            .what(|| format!("reading {MAP_STATS}"))
+        Snapshot::from_map(&self.stats).what(|| format!("reading {MAP_STATS}"))
     }
 
     pub fn mode(&self) -> Result<Mode, Error> {
@@ -204,12 +203,8 @@ impl PinnedMaps {
     }
 
     pub fn flow_stats(&self) -> Result<FlowTableStats, Error> {
-        FlowTableStats::read::<_, _, aya::maps::MapError>(
-            &self.flows,
-            &self.flow_events,
-            self.flow_capacity,
-        )
-        .what(|| "reading the flow table".into())
+        FlowTableStats::from_maps(&self.flows, &self.flow_events, self.flow_capacity)
+            .what(|| "reading the flow table".into())
     }
 }
 
