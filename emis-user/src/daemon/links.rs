@@ -153,10 +153,18 @@ pub fn install(
                     for (iface, _) in &done {
                         let _ = std::fs::remove_file(pins.link(iface));
                     }
+                    let text = error_chain(&e);
+                    let hint = if text.contains("File exists") || text.contains("busy") {
+                        format!(
+                            " (another XDP program is attached there: `ip link show {iface}`; \
+                             one an earlier emis pinned elsewhere goes with `emis detach --pin-dir DIR`)"
+                        )
+                    } else {
+                        String::new()
+                    };
                     return Err(Error::Refused(format!(
-                        "attaching to {iface}{}: {}",
-                        where_(netns),
-                        error_chain(&e)
+                        "attaching to {iface}{}: {text}{hint}",
+                        where_(netns)
                     )));
                 }
             }

@@ -37,7 +37,13 @@ pub fn run(settings: RunSettings) -> Result<(), Error> {
     let control_listener = control::bind(&settings.state_dir)?;
     let state_dir = settings.state_dir.clone();
 
-    let enforcer = Enforcer::start(settings, policy, since)?;
+    let enforcer = match Enforcer::start(settings, policy, since) {
+        Ok(enforcer) => enforcer,
+        Err(e) => {
+            let _ = std::fs::remove_file(control::socket_path(&state_dir));
+            return Err(e);
+        }
+    };
     for i in &enforcer.installed {
         tracing::info!(
             iface = %i.iface,
