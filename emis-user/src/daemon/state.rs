@@ -40,8 +40,10 @@ pub struct State {
     /// The daemon that wrote this (it may have exited since: the lock says whether it runs).
     pub pid: u32,
     /// When that daemon started, unix seconds.
+    #[serde(default)]
     pub since: u64,
     pub pin_dir: PathBuf,
+    #[serde(default)]
     pub netns: Option<String>,
     /// The interfaces the program is attached to.
     pub interfaces: Vec<String>,
@@ -106,4 +108,48 @@ pub fn rfc3339(unix: u64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_file_written_before_slots_and_reloads_still_reads() {
+        let old = r#"{"pid": 7, "pin_dir": "/sys/fs/bpf/emis", "spec_sha256": "ab",
+            "interfaces": ["eth0"], "labels": {"rules": [["a", "outbound"]], "networks": ["n"]},
+            "replies": "stateful", "flow_table_size": 1024}"#;
+        let state: State = serde_json::from_str(old).unwrap();
+        assert_eq!(state.labels.slot(0), 0);
+        assert!(state.slots.assigned.is_empty() && state.last_reload.is_none());
+    }
+
+    #[test]
+    fn written_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("emis-state-test-{}", std::process::id()));
+        let state = State {
+            pid: 1,
+            since: 2,
+            pin_dir: "/p".into(),
+            netns: Some("gw".into()),
+            interfaces: vec!["eth0".into()],
+            attach_modes: [("eth0".to_string(), "native".to_string())].into(),
+            spec_sha256: "ab".into(),
+            loaded_at: 3,
+            labels: Labels {
+                rules: vec![("a".into(), "outbound".into())],
+                networks: vec![],
+                slots: vec![5],
+            },
+            replies: Replies::Stateless,
+            flow_table_size: 9,
+            slots: Slots::default(),
+            sources: Sources::default(),
+            last_reload: None,
+        };
+        state.write(&dir).unwrap();
+        assert_eq!(State::read(&dir).unwrap(), state);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(rfc3339(0).starts_with("1970-01-01T00:00:00"));
+    }
 }
