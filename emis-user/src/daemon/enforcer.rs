@@ -7,10 +7,12 @@
 use std::time::{Duration, Instant};
 
 use aya::{
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     Ebpf,
 };
-use emis_common::{Counter, FlowKey, FlowValue, MAP_CONFIG, MAP_FLOWS, MAP_STATS, STATS_LEN};
+use emis_common::{
+    Config, Counter, FlowKey, FlowValue, MAP_CONFIG, MAP_FLOWS, MAP_STATS, STATS_LEN,
+};
 use emis_policy::{
     compile::compile_with_slots,
     policy::{Mode, Policy},
@@ -204,48 +206,23 @@ fn install(
         },
         Some(pins.dir()),
     )?;
-    let flow_table_size = {
-        let flows = pins.open_map(MAP_FLOWS)?;
-        let size = match &flows {
-            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => data
-                .info()
-                .map(|i| i.max_entries())
-                .unwrap_or(settings.flow_table_size),
-            _ => settings.flow_table_size,
-        };
-        if size != settings.flow_table_size {
-            tracing::warn!(
-                pinned = size,
-                asked = settings.flow_table_size,
-                "the pinned flow table keeps its size (its flows are kept); `emis detach` and start again to resize it"
-            );
-        }
-        size
-    };
-    let mut stats: PerCpuArray<_, Counter> = PerCpuArray::try_from(pins.open_map(MAP_STATS)?)
-        .what(|| format!("pinned map {MAP_STATS} has an unexpected type"))?;
+    let flow_table_size = pinned_flow_capacity(pins, settings.flow_table_size)?;
     if shared_existed && previous.is_none() {
         // Counters and flows whose rules nobody recorded: start them again.
         tracing::warn!("pins without a state file: counters and flows start again");
-        pins::zero_counters(&mut stats, 0..STATS_LEN)?;
+        zero_counters(pins, 0..STATS_LEN)?;
         delete_flows(pins, |_| true)?;
     } else {
-        pins::zero_counters(&mut stats, assignment.to_zero.iter().copied())?;
+        zero_counters(pins, assignment.to_zero.iter().copied())?;
     }
 
+    // From reading the mode in force to pinning the new config, `emis mode` waits.
     let mode_lock = ModeLock::take(&settings.state_dir)?;
-    let mode = if carry_mode {
-        current_mode(pins).unwrap_or(settings.mode)
-    } else {
-        settings.mode
+    let mode = match carry_mode {
+        true => current_mode(pins).unwrap_or(settings.mode),
+        false => settings.mode,
     };
-    {
-        let mut config: aya::maps::Array<_, emis_common::Config> =
-            aya::maps::Array::try_from(loader::map_mut(&mut ebpf, MAP_CONFIG)?)
-                .what(|| format!("opening {MAP_CONFIG}"))?;
-        loader::set_mode::<_, aya::maps::MapError>(&mut config, mode)
-            .what(|| format!("writing {MAP_CONFIG}"))?;
-    }
+    set_program_mode(&mut ebpf, mode)?;
     let modes_before = previous.map(|s| s.attach_modes.clone()).unwrap_or_default();
     let swap_started = Instant::now();
     let installed = links::install(
@@ -257,15 +234,7 @@ fn install(
         &modes_before,
     )?;
     let swap = swap_started.elapsed();
-    pins.replace(&pins.program(), |path| {
-        loader::program_mut(&mut ebpf)
-            .expect("checked above")
-            .pin(path)
-    })?;
-    let config_map = ebpf
-        .map(MAP_CONFIG)
-        .ok_or_else(|| Error::Refused(format!("the kernel object has no map {MAP_CONFIG}")))?;
-    pins.replace(&pins.map(MAP_CONFIG), |path| config_map.pin(path))?;
+    pin_program_and_config(pins, &mut ebpf)?;
     drop(mode_lock);
 
     if !assignment.removed.is_empty() {
@@ -299,9 +268,51 @@ fn install(
     })
 }
 
+/// The pinned flow table's size: a reused table keeps the size it was made with.
+fn pinned_flow_capacity(pins: &Pins, asked: u32) -> Result<u32, Error> {
+    let size = match pins.open_map(MAP_FLOWS)? {
+        aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => data
+            .info()
+            .what(|| format!("reading the size of {MAP_FLOWS}"))?
+            .max_entries(),
+        _ => asked,
+    };
+    if size != asked {
+        tracing::warn!(
+            pinned = size,
+            asked,
+            "the pinned flow table keeps its size (its flows are kept); `emis detach` and start again to resize it"
+        );
+    }
+    Ok(size)
+}
+
+fn zero_counters(pins: &Pins, slots: impl IntoIterator<Item = u32>) -> Result<(), Error> {
+    let mut stats: PerCpuArray<_, Counter> = PerCpuArray::try_from(pins.open_map(MAP_STATS)?)
+        .what(|| format!("pinned map {MAP_STATS} has an unexpected type"))?;
+    pins::zero_counters(&mut stats, slots)
+}
+
+/// Writes the mode into a loaded program's own config map (before it is swapped in).
+fn set_program_mode(ebpf: &mut Ebpf, mode: Mode) -> Result<(), Error> {
+    let mut config: Array<_, Config> = Array::try_from(loader::map_mut(ebpf, MAP_CONFIG)?)
+        .what(|| format!("opening {MAP_CONFIG}"))?;
+    loader::set_mode::<_, aya::maps::MapError>(&mut config, mode)
+        .what(|| format!("writing {MAP_CONFIG}"))
+}
+
+/// Pins the program now behind the links and its config map over the previous ones.
+fn pin_program_and_config(pins: &Pins, ebpf: &mut Ebpf) -> Result<(), Error> {
+    let program = loader::program_mut(ebpf)?;
+    pins.replace(&pins.program(), |path| program.pin(path))?;
+    let config = ebpf
+        .map(MAP_CONFIG)
+        .ok_or_else(|| Error::Refused(format!("the kernel object has no map {MAP_CONFIG}")))?;
+    pins.replace(&pins.map(MAP_CONFIG), |path| config.pin(path))
+}
+
 fn current_mode(pins: &Pins) -> Option<Mode> {
-    let config: aya::maps::Array<_, emis_common::Config> =
-        aya::maps::Array::try_from(pins.open_map(MAP_CONFIG).ok()?).ok()?;
+    let config: Array<_, Config> = Array::try_from(pins.open_map(MAP_CONFIG).ok()?).ok()?;
     Some(crate::stats::mode_of(&config.get(&0, 0).ok()?))
 }
 
