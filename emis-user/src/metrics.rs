@@ -26,6 +26,16 @@ pub struct EnforcerView {
     pub maps: PinnedMaps,
     pub labels: Labels,
     pub spec_sha256: String,
+    /// When the policy in force was installed, unix seconds.
+    pub loaded_at: u64,
+    pub reloads: Reloads,
+}
+
+/// Reloads since the daemon started, by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reloads {
+    pub ok: u64,
+    pub refused: u64,
 }
 
 /// Reads the maps of one running enforcer at scrape time.
@@ -45,6 +55,8 @@ struct Scrape {
     mode: Option<Mode>,
     flows: Option<FlowTableStats>,
     spec_sha256: String,
+    loaded_at: u64,
+    reloads: Reloads,
 }
 
 fn counter_family<L: prometheus_client::encoding::EncodeLabelSet>(
@@ -187,6 +199,28 @@ fn encode_policy_info(
     ConstGauge::new(1i64).encode(info.encode_family(&labels)?)
 }
 
+fn encode_reloads(
+    encoder: &mut DescriptorEncoder,
+    loaded_at: u64,
+    reloads: Reloads,
+) -> Result<(), std::fmt::Error> {
+    let loaded = encoder.encode_descriptor(
+        "emis_policy_loaded_timestamp_seconds",
+        "When the policy in force was installed (start, restart or reload)",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(loaded_at as i64).encode(loaded)?;
+    counter_family(
+        encoder,
+        "emis_reloads",
+        "Reloads since the daemon started; result=refused left the policy unchanged",
+        [("ok", reloads.ok), ("refused", reloads.refused)]
+            .into_iter()
+            .map(|(result, n)| (vec![("result", result.to_string())], n)),
+    )
+}
+
 impl EnforcerCollector {
     fn scrape(&self) -> Option<Scrape> {
         let view = self.view.lock().ok()?;
@@ -202,6 +236,8 @@ impl EnforcerCollector {
             mode: view.maps.mode().ok(),
             flows: view.maps.flow_stats().ok(),
             spec_sha256: view.spec_sha256.clone(),
+            loaded_at: view.loaded_at,
+            reloads: view.reloads,
         })
     }
 }
@@ -217,7 +253,8 @@ impl Collector for EnforcerCollector {
         if let Some(flows) = &scrape.flows {
             encode_flows(&mut encoder, flows)?;
         }
-        encode_policy_info(&mut encoder, scrape.mode, &scrape.spec_sha256)
+        encode_policy_info(&mut encoder, scrape.mode, &scrape.spec_sha256)?;
+        encode_reloads(&mut encoder, scrape.loaded_at, scrape.reloads)
     }
 }
 

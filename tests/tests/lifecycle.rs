@@ -301,6 +301,12 @@ fn reload_adds_and_removes_rules_keeps_flows_and_refuses_a_broken_spec() {
     );
     assert_eq!(status(&dirs)["spec_sha256"], sha_with_rule);
     assert_eq!(status(&dirs)["last_reload"]["ok"], false);
+    let metrics = daemon.metrics().unwrap();
+    assert!(
+        metrics.contains("emis_reloads_total{result=\"ok\"} 1")
+            && metrics.contains("emis_reloads_total{result=\"refused\"} 1"),
+        "{metrics}"
+    );
 
     // SIGHUP: back to the embedded spec, which has no rule for tcp 444.
     write_spec(&spec, &embedded_spec());

@@ -22,7 +22,7 @@ use super::{
     state::now,
     Error,
 };
-use crate::metrics::{self, EnforcerCollector, EnforcerView};
+use crate::metrics::{self, EnforcerCollector, EnforcerView, Reloads};
 
 /// Runs the daemon until it is told to stop.
 pub fn run(settings: RunSettings) -> Result<(), Error> {
@@ -103,6 +103,8 @@ fn serve(
         maps: PinnedMaps::open(&enforcer.pins)?,
         labels: enforcer.labels().clone(),
         spec_sha256: enforcer.policy.sha256.clone(),
+        loaded_at: enforcer.state.loaded_at,
+        reloads: Reloads::default(),
     }));
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(EnforcerCollector { view: view.clone() }));
@@ -162,6 +164,8 @@ fn reload(enforcer: &mut Enforcer, view: &Arc<Mutex<EnforcerView>>) -> Response 
                 }
                 view.labels = enforcer.labels().clone();
                 view.spec_sha256 = enforcer.policy.sha256.clone();
+                view.loaded_at = enforcer.state.loaded_at;
+                view.reloads.ok += 1;
             }
             let message = report.summary();
             tracing::info!("{message}");
@@ -177,6 +181,9 @@ fn reload(enforcer: &mut Enforcer, view: &Arc<Mutex<EnforcerView>>) -> Response 
                 super::chain(&e)
             );
             tracing::error!("{message}");
+            if let Ok(mut view) = view.lock() {
+                view.reloads.refused += 1;
+            }
             Response {
                 ok: false,
                 message,
