@@ -1,22 +1,20 @@
-//! The `emis` command: run the enforcer, check a spec, explain a verdict, read counters.
+//! The `emis` command line: its arguments and what each command calls. The daemon's
+//! lifecycle lives in `emis::daemon`, the policy in `emis_policy`.
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use emis::{
-    daemon::{
-        self,
-        config::{Given, RunSettings},
-        control::{self, Request},
-        links::AttachMode,
-        lock::ModeLock,
-        pins::{PinnedMaps, Pins},
-        state::State,
-        status::Status,
-        DEFAULT_STATE_DIR,
-    },
-    stats::Labels,
+use emis::daemon::{
+    self,
+    config::{Given, RunSettings},
+    control::{self, Request},
+    links::AttachMode,
+    lock::ModeLock,
+    pins::{PinnedMaps, Pins},
+    state::State,
+    status::Status,
+    DEFAULT_STATE_DIR,
 };
 use emis_policy::{
     compile::compile,
@@ -55,7 +53,8 @@ enum Command {
     Explain(ExplainArgs),
     /// Show the counters of the attached program (also when the daemon is down).
     Stats(StatsArgs),
-    /// Switch the running enforcer between enforce and audit without reloading it.
+    /// Switch the attached program between enforce and audit without reloading it (the
+    /// daemon need not run).
     Mode(ModeArgs),
     /// Write the policy for another enforcer: `emis export nft` prints an nftables ruleset.
     #[command(subcommand)]
@@ -360,8 +359,7 @@ fn stats(args: &StatsArgs) -> Result<()> {
     let maps = PinnedMaps::open(&Pins::new(&state.pin_dir))?;
     let snapshot = maps.snapshot()?;
     let mode = maps.mode()?;
-    let labels: &Labels = &state.labels;
-    let report = snapshot.report(labels);
+    let report = snapshot.report(&state.labels);
     let flows = maps.flow_stats()?;
     if args.json {
         let value = serde_json::json!({
