@@ -144,6 +144,9 @@ pub fn install(
             adopted: true,
         });
     }
+    if fresh.is_empty() {
+        return Ok(installed);
+    }
     let attached = in_netns(netns, || {
         let mut done: Vec<(String, String)> = Vec::new();
         for iface in &fresh {
