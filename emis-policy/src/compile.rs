@@ -98,6 +98,20 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
     })
 }
 
+/// Like [`compile`], but rule `i` is counted and remembered in flows under `slots[i]`
+/// instead of `i`: a daemon that reloads keeps each rule's counter slot while the rule
+/// exists. Every slot must be below `MAX_RULES` and distinct.
+pub fn compile_with_slots(policy: &Policy, slots: &[u32]) -> Result<Compiled, CompileError> {
+    assert_eq!(slots.len(), policy.rules.len(), "one slot per rule");
+    let mut compiled = compile(policy)?;
+    for set in compiled.ports.values_mut() {
+        for entry in &mut set.entries[..set.len as usize] {
+            entry.rule = slots[entry.rule as usize];
+        }
+    }
+    Ok(compiled)
+}
+
 fn addr_info(classes: u64, network: u32) -> AddrInfo {
     AddrInfo {
         classes,
@@ -381,6 +395,22 @@ mod tests {
         assert_eq!((s443.entries[0].rule, s443.entries[1].rule), (0, 2));
         let s444 = c.ports[&PortKey::new(6, 444)];
         assert_eq!((s444.len, s444.entries[0].rule), (1, 1));
+    }
+
+    #[test]
+    fn slots_replace_rule_ids_in_the_port_sets() {
+        let lan = Endpoint::Role(Role::LAN);
+        let p = policy(
+            [None, None, None, None],
+            vec![
+                rule("a", Protocol::Tcp, &[(443, 443)], lan, Endpoint::Network(0)),
+                rule("b", Protocol::Tcp, &[(443, 443)], lan, Endpoint::Network(1)),
+            ],
+        );
+        let c = compile_with_slots(&p, &[7, 3]).unwrap();
+        let s443 = c.ports[&PortKey::new(6, 443)];
+        assert_eq!((s443.entries[0].rule, s443.entries[1].rule), (7, 3));
+        assert_eq!(compile(&p).unwrap().v4, c.v4);
     }
 
     #[test]

@@ -3,8 +3,7 @@
 
 use std::borrow::Borrow;
 
-use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use emis_common::{
     FlowKey, FlowValue, FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED,
 };
@@ -24,21 +23,24 @@ pub struct FlowTableStats {
 }
 
 impl FlowTableStats {
-    /// `capacity` is the flow map's max_entries, which the loader set.
-    pub fn read<F: Borrow<MapData>, E: Borrow<MapData>>(
+    /// [`FlowTableStats::from_maps`] for callers that use anyhow (the test harness).
+    pub fn read<F: Borrow<MapData>, V: Borrow<MapData>>(
         flows: &HashMap<F, FlowKey, FlowValue>,
-        events: &PerCpuArray<E, u64>,
+        events: &PerCpuArray<V, u64>,
         capacity: u32,
-    ) -> Result<FlowTableStats> {
+    ) -> anyhow::Result<FlowTableStats> {
+        Ok(FlowTableStats::from_maps(flows, events, capacity)?)
+    }
+
+    /// `capacity` is the flow map's max_entries, which the loader set.
+    pub fn from_maps<F: Borrow<MapData>, V: Borrow<MapData>>(
+        flows: &HashMap<F, FlowKey, FlowValue>,
+        events: &PerCpuArray<V, u64>,
+        capacity: u32,
+    ) -> Result<FlowTableStats, MapError> {
         // One syscall per entry: fine at scrape intervals for tables of this size.
         let entries = flows.keys().filter(|k| k.is_ok()).count() as u64;
-        let event = |slot: u32| -> Result<u64> {
-            Ok(events
-                .get(&slot, 0)
-                .context("reading the flow event counters")?
-                .iter()
-                .sum())
-        };
+        let event = |slot: u32| -> Result<u64, MapError> { Ok(events.get(&slot, 0)?.iter().sum()) };
         let created = event(FLOW_EVENT_CREATED)?;
         let expired = event(FLOW_EVENT_EXPIRED)?;
         Ok(FlowTableStats {

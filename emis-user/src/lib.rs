@@ -1,9 +1,11 @@
 //! emis: an XDP enforcer for the EMIS Web network requirements; the daemon half.
 //!
 //! The policy itself (spec, compiler, reference model) lives in `emis-policy`. Here:
-//! `loader` loads and attaches the XDP program; `stats`, `flows` and `metrics` read its
-//! counters.
+//! `loader` loads the XDP program and fills its maps; `daemon` owns the lifecycle (pins,
+//! state file, lock, attach and swap, reload, status, detach); `stats`, `flows` and
+//! `metrics` read its counters.
 
+pub mod daemon;
 pub mod flows;
 pub mod loader;
 pub mod metrics;

@@ -1,17 +1,17 @@
-//! Loads the embedded kernel program, fills its maps from a compiled policy and
-//! attaches it to interfaces; dropping the returned [`aya::Ebpf`] detaches it.
+//! Loads the embedded kernel program and fills its maps from a compiled policy. Attaching,
+//! pinning and swapping programs belong to the daemon (`crate::daemon`); a program loaded
+//! here and dropped without being attached leaves nothing behind.
 
 use std::{os::fd::AsRawFd, path::Path};
 
-use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
-    programs::{Xdp, XdpMode},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError},
+    programs::{ProgramError, Xdp},
     Ebpf, EbpfLoader,
 };
 use emis_common::{
     Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG, MAP_COUNT_V4, MAP_COUNT_V6,
-    MAP_PORTS, PROGRAM_NAME,
+    MAP_FLOWS, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS, MAP_STATS, PROGRAM_NAME,
 };
 
 use emis_policy::{
@@ -21,6 +21,11 @@ use emis_policy::{
 
 /// The kernel program, built by build.rs (aya-build) and embedded in this binary.
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/emis"));
+
+/// The maps that outlive a program: counters, flows, fragments and flow events. A program
+/// loaded with [`load_sharing`] reuses the pinned ones, so a reload keeps them. The policy
+/// maps (address tries, ports) and the config are new with every program.
+pub const SHARED_MAPS: [&str; 4] = [MAP_STATS, MAP_FLOWS, MAP_FRAGS, MAP_FLOW_EVENTS];
 
 /// What a load sets besides the compiled policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,24 +45,66 @@ impl Default for LoadOptions {
     }
 }
 
-/// How to attach: let the kernel choose native with a generic fallback, or force one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    Auto,
-    Native,
-    Skb,
+/// Why the program could not be loaded, with what to try next.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this emis binary was built with AYA_BUILD_SKIP=1 and carries no kernel program; \
+         rebuild it with `cargo xtask build`"
+    )]
+    NoProgram,
+    #[error("loading an XDP program needs root (CAP_BPF and CAP_NET_ADMIN): run emis as root")]
+    NotRoot,
+    #[error("--flow-table-size must be at least 1")]
+    EmptyFlowTable,
+    #[error(
+        "loading the emis kernel object (a flow table of {size} entries may not fit: try a \
+         smaller --flow-table-size)"
+    )]
+    Object {
+        size: u32,
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("the kernel verifier rejected the emis program")]
+    Verifier(#[source] ProgramError),
+    #[error("the kernel object has no {kind} named {name}")]
+    Missing { kind: &'static str, name: String },
+    #[error("the emis program is not an XDP program")]
+    NotXdp(#[source] ProgramError),
+    #[error("{what}")]
+    Map {
+        what: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("opening {path}: is there a network namespace {name}? (ip netns list)")]
+    NoNetns {
+        name: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("joining network namespace {name}")]
+    JoinNetns {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn map_error(what: impl Into<String>) -> impl FnOnce(MapError) -> LoadError {
+    let what = what.into();
+    move |source| LoadError::Map { what, source }
 }
 
 /// Checks what loading needs, with errors that say what to do.
-pub fn preflight() -> Result<()> {
+pub fn preflight() -> Result<(), LoadError> {
     if PROGRAM_OBJECT.is_empty() {
-        bail!(
-            "this emis binary was built with AYA_BUILD_SKIP=1 and carries no kernel program; \
-             rebuild it with `cargo xtask build`"
-        );
+        return Err(LoadError::NoProgram);
     }
     if unsafe { libc::geteuid() } != 0 {
-        bail!("loading an XDP program needs root (CAP_BPF and CAP_NET_ADMIN): run emis as root");
+        return Err(LoadError::NotRoot);
     }
     // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
     let unlimited = libc::rlimit {
@@ -68,39 +115,59 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
-/// Loads the program through the verifier and fills every map from `compiled`.
-pub fn load(compiled: &Compiled, options: LoadOptions) -> Result<Ebpf> {
+/// Loads the program through the verifier and fills every map from `compiled`; its maps
+/// are its own and end with it.
+pub fn load(compiled: &Compiled, options: LoadOptions) -> Result<Ebpf, LoadError> {
+    load_sharing(compiled, options, None)
+}
+
+/// As [`load`]; with `shared_pins`, the [`SHARED_MAPS`] pinned in that directory are
+/// reused (and pinned there first if absent), so the new program counts into the same
+/// counters and tracks the same flows as the one it replaces.
+pub fn load_sharing(
+    compiled: &Compiled,
+    options: LoadOptions,
+    shared_pins: Option<&Path>,
+) -> Result<Ebpf, LoadError> {
     preflight()?;
     if options.flow_table_size == 0 {
-        bail!("--flow-table-size must be at least 1");
+        return Err(LoadError::EmptyFlowTable);
     }
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(emis_common::MAP_FLOWS, options.flow_table_size)
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(MAP_FLOWS, options.flow_table_size);
+    if let Some(dir) = shared_pins {
+        for name in SHARED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader
         .load(PROGRAM_OBJECT)
-        .with_context(|| {
-            format!(
-                "loading the emis kernel object (a flow table of {} entries may not fit: try a smaller --flow-table-size)",
-                options.flow_table_size
-            )
+        .map_err(|source| LoadError::Object {
+            size: options.flow_table_size,
+            source,
         })?;
     fill_maps(&mut ebpf, compiled, options)?;
-    let program: &mut Xdp = program_mut(&mut ebpf)?;
-    program
+    program_mut(&mut ebpf)?
         .load()
-        .context("the kernel verifier rejected the emis program")?;
+        .map_err(LoadError::Verifier)?;
     Ok(ebpf)
 }
 
-pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
     ebpf.program_mut(PROGRAM_NAME)
-        .ok_or_else(|| anyhow!("the kernel object has no program named {PROGRAM_NAME}"))?
+        .ok_or_else(|| LoadError::Missing {
+            kind: "program",
+            name: PROGRAM_NAME.into(),
+        })?
         .try_into()
-        .context("the emis program is not an XDP program")
+        .map_err(LoadError::NotXdp)
 }
 
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name)
-        .ok_or_else(|| anyhow!("the kernel object has no map named {name}"))
+pub fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map, LoadError> {
+    ebpf.map_mut(name).ok_or_else(|| LoadError::Missing {
+        kind: "map",
+        name: name.into(),
+    })
 }
 
 /// Inserts `entries` into the longest-prefix trie `name`.
@@ -108,16 +175,17 @@ fn fill_trie<const N: usize, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &str,
     entries: impl Iterator<Item = (u8, [u8; N], V)>,
-) -> Result<()> {
-    let mut trie: LpmTrie<_, [u8; N], V> = LpmTrie::try_from(map_mut(ebpf, name)?)?;
+) -> Result<(), LoadError> {
+    let mut trie: LpmTrie<_, [u8; N], V> =
+        LpmTrie::try_from(map_mut(ebpf, name)?).map_err(map_error(format!("opening {name}")))?;
     for (len, addr, value) in entries {
         trie.insert(&Key::new(len.into(), addr), value, 0)
-            .with_context(|| format!("inserting a /{len} prefix into {name}"))?;
+            .map_err(map_error(format!("inserting a /{len} prefix into {name}")))?;
     }
     Ok(())
 }
 
-fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, options: LoadOptions) -> Result<()> {
+fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, options: LoadOptions) -> Result<(), LoadError> {
     let v4 = |n: &ipnet::Ipv4Net| (n.prefix_len(), n.network().octets());
     let v6 = |n: &ipnet::Ipv6Net| (n.prefix_len(), n.network().octets());
     fill_trie(
@@ -146,98 +214,53 @@ fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, options: LoadOptions) -> Resu
             .iter()
             .map(|(n, c)| (v6(n).0, v6(n).1, *c)),
     )?;
-    let mut ports: HashMap<_, PortKey, RuleSet> = HashMap::try_from(map_mut(ebpf, MAP_PORTS)?)?;
+    let mut ports: HashMap<_, PortKey, RuleSet> = HashMap::try_from(map_mut(ebpf, MAP_PORTS)?)
+        .map_err(map_error(format!("opening {MAP_PORTS}")))?;
     for (key, set) in &compiled.ports {
-        ports
-            .insert(key, set, 0)
-            .with_context(|| format!("inserting port {} into {MAP_PORTS}", key.port))?;
+        ports.insert(key, set, 0).map_err(map_error(format!(
+            "inserting port {} into {MAP_PORTS}",
+            key.port
+        )))?;
     }
-    let mut config: Array<_, Config> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
+    let mut config: Array<_, Config> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)
+        .map_err(map_error(format!("opening {MAP_CONFIG}")))?;
     let value = Config {
         mode: options.mode.raw(),
         replies: options.replies.raw(),
         ..compiled.config
     };
-    config.set(0, value, 0)?;
+    config
+        .set(0, value, 0)
+        .map_err(map_error(format!("writing {MAP_CONFIG}")))?;
     Ok(())
 }
 
-/// Switches a loaded program between enforce and audit through its config map.
-pub fn set_mode<T: std::borrow::BorrowMut<MapData>>(
-    config: &mut Array<T, Config>,
-    mode: Mode,
-) -> Result<()> {
+/// Switches a loaded program between enforce and audit through its config map. Generic
+/// in its error so callers with their own error type use it as their last expression.
+pub fn set_mode<T, E>(config: &mut Array<T, Config>, mode: Mode) -> Result<(), E>
+where
+    T: std::borrow::BorrowMut<MapData>,
+    E: From<MapError>,
+{
     let mut value = config.get(&0, 0)?;
     value.mode = mode.raw();
     config.set(0, value, 0)?;
     Ok(())
 }
 
-/// Attaches the loaded program to each interface, inside network namespace `netns` if given
-/// (only the attaching thread joins it, so the metrics listener stays where emis runs).
-pub fn attach(
-    ebpf: &mut Ebpf,
-    ifaces: &[String],
-    mode: AttachMode,
-    netns: Option<&str>,
-) -> Result<Vec<(String, &'static str)>> {
-    let program = program_mut(ebpf)?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                if let Some(netns) = netns {
-                    join_netns(netns)?;
-                }
-                let mut attached = Vec::new();
-                for iface in ifaces {
-                    let how = attach_one(program, iface, mode).with_context(|| match netns {
-                        Some(ns) => format!("attaching to {iface} in network namespace {ns}"),
-                        None => format!("attaching to {iface}"),
-                    })?;
-                    attached.push((iface.clone(), how));
-                }
-                Ok(attached)
-            })
-            .join()
-            .map_err(|_| anyhow!("the attaching thread panicked"))?
-    })
-}
-
-fn attach_one(program: &mut Xdp, iface: &str, mode: AttachMode) -> Result<&'static str> {
-    match mode {
-        AttachMode::Native => program.attach(iface, XdpMode::Driver).map(|_| "native"),
-        AttachMode::Skb => program.attach(iface, XdpMode::Skb).map(|_| "skb"),
-        AttachMode::Auto => match program.attach(iface, XdpMode::Driver) {
-            Ok(_) => Ok("native"),
-            Err(aya::programs::ProgramError::UnknownInterface { name }) => {
-                return Err(anyhow!("no interface named {name}: check `ip link`"))
-            }
-            Err(native) => {
-                tracing::warn!(%iface, error = %native, "native XDP refused; using generic (skb) mode");
-                program.attach(iface, XdpMode::Skb).map(|_| "skb")
-            }
-        },
-    }
-    .map_err(|e| match e {
-        aya::programs::ProgramError::UnknownInterface { name } => {
-            anyhow!("no interface named {name}: check `ip link`")
-        }
-        other => anyhow!(other),
-    })
-}
-
 /// Moves the calling thread into the named network namespace.
-pub fn join_netns(name: &str) -> Result<()> {
+pub fn join_netns(name: &str) -> Result<(), LoadError> {
     let path = Path::new("/run/netns").join(name);
-    let file = std::fs::File::open(&path).with_context(|| {
-        format!(
-            "opening {}: is there a network namespace {name}? (ip netns list)",
-            path.display()
-        )
+    let file = std::fs::File::open(&path).map_err(|source| LoadError::NoNetns {
+        name: name.into(),
+        path: path.display().to_string(),
+        source,
     })?;
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("joining network namespace {name}"));
+        return Err(LoadError::JoinNetns {
+            name: name.into(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }

@@ -1,22 +1,23 @@
-//! The `emis` command: run the enforcer, check a spec, explain a verdict, read counters.
+//! The `emis` command line: its arguments and what each command calls. The daemon's
+//! lifecycle lives in `emis::daemon`, the policy in `emis_policy`.
 
 mod generate;
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::PathBuf,
-    process::ExitCode,
-    sync::{Arc, Mutex},
-};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::Result;
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
-use emis::{
-    loader::{self, AttachMode, LoadOptions},
-    metrics::{self, EnforcerCollector},
-    stats::{mode_of, Labels, Snapshot, State},
+use emis::daemon::{
+    self,
+    config::{Given, RunSettings},
+    control::{self, Request},
+    links::AttachMode,
+    lock::ModeLock,
+    pins::{PinnedMaps, Pins},
+    state::State,
+    status::Status,
+    DEFAULT_STATE_DIR,
 };
-use emis_common::{MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS, MAP_STATS};
 use emis_policy::{
     compile::compile,
     explain::{explain, ExplainRequest},
@@ -24,9 +25,6 @@ use emis_policy::{
     policy::{Mode, Policy, Replies},
     spec::{load_policy, SiteOptions, Source},
 };
-
-/// The maps `emis run` pins for `emis stats` and `emis mode`.
-const PINNED_MAPS: [&str; 4] = [MAP_STATS, MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS];
 
 #[derive(Parser)]
 #[command(
@@ -41,15 +39,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the policy into the kernel, attach to interfaces and serve metrics until stopped.
+    /// Load the policy into the kernel, attach to interfaces and serve metrics until stopped;
+    /// the program stays attached when emis exits (`emis detach` removes it).
     Run(RunArgs),
+    /// Make the running daemon re-read its spec, site and ip-ranges files (or config file)
+    /// and swap the new policy in without a gap; prints what changed.
+    Reload(StateDirArgs),
+    /// Whether the daemon runs, where the program is attached, which policy and mode.
+    Status(StatusArgs),
+    /// Remove enforcement: detach from every interface, remove the pins and the state file.
+    Detach(DetachArgs),
     /// Validate a spec and site, and summarise networks, prefixes and rules.
     Check(PolicyArgs),
     /// Show the verdict the policy gives one packet (the reference model the kernel must agree with).
     Explain(ExplainArgs),
-    /// Show the counters of the running enforcer.
+    /// Show the counters of the attached program (also when the daemon is down).
     Stats(StatsArgs),
-    /// Switch the running enforcer between enforce and audit without reloading it.
+    /// Switch the attached program between enforce and audit without reloading it (the
+    /// daemon need not run).
     Mode(ModeArgs),
     /// Write the policy for another enforcer: `emis export nft` prints an nftables ruleset.
     #[command(subcommand)]
@@ -117,6 +124,12 @@ fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
     choice_parser(Mode::ALL.map(Mode::name))
 }
 
+fn attach_mode_parser() -> impl clap::builder::TypedValueParser<Value = AttachMode> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(AttachMode::ALL.map(AttachMode::name))
+        .map(|s| s.parse::<AttachMode>().expect("a listed choice parses"))
+}
+
 fn replies_parser() -> impl clap::builder::TypedValueParser<Value = Replies> {
     choice_parser(Replies::ALL.map(Replies::name))
 }
@@ -139,35 +152,86 @@ struct PolicyArgs {
 
 #[derive(Args)]
 struct RunArgs {
+    /// Daemon config file (TOML); flags given here override its keys.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     policy: PolicyArgs,
     /// Interface to attach to; repeat for each side of the gateway.
-    #[arg(long = "iface", required = true, value_name = "IF")]
+    #[arg(long = "iface", value_name = "IF")]
     ifaces: Vec<String>,
-    /// enforce drops what the policy denies; audit passes it and counts it as would-deny.
-    #[arg(long, value_parser = mode_parser(), default_value = "enforce")]
-    mode: Mode,
+    /// enforce drops what the policy denies; audit passes it and counts it as would-deny [default: enforce].
+    #[arg(long, value_parser = mode_parser())]
+    mode: Option<Mode>,
     /// stateful allows replies of flows a rule allowed (tracked in a flow table); stateless
-    /// recognises replies by ports and addresses alone, for asymmetric routing.
-    #[arg(long, value_parser = replies_parser(), default_value = "stateful")]
-    replies: Replies,
-    /// Flows the flow table holds; the least recently used are evicted when it is full.
-    #[arg(long = "flow-table-size", default_value_t = emis_common::DEFAULT_FLOW_TABLE_SIZE)]
-    flow_table_size: u32,
-    /// auto tries native (driver) XDP and falls back to generic; native or skb force one.
-    #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
-    xdp_mode: AttachMode,
-    /// Address of the Prometheus endpoint (/metrics).
-    #[arg(long = "metrics-addr", default_value = "127.0.0.1:9469")]
-    metrics_addr: SocketAddr,
+    /// recognises replies by ports and addresses alone, for asymmetric routing [default: stateful].
+    #[arg(long, value_parser = replies_parser())]
+    replies: Option<Replies>,
+    /// Flows the flow table holds; the least recently used are evicted when it is full [default: 131072].
+    #[arg(long = "flow-table-size")]
+    flow_table_size: Option<u32>,
+    /// auto tries native (driver) XDP and falls back to generic; native or skb force one [default: auto].
+    #[arg(long = "xdp-mode", value_parser = attach_mode_parser())]
+    xdp_mode: Option<AttachMode>,
+    /// Address of the Prometheus endpoint (/metrics) [default: 127.0.0.1:9469].
+    #[arg(long = "metrics-addr")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Attach to interfaces inside this named network namespace (ip netns); emis itself stays where it runs.
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
-    /// Where the counter and config maps are pinned (bpffs).
-    #[arg(long = "pin-dir", default_value = "/sys/fs/bpf/emis")]
-    pin_dir: PathBuf,
-    /// Where the state file for `emis stats` and `emis mode` is written.
-    #[arg(long = "state-dir", default_value = "/run/emis")]
+    /// Where links, program and maps are pinned (bpffs) [default: /sys/fs/bpf/emis].
+    #[arg(long = "pin-dir")]
+    pin_dir: Option<PathBuf>,
+    /// Where the state file, the lock and the control socket live [default: /run/emis].
+    #[arg(long = "state-dir")]
+    state_dir: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn given(self) -> Given {
+        let policy = self.policy;
+        Given {
+            interfaces: (!self.ifaces.is_empty()).then_some(self.ifaces),
+            spec: policy.spec,
+            site: policy.site,
+            site_nets: (!policy.site_net.is_empty()).then_some(policy.site_net),
+            aws_ip_ranges: policy.aws_ip_ranges,
+            mode: self.mode,
+            replies: self.replies,
+            flow_table_size: self.flow_table_size,
+            metrics_addr: self.metrics_addr,
+            xdp_mode: self.xdp_mode,
+            netns: self.netns,
+            pin_dir: self.pin_dir,
+            state_dir: self.state_dir,
+        }
+    }
+}
+
+#[derive(Args)]
+struct StateDirArgs {
+    #[arg(long = "state-dir", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[arg(long = "state-dir", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The pin dir to look in [default: the state file's, else /sys/fs/bpf/emis].
+    #[arg(long = "pin-dir")]
+    pin_dir: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DetachArgs {
+    /// The pin dir to clear [default: the state file's, else /sys/fs/bpf/emis].
+    #[arg(long = "pin-dir")]
+    pin_dir: Option<PathBuf>,
+    #[arg(long = "state-dir", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 }
 
@@ -202,7 +266,7 @@ struct ExplainArgs {
 
 #[derive(Args)]
 struct StatsArgs {
-    #[arg(long = "state-dir", default_value = "/run/emis")]
+    #[arg(long = "state-dir", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Print one JSON object.
     #[arg(long)]
@@ -213,7 +277,7 @@ struct StatsArgs {
 struct ModeArgs {
     #[arg(value_parser = mode_parser())]
     mode: Mode,
-    #[arg(long = "state-dir", default_value = "/run/emis")]
+    #[arg(long = "state-dir", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 }
 
@@ -229,6 +293,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Reload(args) => reload(&args),
+        Command::Status(args) => status(&args),
+        Command::Detach(args) => detach(&args),
         Command::Check(args) => check(&args),
         Command::Explain(args) => explain_cmd(&args),
         Command::Stats(args) => stats(&args),
@@ -295,10 +362,11 @@ fn explain_cmd(args: &ExplainArgs) -> Result<()> {
 
 fn stats(args: &StatsArgs) -> Result<()> {
     let state = State::read(&args.state_dir)?;
-    let snapshot = Snapshot::read(&state.stats_map()?)?;
-    let mode = mode_of(&state.config_map()?.get(&0, 0)?);
+    let maps = PinnedMaps::open(&Pins::new(&state.pin_dir))?;
+    let snapshot = maps.snapshot()?;
+    let mode = maps.mode()?;
     let report = snapshot.report(&state.labels);
-    let flows = state.flow_stats()?;
+    let flows = maps.flow_stats()?;
     if args.json {
         let value = serde_json::json!({
             "mode": mode.name(),
@@ -327,152 +395,44 @@ fn stats(args: &StatsArgs) -> Result<()> {
     Ok(())
 }
 
+/// Writes the pinned config map directly (the daemon need not run), under the lock a
+/// reload takes while it replaces that map.
 fn mode(args: &ModeArgs) -> Result<()> {
-    let state = State::read(&args.state_dir)?;
-    loader::set_mode(&mut state.config_map()?, args.mode)?;
+    let pin_dir = State::read(&args.state_dir)?.pin_dir;
+    let _lock = ModeLock::take(&args.state_dir)?;
+    PinnedMaps::open(&Pins::new(pin_dir))?.set_mode(args.mode)?;
     println!("mode is now {}", args.mode.name());
     Ok(())
 }
 
-fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 fn run(args: RunArgs) -> Result<()> {
-    let policy = load(&args.policy)?;
-    let compiled = compile(&policy)?;
-    for warning in &policy.warnings {
-        tracing::warn!("{warning}");
-    }
-    if !policy.shadowed.is_empty() {
-        tracing::info!(
-            "{} rules match only packets an earlier rule matches and are counted under it (`emis check` lists them)",
-            policy.shadowed.len()
-        );
-    }
-    let unset: Vec<&str> = emis_policy::policy::Role::ALL
-        .iter()
-        .filter(|r| policy.role(**r).is_none())
-        .map(|r| r.name())
-        .collect();
-    if !unset.is_empty() {
-        tracing::info!(roles = %unset.join(", "), "unset site roles stand for any address outside the enforce-scope networks");
-    }
-    if let Ok(old) = State::read(&args.state_dir) {
-        if old.pid != std::process::id() && pid_alive(old.pid) {
-            bail!(
-                "another emis (pid {}) is running with state dir {}; stop it or pass another --state-dir and --pin-dir",
-                old.pid,
-                args.state_dir.display()
-            );
-        }
-    }
-    let options = LoadOptions {
-        mode: args.mode,
-        replies: args.replies,
-        flow_table_size: args.flow_table_size,
-    };
-    let mut ebpf = loader::load(&compiled, options)?;
-    // Whatever happens from here on, leave no pins or state file behind.
-    let _cleanup = Cleanup {
-        pin_dir: args.pin_dir.clone(),
-        state_dir: args.state_dir.clone(),
-    };
-    std::fs::create_dir_all(&args.pin_dir).with_context(|| {
-        format!(
-            "creating {} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)",
-            args.pin_dir.display()
-        )
-    })?;
-    for name in PINNED_MAPS {
-        let path = args.pin_dir.join(name);
-        let _ = std::fs::remove_file(&path);
-        ebpf.map(name)
-            .context("map missing from the kernel object")?
-            .pin(&path)
-            .with_context(|| {
-                format!(
-                    "pinning {name} at {} (is {} on bpffs?)",
-                    path.display(),
-                    args.pin_dir.display()
-                )
-            })?;
-    }
-    let attached = loader::attach(
-        &mut ebpf,
-        &args.ifaces,
-        args.xdp_mode,
-        args.netns.as_deref(),
-    )?;
-    for (iface, how) in &attached {
-        tracing::info!(%iface, mode = how, netns = args.netns.as_deref().unwrap_or("-"), "attached");
-    }
-    let state = State {
-        pid: std::process::id(),
-        pin_dir: args.pin_dir.clone(),
-        spec_sha256: policy.sha256.clone(),
-        interfaces: args.ifaces.clone(),
-        labels: Labels::of(&policy),
-        replies: args.replies,
-        flow_table_size: args.flow_table_size,
-    };
-    state.write(&args.state_dir)?;
-    tracing::info!(
-        rules = policy.rules.len(),
-        v4_prefixes = compiled.v4.len(),
-        v6_prefixes = compiled.v6.len(),
-        mode = args.mode.name(),
-        replies = args.replies.name(),
-        flow_table_size = args.flow_table_size,
-        spec_sha256 = %policy.sha256,
-        "policy loaded"
-    );
-    let result = serve_until_signal(&args, &state, &policy);
-    drop(ebpf);
-    tracing::info!("detached");
-    result
+    let config = args.config.clone();
+    let settings = RunSettings::resolve(config.as_deref(), args.given())?;
+    Ok(daemon::serve::run(settings)?)
 }
 
-/// Removes the pins and the state file of this run when it ends, however it ends.
-struct Cleanup {
-    pin_dir: PathBuf,
-    state_dir: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.state_dir.join(emis::stats::STATE_FILE));
-        for name in PINNED_MAPS {
-            let _ = std::fs::remove_file(self.pin_dir.join(name));
-        }
-        // Only succeeds when empty, so a shared directory is left alone.
-        let _ = std::fs::remove_dir(&self.pin_dir);
+fn reload(args: &StateDirArgs) -> Result<()> {
+    let response = control::request(&args.state_dir, &Request::Reload)?;
+    if response.ok {
+        println!("{}", response.message);
+        Ok(())
+    } else {
+        anyhow::bail!("{}", response.message)
     }
 }
 
-fn serve_until_signal(args: &RunArgs, state: &State, policy: &Policy) -> Result<()> {
-    let collector = EnforcerCollector {
-        stats: Mutex::new(state.stats_map()?),
-        config: Mutex::new(state.config_map()?),
-        flows: Mutex::new((state.flows_map()?, state.flow_events_map()?)),
-        flow_table_size: state.flow_table_size,
-        labels: Labels::of(policy),
-        spec_sha256: policy.sha256.clone(),
-    };
-    let mut registry = prometheus_client::registry::Registry::default();
-    registry.register_collector(Box::new(collector));
-    let registry = Arc::new(registry);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let listener = metrics::bind(args.metrics_addr).await?;
-        tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            served = metrics::serve(listener, registry) => served,
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: detaching"); Ok(()) }
-            _ = term.recv() => { tracing::info!("SIGTERM: detaching"); Ok(()) }
-        }
-    })
+fn status(args: &StatusArgs) -> Result<()> {
+    let status = Status::gather(&args.state_dir, args.pin_dir.as_deref());
+    if args.json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        print!("{}", status.to_text());
+    }
+    Ok(())
+}
+
+fn detach(args: &DetachArgs) -> Result<()> {
+    let done = daemon::detach::detach(args.pin_dir.as_deref(), &args.state_dir)?;
+    println!("{}", done.to_text());
+    Ok(())
 }

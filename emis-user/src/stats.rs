@@ -1,35 +1,24 @@
 //! Reads the counter array and names its slots: the one source for `emis stats`,
-//! the metrics endpoint and the tests.
+//! the metrics endpoint and the tests. Opening the pinned maps is `daemon::pins`' job.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{Context as _, Result};
-use aya::maps::{Array, Map, MapData, PerCpuArray};
+use aya::maps::{MapData, MapError, PerCpuArray};
 use emis_common::{
     deny_index, pass_index, rule_index, Action, Config, Counter, DenyReason, PassReason,
-    Path as RulePath, MAP_CONFIG, MAP_STATS, MAX_NETWORKS, STATS_LEN,
+    Path as RulePath, MAX_NETWORKS, STATS_LEN,
 };
 use serde::{Deserialize, Serialize};
 
-use emis_policy::policy::{Mode, Policy, Replies};
-
-/// What a running enforcer writes down so `emis stats` and `emis mode` can find and name its maps.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct State {
-    pub pid: u32,
-    pub pin_dir: PathBuf,
-    pub spec_sha256: String,
-    pub interfaces: Vec<String>,
-    pub labels: Labels,
-    pub replies: Replies,
-    pub flow_table_size: u32,
-}
+use emis_policy::policy::{Mode, Policy};
 
 /// Names for the counter slots: rule slugs and directions, network names.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Labels {
     pub rules: Vec<(String, String)>,
     pub networks: Vec<String>,
+    /// The counter slot of each rule, when it is not the rule's index (a daemon that
+    /// reloads keeps a rule's slot while the rule exists; see `daemon::slots`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<u32>,
 }
 
 impl Labels {
@@ -41,75 +30,21 @@ impl Labels {
                 .map(|r| (r.slug.clone(), r.direction.name().to_string()))
                 .collect(),
             networks: policy.networks.iter().map(|n| n.name.clone()).collect(),
+            slots: Vec::new(),
         }
     }
-}
 
-pub const STATE_FILE: &str = "state.json";
-
-impl State {
-    pub fn write(&self, state_dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("creating {}", state_dir.display()))?;
-        let path = state_dir.join(STATE_FILE);
-        let tmp = state_dir.join(".state.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+    /// Labels for a policy whose rule `i` counts into `slots[i]`.
+    pub fn with_slots(policy: &Policy, slots: &[u32]) -> Labels {
+        Labels {
+            slots: slots.to_vec(),
+            ..Labels::of(policy)
+        }
     }
 
-    pub fn read(state_dir: &Path) -> Result<State> {
-        let path = state_dir.join(STATE_FILE);
-        let text = std::fs::read(&path).with_context(|| {
-            format!(
-                "reading {}: is `emis run` running with this --state-dir?",
-                path.display()
-            )
-        })?;
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
-    }
-
-    pub fn stats_map(&self) -> Result<PerCpuArray<MapData, Counter>> {
-        let path = self.pin_dir.join(MAP_STATS);
-        let data = MapData::from_pin(&path)
-            .with_context(|| format!("opening pinned map {}", path.display()))?;
-        Ok(PerCpuArray::try_from(Map::from_map_data(data)?)?)
-    }
-
-    pub fn flows_map(
-        &self,
-    ) -> Result<aya::maps::HashMap<MapData, emis_common::FlowKey, emis_common::FlowValue>> {
-        Ok(aya::maps::HashMap::try_from(Map::from_map_data(
-            self.pinned(emis_common::MAP_FLOWS)?,
-        )?)?)
-    }
-
-    pub fn flow_events_map(&self) -> Result<PerCpuArray<MapData, u64>> {
-        Ok(PerCpuArray::try_from(Map::from_map_data(
-            self.pinned(emis_common::MAP_FLOW_EVENTS)?,
-        )?)?)
-    }
-
-    /// The flow table's fill and events, read from the pinned maps.
-    pub fn flow_stats(&self) -> Result<crate::flows::FlowTableStats> {
-        crate::flows::FlowTableStats::read(
-            &self.flows_map()?,
-            &self.flow_events_map()?,
-            self.flow_table_size,
-        )
-    }
-
-    fn pinned(&self, name: &str) -> Result<MapData> {
-        let path = self.pin_dir.join(name);
-        MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
-    }
-
-    pub fn config_map(&self) -> Result<Array<MapData, Config>> {
-        let path = self.pin_dir.join(MAP_CONFIG);
-        let data = MapData::from_pin(&path)
-            .with_context(|| format!("opening pinned map {}", path.display()))?;
-        Ok(Array::try_from(Map::from_map_data(data)?)?)
+    /// The counter slot of the rule listed `index`th.
+    pub fn slot(&self, index: usize) -> u32 {
+        self.slots.get(index).copied().unwrap_or(index as u32)
     }
 }
 
@@ -120,14 +55,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn read<T: std::borrow::Borrow<MapData>>(
+    /// Every slot of a counter map, summed over CPUs.
+    pub fn from_map<T: std::borrow::Borrow<MapData>>(
         map: &PerCpuArray<T, Counter>,
-    ) -> Result<Snapshot> {
+    ) -> Result<Snapshot, MapError> {
         let mut counters = Vec::with_capacity(STATS_LEN as usize);
         for values in map.iter() {
-            counters.push(sum_cpus(&values.context("reading the counter map")?));
+            counters.push(sum_cpus(&values?));
         }
         Ok(Snapshot { counters })
+    }
+
+    /// [`Snapshot::from_map`] for callers that use anyhow (the test and bench harnesses);
+    /// the daemon uses the typed one.
+    pub fn read<T: std::borrow::Borrow<MapData>>(
+        map: &PerCpuArray<T, Counter>,
+    ) -> anyhow::Result<Snapshot> {
+        Ok(Snapshot::from_map(map)?)
     }
 
     pub fn at(&self, index: u32) -> Counter {
@@ -145,9 +89,9 @@ impl Snapshot {
     /// Named rows; zero rows of denials and passes are left out, rules are always listed.
     pub fn report(&self, labels: &Labels) -> Report {
         let mut rules = Vec::new();
-        for (id, (slug, direction)) in labels.rules.iter().enumerate() {
+        for (index, (slug, direction)) in labels.rules.iter().enumerate() {
             for path in RulePath::ALL {
-                let c = self.at(rule_index(id as u32, path));
+                let c = self.at(rule_index(labels.slot(index), path));
                 rules.push(RuleRow {
                     rule: slug.clone(),
                     direction: direction.clone(),

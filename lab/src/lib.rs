@@ -24,12 +24,14 @@
 //! - [`netns`]: running code inside a namespace ([`in_netns`], [`in_netns_scoped`]).
 //! - [`command`]: running `ip`, `nft`, ... with errors that name the command; shell quoting.
 //! - [`preflight`]: the root and tool checks ([`require_root_and_tools`]).
+//! - [`daemon`]: spawning, stopping and killing `emis run`, `emis detach`, GET /metrics.
 //! - [`tcp`], [`udp`]: probes and servers that drive traffic through the lab
 //!   ([`TcpServers`], [`tcp_connects`], [`UdpEcho`], [`udp_round_trip`]).
 //!
 //! Everything needs root except the pure helpers.
 
 pub mod command;
+pub mod daemon;
 pub mod netns;
 pub mod preflight;
 pub mod site;

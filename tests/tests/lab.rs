@@ -2,88 +2,52 @@
 //! EMIS networks; real TCP connections, `emis stats`, `emis mode` and `/metrics` over HTTP.
 //! Needs root and network namespaces.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{net::Ipv4Addr, process::Command, time::Duration};
 
-use emis_lab::{tcp_connects, Host, Lab, TcpServers, EMIS_INTERNET, EMIS_PRIMARY, OUT_OF_SCOPE};
+use emis_lab::{
+    daemon::{Daemon, DaemonDirs},
+    tcp_connects, Host, Lab, TcpServers, EMIS_INTERNET, EMIS_PRIMARY, OUT_OF_SCOPE,
+};
 use emis_tests::emis_bin;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A running `emis run`, stopped with SIGINT on drop.
+/// A running `emis run` on the gateway's two interfaces.
 struct Enforcer {
-    child: Child,
-    state_dir: PathBuf,
-    pin_dir: PathBuf,
-    metrics: String,
+    daemon: Daemon,
 }
 
 impl Enforcer {
     fn start(lab: &Lab, name: &str, metrics_port: u16, extra: &[&str]) -> Enforcer {
-        let state_dir = std::env::temp_dir().join(format!("emis-test-{name}"));
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/emis-test-{name}"));
-        let metrics = format!("127.0.0.1:{metrics_port}");
-        let gw = lab.ns(Host::Gateway);
-        let mut args = vec![
-            "run",
+        let dirs = DaemonDirs::named(&emis_bin(), name, metrics_port);
+        // A run that died earlier may have left pins behind.
+        dirs.detach().expect("emis detach before the test");
+        let mut args: Vec<String> = [
             "--netns",
-            &gw,
+            &lab.ns(Host::Gateway),
             "--iface",
             "gw-site",
             "--iface",
             "gw-emis",
-            "--metrics-addr",
-            &metrics,
             "--site-net",
             "lan=192.168.10.0/24",
             "--site-net",
             "clinical-server=192.168.10.5/32",
-        ];
-        let state = state_dir.to_str().unwrap().to_string();
-        let pins = pin_dir.to_str().unwrap().to_string();
-        args.extend(["--state-dir", &state, "--pin-dir", &pins]);
-        args.extend(extra);
-        let child = Command::new(emis_bin())
-            .args(&args)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting emis run");
-        let mut enforcer = Enforcer {
-            child,
-            state_dir,
-            pin_dir,
-            metrics,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_get(&enforcer.metrics, "/metrics").is_err() {
-            if let Some(status) = enforcer.child.try_wait().unwrap() {
-                panic!("emis run exited early with {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "emis run did not serve /metrics within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Enforcer {
+            daemon: Daemon::start(&dirs, &args).expect("emis run serves /metrics"),
         }
-        enforcer
     }
 
     fn metrics(&self) -> String {
-        http_get(&self.metrics, "/metrics").expect("scraping /metrics")
+        self.daemon.metrics().expect("scraping /metrics")
     }
 
     fn emis(&self, args: &[&str]) -> String {
-        let out = Command::new(emis_bin())
-            .args(args)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .output()
-            .expect("running emis");
+        let out = self.daemon.dirs.emis(args).expect("running emis");
         assert!(
             out.status.success(),
             "emis {args:?} failed: {}",
@@ -92,44 +56,23 @@ impl Enforcer {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// SIGINT: emis exits cleanly and, fail-static, leaves its program pinned and
+    /// attached; `emis detach` then removes every pin.
     fn stop(mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait().unwrap();
+        let status = self.daemon.stop().unwrap();
         assert!(
             status.success(),
             "emis run exited with {status} after SIGINT"
         );
+        let dirs = self.daemon.dirs.clone();
         assert!(
-            !self.pin_dir.join("EMIS_STATS").exists(),
-            "pins are removed on exit"
+            dirs.pin_dir.join("EMIS_STATS").exists(),
+            "pins stay after exit (fail-static)"
         );
+        let said = dirs.detach().unwrap();
+        assert!(said.contains("detached from gw-emis, gw-site"), "{said}");
+        assert!(dirs.pins_left().is_empty(), "{:?}", dirs.pins_left());
     }
-}
-
-impl Drop for Enforcer {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    if !response.starts_with("HTTP/1.0 200") && !response.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!(
-            "unexpected response: {response}"
-        )));
-    }
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default())
 }
 
 /// The value of the sample whose name and labels contain every one of `parts`.
@@ -316,7 +259,7 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
     enforcer.stop();
     assert!(
         !xdp_attached(&lab, "gw-site") && !xdp_attached(&lab, "gw-emis"),
-        "SIGINT detaches"
+        "SIGINT then emis detach detaches"
     );
     assert!(
         connects(&lab, EMIS_PRIMARY, 444),
@@ -405,4 +348,8 @@ fn run_refuses_an_unknown_interface_and_leaves_nothing_behind() {
         "a failed start detaches what it attached"
     );
     assert!(!state_dir.join("state.json").exists());
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/emis-test-badiface/EMIS_STATS").exists(),
+        "a failed start leaves no pins"
+    );
 }

@@ -2,19 +2,19 @@
 //! allows, denies and leaves alone.
 
 use crate::{interrupt, util};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use emis_lab::{
+    daemon::{http_get, Daemon, DaemonDirs},
     Host, Lab, TcpOutcome, TcpServers, CLINICAL_ADDR, EMIS_INTERNET, EMIS_PRIMARY, OUT_OF_SCOPE,
     SITE_ADDR, SITE_NET,
 };
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const PREFIX: &str = "emisdemo";
+/// The demo's own pins and state, so it never touches an installed emis's.
+const PIN_DIR: &str = "/sys/fs/bpf/emisdemo";
 const METRICS_ADDR: &str = "127.0.0.1:9469";
 const FLOW_TIMEOUT: Duration = Duration::from_secs(2);
 const METRICS_WAIT: Duration = Duration::from_secs(30);
@@ -91,106 +91,6 @@ impl Drop for DemoLab {
     }
 }
 
-/// The `emis run` child: stopped with SIGINT (then SIGKILL) on every exit path.
-struct Emis {
-    child: Child,
-    log: PathBuf,
-    status: Option<ExitStatus>,
-}
-
-impl Emis {
-    fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Emis> {
-        if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let out =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            // Its own process group: a terminal Ctrl-C reaches only us, and we stop
-            // emis in order (SIGINT, wait) before deleting the lab.
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // If xtask dies without cleaning up, emis gets SIGINT instead of
-                // running on forever.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        println!(
-            "==> {} {}   (log: {})",
-            bin.display(),
-            args.join(" "),
-            log.display()
-        );
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Emis {
-            child,
-            log: log.to_path_buf(),
-            status: None,
-        })
-    }
-
-    /// Some(status) if emis has exited.
-    fn exited(&mut self) -> Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait()?;
-        }
-        Ok(self.status)
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        let tail = all[all.len().saturating_sub(lines)..].join("\n    ");
-        format!("last lines of {}:\n    {tail}", self.log.display())
-    }
-
-    /// SIGINT, wait up to 10 s, then SIGKILL.
-    fn stop(&mut self) -> Result<ExitStatus> {
-        if let Some(st) = self.exited()? {
-            return Ok(st);
-        }
-        let pid = self.child.id() as libc::pid_t;
-        println!("==> kill -INT {pid}   (stop emis)");
-        // SAFETY: kill(2) on our own child, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(st) = self.exited()? {
-                return Ok(st);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        println!("    emis did not stop within 10 s of SIGINT: killing it");
-        self.child.kill()?;
-        let st = self.child.wait()?;
-        self.status = Some(st);
-        Ok(st)
-    }
-}
-
-impl Drop for Emis {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            match self.stop() {
-                Ok(st) => println!("    emis exited: {st}"),
-                Err(e) => println!("    stopping emis: {e:#}"),
-            }
-        }
-    }
-}
-
 /// Prints the lab's namespaces and addresses.
 pub fn print_topology(lab: &Lab) {
     let [gw_site, gw_emis] = lab.gateway_ifaces();
@@ -235,16 +135,21 @@ pub fn demo(keep: bool) -> Result<()> {
 
     let gw = lab.0.ns(Host::Gateway);
     let [gw_site, gw_emis] = lab.0.gateway_ifaces();
+    let dirs = DaemonDirs {
+        bin: bin.clone(),
+        state_dir: util::target_dir().join(PREFIX).join("state"),
+        pin_dir: PathBuf::from(PIN_DIR),
+        metrics_addr: metrics,
+    };
+    // A demo that died earlier may have left its program pinned: start clean.
+    dirs.detach()?;
     let args: Vec<String> = [
-        "run",
         "--netns",
         &gw,
         "--iface",
         gw_site,
         "--iface",
         gw_emis,
-        "--metrics-addr",
-        METRICS_ADDR,
         "--site-net",
         &format!("lan={SITE_NET}"),
         "--site-net",
@@ -253,7 +158,14 @@ pub fn demo(keep: bool) -> Result<()> {
     .map(String::from)
     .to_vec();
     let log = util::target_dir().join(PREFIX).join("emis.log");
-    let mut emis = Emis::spawn(&bin, &args, &log)?;
+    println!(
+        "==> {} run {} {}   (log: {})",
+        bin.display(),
+        args.join(" "),
+        dirs.run_args().join(" "),
+        log.display()
+    );
+    let mut emis = Daemon::spawn(&dirs, &args, Some(&log))?;
 
     println!("==> wait for http://{METRICS_ADDR}/metrics");
     let started = Instant::now();
@@ -261,7 +173,7 @@ pub fn demo(keep: bool) -> Result<()> {
         interrupt::check()?;
         if let Some(st) = emis.exited()? {
             bail!(
-                "emis exited ({st}) before serving metrics; {}",
+                "emis exited ({st}) before serving metrics{}",
                 emis.log_tail(30)
             );
         }
@@ -270,7 +182,7 @@ pub fn demo(keep: bool) -> Result<()> {
         }
         if started.elapsed() > METRICS_WAIT {
             bail!(
-                "emis did not answer on http://{METRICS_ADDR}/metrics within {} s; {}",
+                "emis did not answer on http://{METRICS_ADDR}/metrics within {} s{}",
                 METRICS_WAIT.as_secs(),
                 emis.log_tail(30)
             );
@@ -324,10 +236,12 @@ pub fn demo(keep: bool) -> Result<()> {
     }
 
     interrupt::check()?;
-    let mut stats = Command::new(&bin);
-    stats.arg("stats");
-    println!("==> {} stats", bin.display());
-    match stats.output() {
+    println!(
+        "==> {} stats --state-dir {}",
+        bin.display(),
+        dirs.state_dir.display()
+    );
+    match dirs.emis(&["stats"]) {
         Ok(out) if out.status.success() => {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 println!("    {line}");
@@ -365,17 +279,32 @@ pub fn demo(keep: bool) -> Result<()> {
             "\nemis and the lab keep running. Try:\n  \
              ip netns exec {site} bash                  # a shell on the site LAN\n  \
              curl -s http://{METRICS_ADDR}/metrics | grep ^emis_\n  \
-             {bin} stats\n\
-             Press Enter to stop emis and tear the lab down.",
-            bin = bin.display()
+             {bin} stats --state-dir {state}\n  \
+             {bin} status --state-dir {state}\n\
+             Press Enter to stop emis, detach it and tear the lab down.",
+            bin = bin.display(),
+            state = dirs.state_dir.display()
         );
         wait_for_enter(&mut emis)?;
     }
 
+    println!(
+        "==> kill -INT {}   (stop emis: its program stays attached)",
+        emis.pid()
+    );
     let st = emis.stop()?;
     println!("    emis exited: {st}");
     if !st.success() {
-        println!("    (non-zero exit after SIGINT; {})", emis.log_tail(10));
+        println!("    (non-zero exit after SIGINT{})", emis.log_tail(10));
+    }
+    println!(
+        "==> {} detach --pin-dir {} --state-dir {}",
+        bin.display(),
+        dirs.pin_dir.display(),
+        dirs.state_dir.display()
+    );
+    for line in dirs.detach()?.lines() {
+        println!("    {line}");
     }
     drop(servers);
     drop(lab);
@@ -391,7 +320,7 @@ pub fn demo(keep: bool) -> Result<()> {
 }
 
 /// Waits for a line on stdin (or EOF), a Ctrl-C, or emis exiting.
-fn wait_for_enter(emis: &mut Emis) -> Result<()> {
+fn wait_for_enter(emis: &mut Daemon) -> Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -402,7 +331,7 @@ fn wait_for_enter(emis: &mut Emis) -> Result<()> {
         interrupt::check()?;
         if let Some(st) = emis.exited()? {
             bail!(
-                "emis exited ({st}) while the demo was kept running; {}",
+                "emis exited ({st}) while the demo was kept running{}",
                 emis.log_tail(20)
             );
         }
@@ -410,39 +339,6 @@ fn wait_for_enter(emis: &mut Emis) -> Result<()> {
             return Ok(());
         }
     }
-}
-
-/// An HTTP/1.0 GET with std only; returns the status code and body.
-fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    // One write: a server that reads the request in one go sees all of it.
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n");
-    s.write_all(request.as_bytes())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    parse_http_response(&buf)
-}
-
-fn parse_http_response(raw: &[u8]) -> Result<(u16, String)> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .or_else(|| text.split_once("\n\n"))
-        .context("HTTP response without a header/body separator")?;
-    let status = head.lines().next().unwrap_or_default();
-    let mut words = status.split_whitespace();
-    let (Some(version), Some(code)) = (words.next(), words.next()) else {
-        bail!("bad HTTP status line {status:?}");
-    };
-    if !version.starts_with("HTTP/") {
-        bail!("bad HTTP status line {status:?}");
-    }
-    let code = code
-        .parse()
-        .with_context(|| format!("bad HTTP status line {status:?}"))?;
-    Ok((code, body.to_string()))
 }
 
 /// Up to `max` `emis_` sample lines with a non-zero value, or the first `max` ones
@@ -474,44 +370,6 @@ fn interesting_metrics(body: &str, max: usize) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn http_responses() {
-        let r = b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n# HELP x\nemis_a 1\n";
-        assert_eq!(
-            parse_http_response(r).unwrap(),
-            (200, "# HELP x\nemis_a 1\n".into())
-        );
-        assert_eq!(
-            parse_http_response(b"HTTP/1.1 404 Not Found\r\n\r\n")
-                .unwrap()
-                .0,
-            404
-        );
-        assert!(parse_http_response(b"garbage").is_err());
-        assert!(parse_http_response(b"SSH-2.0 x\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn http_get_against_a_local_server() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let t = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
-            let mut req = Vec::new();
-            let mut buf = [0u8; 512];
-            while !req.ends_with(b"\r\n\r\n") {
-                let n = c.read(&mut buf).unwrap();
-                assert!(n > 0, "request cut short");
-                req.extend_from_slice(&buf[..n]);
-            }
-            assert!(req.starts_with(b"GET /metrics HTTP/1.0\r\n"));
-            c.write_all(b"HTTP/1.0 200 OK\r\n\r\nemis_up 1\n").unwrap();
-        });
-        let (code, body) = http_get(addr, "/metrics", Duration::from_secs(2)).unwrap();
-        t.join().unwrap();
-        assert_eq!((code, body.as_str()), (200, "emis_up 1\n"));
-    }
 
     #[test]
     fn metrics_selection() {

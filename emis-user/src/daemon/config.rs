@@ -1,0 +1,390 @@
+//! The daemon config file (`emis run --config /etc/emis/emis.toml`), and how it merges
+//! with the command line: a flag given overrides the file's key, a key absent from both
+//! takes the default. Relative paths in the file resolve against the file's directory.
+//! Errors carry file:line:column and the key, like spec errors.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use emis_policy::{
+    policy::{Mode, Replies},
+    spec::{SiteOptions, Source, SpecError},
+};
+
+use super::{links::AttachMode, state::Sources, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
+
+/// Every key the file may hold.
+pub const KEYS: [&str; 13] = [
+    "interfaces",
+    "spec",
+    "site",
+    "site_nets",
+    "aws_ip_ranges",
+    "mode",
+    "replies",
+    "flow_table_size",
+    "metrics_addr",
+    "xdp_mode",
+    "netns",
+    "pin_dir",
+    "state_dir",
+];
+
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9469";
+
+/// A string value and where it is in the file.
+type Located = Option<(String, Option<std::ops::Range<usize>>)>;
+
+/// Settings as given, by the file or by flags: `None` where not given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Given {
+    pub interfaces: Option<Vec<String>>,
+    pub spec: Option<PathBuf>,
+    pub site: Option<PathBuf>,
+    pub site_nets: Option<Vec<String>>,
+    pub aws_ip_ranges: Option<PathBuf>,
+    pub mode: Option<Mode>,
+    pub replies: Option<Replies>,
+    pub flow_table_size: Option<u32>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub xdp_mode: Option<AttachMode>,
+    pub netns: Option<String>,
+    pub pin_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Given {
+    /// `self` where given, else `under`.
+    pub fn over(self, under: Given) -> Given {
+        Given {
+            interfaces: self.interfaces.or(under.interfaces),
+            spec: self.spec.or(under.spec),
+            site: self.site.or(under.site),
+            site_nets: self.site_nets.or(under.site_nets),
+            aws_ip_ranges: self.aws_ip_ranges.or(under.aws_ip_ranges),
+            mode: self.mode.or(under.mode),
+            replies: self.replies.or(under.replies),
+            flow_table_size: self.flow_table_size.or(under.flow_table_size),
+            metrics_addr: self.metrics_addr.or(under.metrics_addr),
+            xdp_mode: self.xdp_mode.or(under.xdp_mode),
+            netns: self.netns.or(under.netns),
+            pin_dir: self.pin_dir.or(under.pin_dir),
+            state_dir: self.state_dir.or(under.state_dir),
+        }
+    }
+}
+
+/// Everything `emis run` needs, with defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSettings {
+    /// What a reload re-reads (the config file and the flags that override it).
+    pub sources: Sources,
+    pub interfaces: Vec<String>,
+    pub mode: Mode,
+    pub replies: Replies,
+    pub flow_table_size: u32,
+    pub metrics_addr: SocketAddr,
+    pub xdp_mode: AttachMode,
+    pub netns: Option<String>,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl RunSettings {
+    /// Merges the flags over the config file (if any) over the defaults.
+    pub fn resolve(config: Option<&Path>, flags: Given) -> Result<RunSettings, SpecError> {
+        let file = config.map(read).transpose()?.unwrap_or_default();
+        let sources = Sources {
+            config: config.map(Path::to_path_buf),
+            spec: flags.spec.clone(),
+            site: flags.site.clone(),
+            site_nets: flags.site_nets.clone(),
+            aws_ip_ranges: flags.aws_ip_ranges.clone(),
+        };
+        let given = flags.over(file);
+        let interfaces = given.interfaces.unwrap_or_default();
+        if interfaces.is_empty() {
+            let mut err = SpecError::new(
+                config.map_or("--iface".into(), |c| c.display().to_string()),
+                "no interface to attach to",
+            );
+            err.hint = Some(
+                "give --iface IF (repeatable) or `interfaces = [\"eth0\"]` in the config file"
+                    .into(),
+            );
+            return Err(err);
+        }
+        Ok(RunSettings {
+            sources,
+            interfaces,
+            mode: given.mode.unwrap_or(Mode::Enforce),
+            replies: given.replies.unwrap_or(Replies::Stateful),
+            flow_table_size: given
+                .flow_table_size
+                .unwrap_or(emis_common::DEFAULT_FLOW_TABLE_SIZE),
+            metrics_addr: given
+                .metrics_addr
+                .unwrap_or_else(|| DEFAULT_METRICS_ADDR.parse().expect("a valid address")),
+            xdp_mode: given.xdp_mode.unwrap_or(AttachMode::Auto),
+            netns: given.netns,
+            pin_dir: given.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+            state_dir: given.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        })
+    }
+}
+
+/// The spec and site inputs named by `sources` (re-reading the config file if there is
+/// one), read now: what `emis run` starts with and what a reload re-reads.
+pub fn policy_inputs(sources: &Sources) -> Result<(Source, SiteOptions), SpecError> {
+    let file = sources
+        .config
+        .as_deref()
+        .map(read)
+        .transpose()?
+        .unwrap_or_default();
+    let spec_path = sources.spec.clone().or(file.spec);
+    let site_path = sources.site.clone().or(file.site);
+    let aws_path = sources.aws_ip_ranges.clone().or(file.aws_ip_ranges);
+    let spec = match &spec_path {
+        Some(path) => Source::read(path)?,
+        None => Source::default_spec(),
+    };
+    let site = SiteOptions {
+        site_file: site_path.as_deref().map(Source::read).transpose()?,
+        site_nets: sources
+            .site_nets
+            .clone()
+            .or(file.site_nets)
+            .unwrap_or_default(),
+        aws_ip_ranges: aws_path.as_deref().map(Source::read).transpose()?,
+    };
+    Ok((spec, site))
+}
+
+/// Reads and checks a config file.
+pub fn read(path: &Path) -> Result<Given, SpecError> {
+    let source = Source::read(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&source, base)
+}
+
+/// Parses a config file's text; relative paths resolve against `base`.
+pub fn parse(source: &Source, base: &Path) -> Result<Given, SpecError> {
+    let text = &source.text;
+    let doc = toml_edit::ImDocument::parse(text.as_str()).map_err(|e| {
+        let mut err = SpecError::new(&source.name, e.message().trim().to_string());
+        locate(&mut err, text, e.span().map_or(0, |s| s.start));
+        err
+    })?;
+    let table = doc.as_table();
+    let err = |key: &str, span: Option<std::ops::Range<usize>>, message: String| {
+        let mut err = SpecError::new(&source.name, message);
+        err.field = Some(key.to_string());
+        locate(&mut err, text, span.map_or(0, |s| s.start));
+        err
+    };
+    for (key, item) in table.iter() {
+        if !KEYS.contains(&key) {
+            let span = table
+                .get_key_value(key)
+                .and_then(|(k, _)| k.span())
+                .or_else(|| item.span());
+            let mut e = err(key, span, format!("unknown key `{key}`"));
+            e.hint = Some(format!("the keys are: {}", KEYS.join(", ")));
+            return Err(e);
+        }
+    }
+    let value = |key: &str| -> Option<(&toml_edit::Value, Option<std::ops::Range<usize>>)> {
+        let item = table.get(key)?;
+        let value = item.as_value();
+        value.map(|v| (v, v.span()))
+    };
+    let wrong_type = |key: &str, want: &str| -> SpecError {
+        let span = table.get(key).and_then(|i| i.span());
+        err(key, span, format!("`{key}` must be {want}"))
+    };
+    let string = |key: &str| -> Result<Located, SpecError> {
+        if table.get(key).is_none() {
+            return Ok(None);
+        }
+        match value(key) {
+            Some((toml_edit::Value::String(s), span)) => Ok(Some((s.value().clone(), span))),
+            _ => Err(wrong_type(key, "a string")),
+        }
+    };
+    let strings = |key: &str| -> Result<Option<Vec<String>>, SpecError> {
+        if table.get(key).is_none() {
+            return Ok(None);
+        }
+        let Some((toml_edit::Value::Array(array), _)) = value(key) else {
+            return Err(wrong_type(key, "an array of strings"));
+        };
+        array
+            .iter()
+            .map(|v| match v {
+                toml_edit::Value::String(s) => Ok(s.value().clone()),
+                other => Err(err(
+                    key,
+                    other.span(),
+                    format!("`{key}` must be an array of strings"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    };
+    let path = |key: &str| -> Result<Option<PathBuf>, SpecError> {
+        Ok(string(key)?.map(|(s, _)| base.join(s)))
+    };
+    fn parsed<T>(
+        key: &str,
+        found: Located,
+        parse: impl Fn(&str) -> Result<T, String>,
+        err: impl Fn(&str, Option<std::ops::Range<usize>>, String) -> SpecError,
+    ) -> Result<Option<T>, SpecError> {
+        found
+            .map(|(s, span)| parse(&s).map_err(|m| err(key, span, m)))
+            .transpose()
+    }
+    let flow_table_size = match table.get("flow_table_size") {
+        None => None,
+        Some(_) => match value("flow_table_size") {
+            Some((toml_edit::Value::Integer(n), span)) => {
+                let n = *n.value();
+                if !(1..=u32::MAX as i64).contains(&n) {
+                    return Err(err(
+                        "flow_table_size",
+                        span,
+                        format!("`flow_table_size` must be between 1 and {}", u32::MAX),
+                    ));
+                }
+                Some(n as u32)
+            }
+            _ => return Err(wrong_type("flow_table_size", "an integer")),
+        },
+    };
+    Ok(Given {
+        interfaces: strings("interfaces")?,
+        spec: path("spec")?,
+        site: path("site")?,
+        site_nets: strings("site_nets")?,
+        aws_ip_ranges: path("aws_ip_ranges")?,
+        mode: parsed(
+            "mode",
+            string("mode")?,
+            |s| s.parse::<Mode>().map_err(|e| e.to_string()),
+            err,
+        )?,
+        replies: parsed(
+            "replies",
+            string("replies")?,
+            |s| s.parse::<Replies>().map_err(|e| e.to_string()),
+            err,
+        )?,
+        flow_table_size,
+        metrics_addr: parsed(
+            "metrics_addr",
+            string("metrics_addr")?,
+            |s| {
+                s.parse::<SocketAddr>().map_err(|e| {
+                    format!("`{s}` is not an address and port ({e}), e.g. 127.0.0.1:9469")
+                })
+            },
+            err,
+        )?,
+        xdp_mode: parsed("xdp_mode", string("xdp_mode")?, str::parse, err)?,
+        netns: string("netns")?.map(|(s, _)| s),
+        pin_dir: path("pin_dir")?,
+        state_dir: path("state_dir")?,
+    })
+}
+
+fn locate(err: &mut SpecError, text: &str, offset: usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    err.line = Some(line as u32);
+    err.column = Some(before[line_start..].chars().count() as u32 + 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Given, SpecError> {
+        parse(&Source::new("emis.toml", text), Path::new("/etc/emis"))
+    }
+
+    #[test]
+    fn every_key_parses_and_relative_paths_resolve_against_the_file() {
+        let given = parse_text(
+            r#"
+interfaces = ["eth0", "eth1"]
+spec = "spec.toml"
+site = "/srv/site.toml"
+site_nets = ["lan=192.168.10.0/24"]
+aws_ip_ranges = "ip-ranges.json"
+mode = "audit"
+replies = "stateless"
+flow_table_size = 1024
+metrics_addr = "127.0.0.1:9999"
+xdp_mode = "skb"
+netns = "gw"
+pin_dir = "/sys/fs/bpf/x"
+state_dir = "/run/x"
+"#,
+        )
+        .unwrap();
+        assert_eq!(given.interfaces.unwrap(), ["eth0", "eth1"]);
+        assert_eq!(given.spec.unwrap(), Path::new("/etc/emis/spec.toml"));
+        assert_eq!(given.site.unwrap(), Path::new("/srv/site.toml"));
+        assert_eq!(given.mode, Some(Mode::Audit));
+        assert_eq!(given.replies, Some(Replies::Stateless));
+        assert_eq!(given.flow_table_size, Some(1024));
+        assert_eq!(given.xdp_mode, Some(AttachMode::Skb));
+        assert_eq!(given.netns.as_deref(), Some("gw"));
+    }
+
+    #[test]
+    fn errors_name_the_file_line_column_and_key() {
+        let e = parse_text("interfaces = [\"eth0\"]\nmode = \"block\"\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(8)), "{e}");
+        assert_eq!(e.field.as_deref(), Some("mode"));
+        assert!(
+            e.to_string().starts_with("emis.toml:2:8: in `mode`:"),
+            "{e}"
+        );
+        let e = parse_text("interface = [\"eth0\"]\n").unwrap_err();
+        assert!(e.to_string().contains("unknown key `interface`"), "{e}");
+        assert_eq!(e.line, Some(1));
+        let e = parse_text("flow_table_size = \"big\"\n").unwrap_err();
+        assert!(e.to_string().contains("must be an integer"), "{e}");
+        let e = parse_text("metrics_addr = \"localhost\"\n").unwrap_err();
+        assert!(e.to_string().contains("emis.toml:1:16"), "{e}");
+        let e = parse_text("interfaces = [\"eth0\"\n").unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = parse_text("interfaces = [\"eth0\"]\nmode = \"audit\"\n").unwrap();
+        let flags = Given {
+            mode: Some(Mode::Enforce),
+            ..Given::default()
+        };
+        let merged = flags.over(file);
+        assert_eq!(merged.mode, Some(Mode::Enforce));
+        assert_eq!(merged.interfaces.unwrap(), ["eth0"]);
+    }
+
+    #[test]
+    fn the_packaged_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/emis.toml");
+        read(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+}

@@ -1,0 +1,196 @@
+//! `emis run`: checks everything that can fail, installs the policy, then serves metrics
+//! and reloads (SIGHUP, `emis reload`) until SIGINT or SIGTERM. Exiting leaves the
+//! program attached and enforcing (fail-static); only `emis detach` removes it.
+
+use std::sync::{Arc, Mutex};
+
+use emis_policy::policy::{Policy, Role};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+
+use super::{
+    config::RunSettings,
+    control::{self, Call, Request, Response},
+    enforcer::{read_policy, Enforcer},
+    error::What as _,
+    links,
+    lock::StateLock,
+    notify,
+    pins::PinnedMaps,
+    state::now,
+    Error,
+};
+use crate::metrics::{self, EnforcerCollector, EnforcerView, Reloads};
+
+/// Runs the daemon until it is told to stop.
+pub fn run(settings: RunSettings) -> Result<(), Error> {
+    let since = now();
+    // Everything that can fail is checked before anything in the kernel changes.
+    crate::loader::preflight()?;
+    let policy = read_policy(&settings)?;
+    log_policy_notes(&policy);
+    let _lock = StateLock::acquire(&settings.state_dir)?;
+    links::check_interfaces(&settings.interfaces, settings.netns.as_deref())?;
+    let metrics_listener = metrics::bind(settings.metrics_addr)?;
+    let control_listener = control::bind(&settings.state_dir)?;
+    let state_dir = settings.state_dir.clone();
+
+    let enforcer = match Enforcer::start(settings, policy, since) {
+        Ok(enforcer) => enforcer,
+        Err(e) => {
+            let _ = std::fs::remove_file(control::socket_path(&state_dir));
+            return Err(e);
+        }
+    };
+    for i in &enforcer.installed {
+        tracing::info!(
+            iface = %i.iface,
+            mode = %i.mode,
+            netns = enforcer.settings.netns.as_deref().unwrap_or("-"),
+            "{}",
+            if i.adopted { "adopted the pinned link" } else { "attached" }
+        );
+    }
+    for iface in &enforcer.dropped {
+        tracing::info!(%iface, "detached: no longer listed");
+    }
+    tracing::info!(
+        rules = enforcer.policy.rules.len(),
+        mode = enforcer.settings.mode.name(),
+        replies = enforcer.settings.replies.name(),
+        flow_table_size = enforcer.state.flow_table_size,
+        spec_sha256 = %enforcer.policy.sha256,
+        pin_dir = %enforcer.pins.dir().display(),
+        "policy loaded"
+    );
+    let result = serve(enforcer, metrics_listener, control_listener);
+    notify::stopping();
+    let _ = std::fs::remove_file(control::socket_path(&state_dir));
+    tracing::info!(
+        "exiting; the program stays attached and enforcing the last policy (`emis detach` removes it)"
+    );
+    result
+}
+
+fn log_policy_notes(policy: &Policy) {
+    for warning in &policy.warnings {
+        tracing::warn!("{warning}");
+    }
+    if !policy.shadowed.is_empty() {
+        tracing::info!(
+            "{} rules match only packets an earlier rule matches and are counted under it (`emis check` lists them)",
+            policy.shadowed.len()
+        );
+    }
+    let unset: Vec<&str> = Role::ALL
+        .iter()
+        .filter(|r| policy.role(**r).is_none())
+        .map(|r| r.name())
+        .collect();
+    if !unset.is_empty() {
+        tracing::info!(roles = %unset.join(", "), "unset site roles stand for any address outside the enforce-scope networks");
+    }
+}
+
+fn serve(
+    mut enforcer: Enforcer,
+    metrics_listener: std::net::TcpListener,
+    control_listener: std::os::unix::net::UnixListener,
+) -> Result<(), Error> {
+    let view = Arc::new(Mutex::new(EnforcerView {
+        maps: PinnedMaps::open(&enforcer.pins)?,
+        labels: enforcer.labels().clone(),
+        spec_sha256: enforcer.policy.sha256.clone(),
+        loaded_at: enforcer.state.loaded_at,
+        reloads: Reloads::default(),
+    }));
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(EnforcerCollector { view: view.clone() }));
+    let registry = Arc::new(registry);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .what(|| "starting the runtime".into())?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(metrics_listener)
+            .what(|| "registering the metrics listener".into())?;
+        let control_listener = tokio::net::UnixListener::from_std(control_listener)
+            .what(|| "registering the control socket".into())?;
+        let address = listener
+            .local_addr()
+            .what(|| "reading the metrics address".into())?;
+        tracing::info!("metrics on http://{address}/metrics");
+        let (calls_tx, mut calls) = mpsc::channel::<Call>(4);
+        tokio::spawn(control::serve(control_listener, calls_tx));
+        let mut term = signal(SignalKind::terminate()).what(|| "watching SIGTERM".into())?;
+        let mut int = signal(SignalKind::interrupt()).what(|| "watching SIGINT".into())?;
+        let mut hup = signal(SignalKind::hangup()).what(|| "watching SIGHUP".into())?;
+        let served = metrics::serve(listener, registry);
+        tokio::pin!(served);
+        notify::ready(&format!(
+            "enforcing on {}",
+            enforcer.settings.interfaces.join(", ")
+        ));
+        loop {
+            tokio::select! {
+                result = &mut served => return result.map_err(Error::from),
+                _ = int.recv() => { tracing::info!("SIGINT: exiting"); return Ok(()) }
+                _ = term.recv() => { tracing::info!("SIGTERM: exiting"); return Ok(()) }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    reload(&mut enforcer, &view);
+                }
+                Some((request, reply)) = calls.recv() => {
+                    let response = match request {
+                        Request::Reload => reload(&mut enforcer, &view),
+                    };
+                    let _ = reply.send(response);
+                }
+            }
+        }
+    })
+}
+
+/// Reloads, tells systemd, refreshes what the metrics read, and says how it went.
+fn reload(enforcer: &mut Enforcer, view: &Arc<Mutex<EnforcerView>>) -> Response {
+    notify::reloading();
+    let response = match enforcer.reload() {
+        Ok(report) => {
+            if let Ok(mut view) = view.lock() {
+                if let Err(e) = view.maps.reopen_config(&enforcer.pins) {
+                    tracing::error!(error = %super::chain(&e), "reopening the config map after a reload");
+                }
+                view.labels = enforcer.labels().clone();
+                view.spec_sha256 = enforcer.policy.sha256.clone();
+                view.loaded_at = enforcer.state.loaded_at;
+                view.reloads.ok += 1;
+            }
+            let message = report.summary();
+            tracing::info!("{message}");
+            Response {
+                ok: true,
+                message,
+                report: serde_json::to_value(&report).ok(),
+            }
+        }
+        Err(e) => {
+            let message = format!(
+                "reload refused, the policy in force is unchanged: {}",
+                super::chain(&e)
+            );
+            tracing::error!("{message}");
+            if let Ok(mut view) = view.lock() {
+                view.reloads.refused += 1;
+            }
+            Response {
+                ok: false,
+                message,
+                report: None,
+            }
+        }
+    };
+    notify::ready("enforcing");
+    response
+}
