@@ -33,8 +33,18 @@ use emis_policy::{
     about = "XDP enforcer for the EMIS Web network requirements"
 )]
 struct Cli {
+    /// How emis writes its own logs (stderr): text for people, json (one object a line)
+    /// for a log collector.
+    #[arg(long = "log-format", global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -185,6 +195,10 @@ struct RunArgs {
     /// Where the state file, the lock and the control socket live [default: /run/emis].
     #[arg(long = "state-dir")]
     state_dir: Option<PathBuf>,
+    /// Turn on the kernel's BPF run-time statistics while emis runs and export the
+    /// program's run time and run count (costs every BPF program two clock reads a run).
+    #[arg(long = "bpf-stats")]
+    bpf_stats: bool,
 }
 
 impl RunArgs {
@@ -281,16 +295,24 @@ struct ModeArgs {
     state_dir: PathBuf,
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EMIS_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Reload(args) => reload(&args),
@@ -407,8 +429,11 @@ fn mode(args: &ModeArgs) -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     let config = args.config.clone();
+    let metrics = emis::metrics::MetricsOptions {
+        bpf_stats: args.bpf_stats,
+    };
     let settings = RunSettings::resolve(config.as_deref(), args.given())?;
-    Ok(daemon::serve::run(settings)?)
+    Ok(daemon::serve::run(settings, metrics)?)
 }
 
 fn reload(args: &StateDirArgs) -> Result<()> {

@@ -1,24 +1,45 @@
 //! The Prometheus endpoint: each scrape reads the kernel counters and encodes them
 //! with prometheus-client, so the numbers are never staler than the scrape.
+//!
+//! - [`exposition`]: the classic text format or OpenMetrics, as the client asks.
+//! - [`endpoint`]: the HTTP listener.
+//! - [`program`]: build info and the program's run-time statistics (`--bpf-stats`).
+//!
+//! Every denial series (action, reason, network) is exported from the start, at zero
+//! until it counts: a series that appears only with its first packets hides that first
+//! increase from `rate()` and `increase()`, and with it a service's first denials.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+pub mod endpoint;
+pub mod exposition;
+pub mod program;
 
+use std::sync::{Arc, Mutex};
+
+use emis_common::{deny_index, Action, DenyReason, MAX_NETWORKS};
 use prometheus_client::{
     collector::Collector,
-    encoding::{text::encode, DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
-    registry::Registry,
+    registry::Unit,
 };
+
+pub use endpoint::{bind, serve, MetricsError};
+pub use exposition::{render, Format};
 
 use crate::{
     daemon::pins::PinnedMaps,
     flows::FlowTableStats,
-    stats::{DenyRow, Labels, Report, RuleRow},
+    stats::{DenyRow, Labels, Report, RuleRow, Snapshot},
 };
 use emis_policy::policy::Mode;
+use program::{build_info, Cost, ProgramCost};
+
+/// What the metrics export besides the counters, from `emis run`'s flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricsOptions {
+    /// Turn on the kernel's BPF run-time statistics and export the program's cost.
+    pub bpf_stats: bool,
+}
 
 /// What the collector reads at scrape time; the daemon swaps labels and the config map
 /// in it after a reload.
@@ -31,16 +52,33 @@ pub struct EnforcerView {
     pub reloads: Reloads,
 }
 
-/// Reloads since the daemon started, by outcome.
+/// Reloads since the daemon started, by outcome, and the last one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reloads {
     pub ok: u64,
     pub refused: u64,
+    /// When the last reload was tried (unix seconds) and whether it succeeded; `None`
+    /// before the first, when the start's load counts as the last, successful one.
+    pub last: Option<(u64, bool)>,
+}
+
+impl Reloads {
+    /// Counts one reload tried at `at`.
+    pub fn record(&mut self, at: u64, ok: bool) {
+        if ok {
+            self.ok += 1;
+        } else {
+            self.refused += 1;
+        }
+        self.last = Some((at, ok));
+    }
 }
 
 /// Reads the maps of one running enforcer at scrape time.
 pub struct EnforcerCollector {
     pub view: Arc<Mutex<EnforcerView>>,
+    /// Read when `--bpf-stats` is on.
+    pub cost: Option<ProgramCost>,
 }
 
 impl std::fmt::Debug for EnforcerCollector {
@@ -52,27 +90,51 @@ impl std::fmt::Debug for EnforcerCollector {
 /// One scrape's numbers, read under the lock and encoded after it.
 struct Scrape {
     report: Report,
+    denied: Vec<DenyRow>,
     mode: Option<Mode>,
     flows: Option<FlowTableStats>,
     spec_sha256: String,
     loaded_at: u64,
     reloads: Reloads,
+    cost: Option<Cost>,
 }
 
-fn counter_family<L: prometheus_client::encoding::EncodeLabelSet>(
+/// A metric's labels, values not yet escaped.
+type LabelSet = Vec<(&'static str, String)>;
+
+/// `labels` with every value escaped for the text formats.
+fn escaped(labels: LabelSet) -> LabelSet {
+    labels
+        .into_iter()
+        .map(|(key, value)| (key, exposition::escape_label_value(&value)))
+        .collect()
+}
+
+fn counter_family(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    rows: impl Iterator<Item = (L, u64)>,
+    rows: impl Iterator<Item = (LabelSet, u64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, value) in rows {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        ConstCounter::new(value).encode(family.encode_family(&escaped(labels))?)?;
     }
     Ok(())
 }
 
-fn rule_labels(r: &RuleRow) -> Vec<(&'static str, String)> {
+/// A gauge whose labels carry the information and whose value is 1.
+fn info_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    labels: LabelSet,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(1i64).encode(family.encode_family(&escaped(labels))?)
+}
+
+fn rule_labels(r: &RuleRow) -> LabelSet {
     vec![
         ("rule", r.rule.clone()),
         ("direction", r.direction.clone()),
@@ -80,7 +142,7 @@ fn rule_labels(r: &RuleRow) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn deny_labels(d: &DenyRow) -> Vec<(&'static str, String)> {
+fn deny_labels(d: &DenyRow) -> LabelSet {
     vec![
         ("reason", d.reason.to_string()),
         ("network", d.network.clone()),
@@ -103,18 +165,42 @@ fn encode_rules(encoder: &mut DescriptorEncoder, report: &Report) -> Result<(), 
     )
 }
 
-fn encode_denied(encoder: &mut DescriptorEncoder, report: &Report) -> Result<(), std::fmt::Error> {
+/// Every (action, reason, network) slot of the counter array, zero or not.
+fn every_denial(snapshot: &Snapshot, labels: &Labels) -> Vec<DenyRow> {
+    let networks = MAX_NETWORKS.min(labels.networks.len() as u32);
+    let mut rows = Vec::new();
+    for action in Action::ALL {
+        for reason in DenyReason::ALL {
+            for network in 0..networks {
+                let c = snapshot.at(deny_index(action, reason, network));
+                rows.push(DenyRow {
+                    reason: reason.name(),
+                    network: labels.networks[network as usize].clone(),
+                    action: action.name(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                });
+            }
+        }
+    }
+    rows
+}
+
+fn encode_denied(
+    encoder: &mut DescriptorEncoder,
+    denied: &[DenyRow],
+) -> Result<(), std::fmt::Error> {
     counter_family(
         encoder,
         "emis_denied_packets",
         "In-scope packets denied, by reason and EMIS network; action=audit were passed in audit mode",
-        report.denied.iter().map(|d| (deny_labels(d), d.packets)),
+        denied.iter().map(|d| (deny_labels(d), d.packets)),
     )?;
     counter_family(
         encoder,
         "emis_denied_bytes",
         "In-scope bytes denied, by reason and EMIS network; action=audit were passed in audit mode",
-        report.denied.iter().map(|d| (deny_labels(d), d.bytes)),
+        denied.iter().map(|d| (deny_labels(d), d.bytes)),
     )
 }
 
@@ -186,17 +272,25 @@ fn encode_policy_info(
     mode: Option<Mode>,
     spec_sha256: &str,
 ) -> Result<(), std::fmt::Error> {
-    let mut info = encoder.encode_descriptor(
+    info_gauge(
+        encoder,
         "emis_policy_info",
         "The loaded policy: mode and SHA-256 of the spec",
-        None,
-        MetricType::Gauge,
-    )?;
-    let labels = vec![
-        ("mode", mode.map_or("unknown", |m| m.name()).to_string()),
-        ("spec_sha256", spec_sha256.to_string()),
-    ];
-    ConstGauge::new(1i64).encode(info.encode_family(&labels)?)
+        vec![
+            ("mode", mode.map_or("unknown", |m| m.name()).to_string()),
+            ("spec_sha256", spec_sha256.to_string()),
+        ],
+    )
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
 }
 
 fn encode_reloads(
@@ -204,13 +298,12 @@ fn encode_reloads(
     loaded_at: u64,
     reloads: Reloads,
 ) -> Result<(), std::fmt::Error> {
-    let loaded = encoder.encode_descriptor(
+    gauge(
+        encoder,
         "emis_policy_loaded_timestamp_seconds",
         "When the policy in force was installed (start, restart or reload)",
-        None,
-        MetricType::Gauge,
+        loaded_at as i64,
     )?;
-    ConstGauge::new(loaded_at as i64).encode(loaded)?;
     counter_family(
         encoder,
         "emis_reloads",
@@ -218,7 +311,50 @@ fn encode_reloads(
         [("ok", reloads.ok), ("refused", reloads.refused)]
             .into_iter()
             .map(|(result, n)| (vec![("result", result.to_string())], n)),
+    )?;
+    let (at, ok) = reloads.last.unwrap_or((loaded_at, true));
+    gauge(
+        encoder,
+        "emis_last_reload_success",
+        "1 if the last reload succeeded (or none was tried since the start), 0 if it was refused",
+        ok as i64,
+    )?;
+    gauge(
+        encoder,
+        "emis_last_reload_timestamp_seconds",
+        "When the last reload was tried, whatever its result (the start if none was)",
+        at as i64,
     )
+}
+
+fn encode_build_info(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let info = build_info();
+    info_gauge(
+        encoder,
+        "emis_build_info",
+        "This emis: its version and the SHA-256 of the kernel object it loads",
+        vec![
+            ("version", info.version.to_string()),
+            ("kernel_object_sha256", info.kernel_object_sha256.clone()),
+        ],
+    )
+}
+
+fn encode_cost(encoder: &mut DescriptorEncoder, cost: Cost) -> Result<(), std::fmt::Error> {
+    let run = encoder.encode_descriptor(
+        "emis_program_run",
+        "Time the kernel spent running the XDP program (--bpf-stats), over every program this daemon installed",
+        Some(&Unit::Seconds),
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(cost.run_seconds).encode(run)?;
+    let runs = encoder.encode_descriptor(
+        "emis_program_runs",
+        "Times the kernel ran the XDP program, about one per packet (--bpf-stats)",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(cost.runs).encode(runs)
 }
 
 impl EnforcerCollector {
@@ -233,90 +369,34 @@ impl EnforcerCollector {
         };
         Some(Scrape {
             report: snapshot.report(&view.labels),
+            denied: every_denial(&snapshot, &view.labels),
             mode: view.maps.mode().ok(),
             flows: view.maps.flow_stats().ok(),
             spec_sha256: view.spec_sha256.clone(),
             loaded_at: view.loaded_at,
             reloads: view.reloads,
+            cost: self.cost.as_ref().and_then(ProgramCost::read),
         })
     }
 }
 
 impl Collector for EnforcerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_build_info(&mut encoder)?;
         let Some(scrape) = self.scrape() else {
             return Ok(());
         };
         encode_rules(&mut encoder, &scrape.report)?;
-        encode_denied(&mut encoder, &scrape.report)?;
+        encode_denied(&mut encoder, &scrape.denied)?;
         encode_passed(&mut encoder, &scrape.report)?;
         if let Some(flows) = &scrape.flows {
             encode_flows(&mut encoder, flows)?;
         }
         encode_policy_info(&mut encoder, scrape.mode, &scrape.spec_sha256)?;
-        encode_reloads(&mut encoder, scrape.loaded_at, scrape.reloads)
+        encode_reloads(&mut encoder, scrape.loaded_at, scrape.reloads)?;
+        if let Some(cost) = scrape.cost {
+            encode_cost(&mut encoder, cost)?;
+        }
+        Ok(())
     }
-}
-
-/// Why the metrics endpoint could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error("binding the metrics listener to {addr} (is another emis or exporter using it? pass --metrics-addr)")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("serving metrics")]
-    Serve(#[source] std::io::Error),
-}
-
-/// Encodes a registry in the Prometheus text format.
-pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut body = String::new();
-    encode(&mut body, registry)?;
-    Ok(body)
-}
-
-/// Serves `/metrics` on `listener` until the future is dropped.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    registry: Arc<Registry>,
-) -> Result<(), MetricsError> {
-    use axum::{http::header, routing::get, Router};
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let registry = registry.clone();
-            async move {
-                match render(&registry) {
-                    Ok(body) => (
-                        axum::http::StatusCode::OK,
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    ),
-                    Err(e) => (
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                        format!("encoding metrics: {e}\n"),
-                    ),
-                }
-            }
-        }),
-    );
-    axum::serve(listener, app)
-        .await
-        .map_err(MetricsError::Serve)
-}
-
-/// Binds the metrics listener now (before anything in the kernel changes), non-blocking
-/// for tokio.
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, MetricsError> {
-    let bound = std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| MetricsError::Bind { addr, source })?;
-    Ok(bound)
 }

@@ -22,10 +22,13 @@ use super::{
     state::now,
     Error,
 };
-use crate::metrics::{self, EnforcerCollector, EnforcerView, Reloads};
+use crate::metrics::{
+    self, program::ProgramCost, program::StatsEnabled, EnforcerCollector, EnforcerView,
+    MetricsOptions, Reloads,
+};
 
 /// Runs the daemon until it is told to stop.
-pub fn run(settings: RunSettings) -> Result<(), Error> {
+pub fn run(settings: RunSettings, metrics_options: MetricsOptions) -> Result<(), Error> {
     let since = now();
     // Everything that can fail is checked before anything in the kernel changes.
     crate::loader::preflight()?;
@@ -34,6 +37,12 @@ pub fn run(settings: RunSettings) -> Result<(), Error> {
     let _lock = StateLock::acquire(&settings.state_dir)?;
     links::check_interfaces(&settings.interfaces, settings.netns.as_deref())?;
     let metrics_listener = metrics::bind(settings.metrics_addr)?;
+    // Held while the daemon runs: the statistics go off when it exits.
+    let _bpf_stats = metrics_options
+        .bpf_stats
+        .then(StatsEnabled::enable)
+        .transpose()
+        .map_err(metrics::MetricsError::from)?;
     let control_listener = control::bind(&settings.state_dir)?;
     let state_dir = settings.state_dir.clone();
 
@@ -65,7 +74,12 @@ pub fn run(settings: RunSettings) -> Result<(), Error> {
         pin_dir = %enforcer.pins.dir().display(),
         "policy loaded"
     );
-    let result = serve(enforcer, metrics_listener, control_listener);
+    let result = serve(
+        enforcer,
+        metrics_options,
+        metrics_listener,
+        control_listener,
+    );
     notify::stopping();
     let _ = std::fs::remove_file(control::socket_path(&state_dir));
     tracing::info!(
@@ -96,6 +110,7 @@ fn log_policy_notes(policy: &Policy) {
 
 fn serve(
     mut enforcer: Enforcer,
+    metrics_options: MetricsOptions,
     metrics_listener: std::net::TcpListener,
     control_listener: std::os::unix::net::UnixListener,
 ) -> Result<(), Error> {
@@ -107,7 +122,12 @@ fn serve(
         reloads: Reloads::default(),
     }));
     let mut registry = prometheus_client::registry::Registry::default();
-    registry.register_collector(Box::new(EnforcerCollector { view: view.clone() }));
+    registry.register_collector(Box::new(EnforcerCollector {
+        view: view.clone(),
+        cost: metrics_options
+            .bpf_stats
+            .then(|| ProgramCost::new(enforcer.pins.program())),
+    }));
     let registry = Arc::new(registry);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -165,7 +185,7 @@ fn reload(enforcer: &mut Enforcer, view: &Arc<Mutex<EnforcerView>>) -> Response 
                 view.labels = enforcer.labels().clone();
                 view.spec_sha256 = enforcer.policy.sha256.clone();
                 view.loaded_at = enforcer.state.loaded_at;
-                view.reloads.ok += 1;
+                view.reloads.record(now(), true);
             }
             let message = report.summary();
             tracing::info!("{message}");
@@ -182,7 +202,7 @@ fn reload(enforcer: &mut Enforcer, view: &Arc<Mutex<EnforcerView>>) -> Response 
             );
             tracing::error!("{message}");
             if let Ok(mut view) = view.lock() {
-                view.reloads.refused += 1;
+                view.reloads.record(now(), false);
             }
             Response {
                 ok: false,
