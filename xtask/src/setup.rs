@@ -22,13 +22,17 @@ pub const PACKAGING_PACKAGES: [(&str, &str); 3] = [
 ];
 
 /// Debian packages needed at run time, with a binary each provides.
-pub const APT_PACKAGES: [(&str, &str); 5] = [
+pub const APT_PACKAGES: [(&str, &str); 6] = [
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
     ("curl", "curl"),
     // `nft -c` checks `emis export nft` output in the tests.
     ("nftables", "nft"),
+    // A real Prometheus scrapes `emis run` and evaluates the dashboard's queries and the
+    // alerting rules (tests/tests/prometheus.rs); promtool lints the scrape and unit-tests
+    // the rules. On a host with systemd the package also starts its own service on :9090.
+    ("prometheus", "promtool"),
 ];
 
 pub fn setup() -> Result<()> {
