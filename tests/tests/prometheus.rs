@@ -369,6 +369,27 @@ fn check_formats(metrics: SocketAddr) {
     );
 }
 
+/// `--log-format json`: every line the daemon logged is one JSON object.
+fn check_json_logs(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    for line in &lines {
+        let event: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            event["timestamp"].is_string() && event["level"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#""message":"policy loaded""#)),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_real_prometheus_evaluates_every_panel_and_alert() {
     require("prometheus");
@@ -396,6 +417,8 @@ fn a_real_prometheus_evaluates_every_panel_and_alert() {
         "--spec",
         &spec.display().to_string(),
         "--bpf-stats",
+        "--log-format",
+        "json",
     ]
     .map(String::from)
     .to_vec();
@@ -506,6 +529,7 @@ fn a_real_prometheus_evaluates_every_panel_and_alert() {
     );
     assert!(connects(&lab, 443), "and still allows tcp 443");
     drop(prometheus);
+    check_json_logs(&log);
     let said = dirs.detach().unwrap();
     assert!(said.contains("detached from gw-emis, gw-site"), "{said}");
     let _ = std::fs::remove_dir_all(&dirs.state_dir);
