@@ -21,7 +21,8 @@ use std::{
 use emis_common::{
     denial_network, deny_or_pass, expired, flow_timeouts_ns, icmp_class, ip_version,
     ipv4_header_len, ipv6_ext_header_len, is_bare_syn, is_ipv6_ext_header, is_vlan, lifetime_ns,
-    network_bit, on_forward, on_reply, role_bit, tcp_header_len, Addr, Decision, DenyReason,
+    network_bit, non_ip_reason, ppp_protocol, Link, ETH_P_PPP_SES, PPPOE_HLEN, PPP_IPV4, PPP_IPV6,
+    PPP_PROTO_LEN, on_forward, on_reply, role_bit, tcp_header_len, Addr, Decision, DenyReason,
     FlowKey, FlowValue, FragKey, FragValue, IcmpClass, PassReason, Path, ETH_HLEN, ETH_P_IPV4,
     ETH_P_IPV6, ETH_TYPE_OFFSET, FLOW_NEW, FLOW_STATE_COUNT, ICMP_HLEN, IPV4_FRAGMENT_MASK,
     IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV6_EXT_MIN_LEN, IPV6_FRAGMENT, IPV6_FRAGMENT_MASK,
@@ -38,8 +39,8 @@ use crate::{
 /// What the parser read from a frame, before any policy applies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    /// Not IPv4 or IPv6 after at most two VLAN tags.
-    NonIp,
+    /// Not IPv4 or IPv6 after at most two VLAN tags and PPPoE, counted by its class.
+    NonIp(PassReason),
     /// Too short to read both addresses.
     Unparsed,
     Ip(IpFacts),
@@ -107,6 +108,28 @@ fn ipv6_at(b: &[u8], i: usize) -> IpAddr {
 
 /// Reads a frame the way the kernel program does, header by header.
 pub fn parse(frame: &[u8]) -> Frame {
+    parse_link(Link::Ethernet, frame)
+}
+
+/// Reads a frame as the program for `link` does: from an Ethernet header, or (devices
+/// without a link header) from the IP header, whose version decides the family.
+pub fn parse_link(link: Link, frame: &[u8]) -> Frame {
+    match link {
+        Link::Ethernet => parse_ethernet(frame),
+        Link::Ip => parse_ip(frame, 0),
+    }
+}
+
+fn parse_ip(frame: &[u8], offset: usize) -> Frame {
+    match frame.get(offset).map(|&b| ip_version(b)) {
+        None => Frame::Unparsed,
+        Some(4) => parse_ipv4(frame, offset),
+        Some(6) => parse_ipv6(frame, offset),
+        Some(_) => Frame::NonIp(PassReason::NonIp),
+    }
+}
+
+fn parse_ethernet(frame: &[u8]) -> Frame {
     if frame.len() < ETH_HLEN {
         return Frame::Unparsed;
     }
@@ -125,7 +148,22 @@ pub fn parse(frame: &[u8]) -> Frame {
     match ethertype {
         ETH_P_IPV4 => parse_ipv4(frame, offset),
         ETH_P_IPV6 => parse_ipv6(frame, offset),
-        _ => Frame::NonIp,
+        ETH_P_PPP_SES => parse_pppoe(frame, offset),
+        _ => Frame::NonIp(non_ip_reason(ethertype)),
+    }
+}
+
+/// A PPPoE session header, then PPP whose protocol field may be compressed to one byte.
+fn parse_pppoe(frame: &[u8], offset: usize) -> Frame {
+    let Some(ppp) = frame.get(offset..offset + PPPOE_HLEN + PPP_PROTO_LEN) else {
+        return Frame::Unparsed;
+    };
+    let (protocol, len) = ppp_protocol(ppp[PPPOE_HLEN], ppp[PPPOE_HLEN + 1]);
+    let offset = offset + PPPOE_HLEN + len;
+    match protocol {
+        PPP_IPV4 => parse_ipv4(frame, offset),
+        PPP_IPV6 => parse_ipv6(frame, offset),
+        _ => Frame::NonIp(PassReason::PppControl),
     }
 }
 
@@ -185,6 +223,8 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
         facts.malformed = true;
         return Frame::Ip(facts);
     }
+    // Where the fragmentable part starts, once a fragment header is met.
+    let mut fragmentable_at = None;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         if !is_ipv6_ext_header(facts.proto) {
             break;
@@ -193,8 +233,9 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
             facts.malformed = true;
             return Frame::Ip(facts);
         }
+        let kind = facts.proto;
         let ext = &frame[l4_offset..l4_offset + IPV6_EXT_MIN_LEN];
-        if facts.proto == IPV6_FRAGMENT {
+        if kind == IPV6_FRAGMENT {
             let field = be16(ext, 2);
             if field & IPV6_FRAGMENT_MASK != 0 {
                 facts.fragment = true;
@@ -202,7 +243,7 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
                 facts.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
             }
         }
-        let ext_len = ipv6_ext_header_len(facts.proto, ext[1]);
+        let ext_len = ipv6_ext_header_len(kind, ext[1]);
         facts.proto = ext[0];
         if ext_len > l4_len || l4_offset + ext_len > MAX_L4_OFFSET {
             facts.malformed = true;
@@ -210,8 +251,24 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
         }
         l4_offset += ext_len;
         l4_len -= ext_len;
+        if kind == IPV6_FRAGMENT {
+            // One fragment header at most (RFC 8200); a second hides the real offset.
+            if fragmentable_at.is_some() {
+                facts.malformed = true;
+                return Frame::Ip(facts);
+            }
+            fragmentable_at = Some(l4_offset);
+            // A later fragment carries data, not headers, after its fragment header.
+            if facts.frag_offset != 0 {
+                return Frame::Ip(facts);
+            }
+        }
     }
     if is_ipv6_ext_header(facts.proto) {
+        facts.malformed = true;
+    } else if facts.fragment && fragmentable_at != Some(l4_offset) {
+        // Offsets count from the fragmentable part: the overlap guard of later fragments
+        // holds only if the L4 header starts it.
         facts.malformed = true;
     } else {
         parse_l4(frame, &mut facts, l4_offset, l4_len, true);
@@ -424,11 +481,16 @@ impl<'p> Model<'p> {
         self.flows.len()
     }
 
+    /// The verdict for an Ethernet frame, as the `emis` program gives it.
     pub fn decide(&mut self, frame: &[u8]) -> Decision {
-        match parse(frame) {
-            Frame::NonIp => Decision::Pass {
-                reason: PassReason::NonIp,
-            },
+        self.decide_link(Link::Ethernet, frame)
+    }
+
+    /// The verdict for a frame handed over by a `link` device: what `emis` (Ethernet) or
+    /// `emis_l3` (bare IP) gives.
+    pub fn decide_link(&mut self, link: Link, frame: &[u8]) -> Decision {
+        match parse_link(link, frame) {
+            Frame::NonIp(reason) => Decision::Pass { reason },
             Frame::Unparsed => Decision::Pass {
                 reason: PassReason::Unparsed,
             },
