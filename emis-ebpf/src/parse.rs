@@ -79,10 +79,12 @@ pub fn parse_frame(ctx: &XdpContext, link: Link) -> Parsed {
     }
 }
 
-/// An IP header at `offset`, its version deciding the family.
+/// An IP header at `offset`, its version deciding the family. Shorter than the smallest
+/// IP header it is unparsed (the window is that size, as the verifier learns the bound
+/// only from a read that ends past the header's first byte).
 #[inline(always)]
 fn parse_ip(ctx: &XdpContext, offset: usize) -> Parsed {
-    let Some(first) = bytes_at::<1>(ctx, offset) else {
+    let Some(first) = bytes_at::<IPV4_HLEN>(ctx, offset) else {
         return Parsed::Unparsed;
     };
     match ip_version(first[0]) {

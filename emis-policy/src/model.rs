@@ -120,8 +120,9 @@ pub fn parse_link(link: Link, frame: &[u8]) -> Frame {
     }
 }
 
+/// An IP header at `offset`; shorter than the smallest IP header, unparsed, as in the kernel.
 fn parse_ip(frame: &[u8], offset: usize) -> Frame {
-    match frame.get(offset).map(|&b| ip_version(b)) {
+    match frame.get(offset..offset + IPV4_HLEN).map(|ip| ip_version(ip[0])) {
         None => Frame::Unparsed,
         Some(4) => parse_ipv4(frame, offset),
         Some(6) => parse_ipv6(frame, offset),

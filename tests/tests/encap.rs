@@ -284,8 +284,9 @@ fn ipv6_later_fragments_are_not_walked_guarded_from_the_fragmentable_part_and_si
         model::Frame::Ip(f) => assert!(f.malformed),
         other => panic!("{other:?}"),
     }
-    // Two fragment headers are malformed, first fragment or atomic.
-    for (offset, more) in [(0, true), (0, false), (100, false)] {
+    // Two fragment headers are malformed, first fragment or atomic (a later fragment's
+    // payload, where a second would sit, is not read).
+    for (offset, more) in [(0, true), (0, false)] {
         let twice = v6_fragment(17, vec![(44, 8), (44, 8)], offset, more).build();
         match model::parse(&twice) {
             model::Frame::Ip(f) => assert!(f.malformed, "{offset} {more}"),
