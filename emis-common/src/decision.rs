@@ -300,7 +300,9 @@ mod tests {
         assert!(PASS_REASON_COUNT <= PASS_REASON_SLOTS);
         for (i, reason) in PassReason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, i, "ALL is in slot order");
-            assert!(PassReason::ALL[..i].iter().all(|r| r.name() != reason.name()));
+            assert!(PassReason::ALL[..i]
+                .iter()
+                .all(|r| r.name() != reason.name()));
         }
     }
 
@@ -309,7 +311,11 @@ mod tests {
         use crate::wire::non_ip_reason;
         assert_eq!(non_ip_reason(0x0806), PassReason::Arp);
         assert_eq!(non_ip_reason(0x88cc), PassReason::LinkLocal);
-        assert_eq!(non_ip_reason(0x0026), PassReason::LinkLocal, "802.3 length (STP)");
+        assert_eq!(
+            non_ip_reason(0x0026),
+            PassReason::LinkLocal,
+            "802.3 length (STP)"
+        );
         assert_eq!(non_ip_reason(0x8863), PassReason::PppoeDiscovery);
         assert_eq!(non_ip_reason(0x8847), PassReason::Mpls);
         assert_eq!(non_ip_reason(0x8848), PassReason::Mpls);

@@ -21,14 +21,14 @@ use std::{
 use emis_common::{
     denial_network, deny_or_pass, expired, flow_timeouts_ns, icmp_class, ip_version,
     ipv4_header_len, ipv6_ext_header_len, is_bare_syn, is_ipv6_ext_header, is_vlan, lifetime_ns,
-    network_bit, non_ip_reason, ppp_protocol, Link, ETH_P_PPP_SES, PPPOE_HLEN, PPP_IPV4, PPP_IPV6,
-    PPP_PROTO_LEN, on_forward, on_reply, role_bit, tcp_header_len, Addr, Decision, DenyReason,
-    FlowKey, FlowValue, FragKey, FragValue, IcmpClass, PassReason, Path, ETH_HLEN, ETH_P_IPV4,
-    ETH_P_IPV6, ETH_TYPE_OFFSET, FLOW_NEW, FLOW_STATE_COUNT, ICMP_HLEN, IPV4_FRAGMENT_MASK,
-    IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV6_EXT_MIN_LEN, IPV6_FRAGMENT, IPV6_FRAGMENT_MASK,
-    IPV6_HLEN, MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, MAX_QUOTED_PORTS_OFFSET, MAX_VLAN_TAGS,
-    MIN_TCP_FRAG_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_HLEN,
-    UDP_HLEN, VLAN_HLEN,
+    network_bit, non_ip_reason, on_forward, on_reply, ppp_protocol, role_bit, tcp_header_len, Addr,
+    Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue, IcmpClass, Link, PassReason,
+    Path, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, ETH_P_PPP_SES, ETH_TYPE_OFFSET, FLOW_NEW,
+    FLOW_STATE_COUNT, ICMP_HLEN, IPV4_FRAGMENT_MASK, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN,
+    IPV6_EXT_MIN_LEN, IPV6_FRAGMENT, IPV6_FRAGMENT_MASK, IPV6_HLEN, MAX_IPV6_EXT_HEADERS,
+    MAX_L4_OFFSET, MAX_QUOTED_PORTS_OFFSET, MAX_VLAN_TAGS, MIN_TCP_FRAG_OFFSET, NO_NETWORK,
+    PPPOE_HLEN, PPP_IPV4, PPP_IPV6, PPP_PROTO_LEN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    TCP_HLEN, UDP_HLEN, VLAN_HLEN,
 };
 
 use crate::{
@@ -122,7 +122,10 @@ pub fn parse_link(link: Link, frame: &[u8]) -> Frame {
 
 /// An IP header at `offset`; shorter than the smallest IP header, unparsed, as in the kernel.
 fn parse_ip(frame: &[u8], offset: usize) -> Frame {
-    match frame.get(offset..offset + IPV4_HLEN).map(|ip| ip_version(ip[0])) {
+    match frame
+        .get(offset..offset + IPV4_HLEN)
+        .map(|ip| ip_version(ip[0]))
+    {
         None => Frame::Unparsed,
         Some(4) => parse_ipv4(frame, offset),
         Some(6) => parse_ipv6(frame, offset),

@@ -6,8 +6,8 @@
 use std::net::IpAddr;
 
 use emis_common::{
-    ETH_P_IPV4, ETH_P_IPV6, ETH_P_MPLS_UC, ETH_P_PPP_SES, ICMPV6_ECHO_REQUEST, PPP_IPV4, PPP_IPV6, ICMP_ECHO_REQUEST, IPV6_AUTH, IPV6_FRAGMENT,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    ETH_P_IPV4, ETH_P_IPV6, ETH_P_MPLS_UC, ETH_P_PPP_SES, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST,
+    IPV6_AUTH, IPV6_FRAGMENT, PPP_IPV4, PPP_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 /// The TCP flags a [`PacketSpec`] may carry, as the kernel reads them.
 pub use emis_common::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
@@ -119,10 +119,18 @@ impl PacketSpec {
             // of the PPP frame: protocol field and IP packet.
             frame.extend_from_slice(&[0x11, 0x00, 0x00, 0x01]);
             frame.extend_from_slice(&((2 + ip.len()) as u16).to_be_bytes());
-            let protocol = if self.src.is_ipv4() { PPP_IPV4 } else { PPP_IPV6 };
+            let protocol = if self.src.is_ipv4() {
+                PPP_IPV4
+            } else {
+                PPP_IPV6
+            };
             frame.extend_from_slice(&protocol.to_be_bytes());
         } else {
-            let ethertype = if self.src.is_ipv4() { ETH_P_IPV4 } else { ETH_P_IPV6 };
+            let ethertype = if self.src.is_ipv4() {
+                ETH_P_IPV4
+            } else {
+                ETH_P_IPV6
+            };
             frame.extend_from_slice(&ethertype.to_be_bytes());
         }
         frame.extend_from_slice(&ip);
@@ -278,14 +286,25 @@ mod tests {
         assert_eq!((l4.sport, l4.dport, l4.bare_syn()), (40000, 443, true));
         let frame = p.build();
         assert_eq!(checksum(&frame[22..46]), 0, "IPv4 header checksum verifies");
-        assert_eq!(&frame[22..], &p.build_ip()[..], "the frame ends in the IP packet");
+        assert_eq!(
+            &frame[22..],
+            &p.build_ip()[..],
+            "the frame ends in the IP packet"
+        );
         assert_eq!(parse_link(Link::Ip, &p.build_ip()), parse(&frame));
 
         let pppoe = p.clone().in_pppoe();
         let frame = pppoe.build();
         assert_eq!(&frame[20..22], &[0x88, 0x64]);
-        assert_eq!(u16::from_be_bytes([frame[26], frame[27]]) as usize, frame.len() - 28);
-        assert_eq!(parse(&frame), parse(&p.build()), "PPPoE carries the same packet");
+        assert_eq!(
+            u16::from_be_bytes([frame[26], frame[27]]) as usize,
+            frame.len() - 28
+        );
+        assert_eq!(
+            parse(&frame),
+            parse(&p.build()),
+            "PPPoE carries the same packet"
+        );
 
         let mut p6 = PacketSpec::udp(
             "2001:db8::1".parse().unwrap(),

@@ -9,7 +9,8 @@ use aya::{
     Ebpf,
 };
 use emis_common::{
-    Config, Counter, Link, PROGRAM_NAME_L3, FlowKey, FlowValue, MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS, MAP_STATS,
+    Config, Counter, FlowKey, FlowValue, Link, MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS, MAP_STATS,
+    PROGRAM_NAME_L3,
 };
 
 use emis_policy::{

@@ -102,7 +102,11 @@ fn pppoe_sessions_are_judged_on_their_inner_packet_with_and_without_vlan_tags() 
         compressed.remove(20);
         let len = u16::from_be_bytes([compressed[18], compressed[19]]) - 1;
         compressed[18..20].copy_from_slice(&len.to_be_bytes());
-        assert_eq!(h.check(&compressed).unwrap(), expected, "compressed {base:?}");
+        assert_eq!(
+            h.check(&compressed).unwrap(),
+            expected,
+            "compressed {base:?}"
+        );
     }
     // The denied port is dropped inside PPPoE as outside it.
     let denied = PacketSpec::tcp(ip(SITE), ip(N3), 40000, 444, TCP_SYN)
@@ -148,15 +152,37 @@ fn non_ip_frames_pass_counted_by_their_class() {
     let ip_packet = inner.build_ip();
     let mut mpls = inner.clone();
     mpls.mpls_labels = vec![100, 200];
-    let lcp = [0x11, 0x00, 0x00, 0x01, 0x00, 0x06, 0xc0, 0x21, 0x01, 0x01, 0x00, 0x04];
+    let lcp = [
+        0x11, 0x00, 0x00, 0x01, 0x00, 0x06, 0xc0, 0x21, 0x01, 0x01, 0x00, 0x04,
+    ];
     let padi = [0x11, 0x09, 0x00, 0x00, 0x00, 0x04, 0x01, 0x01, 0x00, 0x00];
     let cases: Vec<(&str, Vec<u8>, PassReason)> = vec![
         ("ARP", raw_frame(&[], 0x0806, &[0; 28]), PassReason::Arp),
-        ("ARP in a VLAN", raw_frame(&[(0x8100, 5)], 0x0806, &[0; 28]), PassReason::Arp),
-        ("LLDP", raw_frame(&[], 0x88cc, &[0; 40]), PassReason::LinkLocal),
-        ("STP (802.3 length)", raw_frame(&[], 0x0026, &[0x42; 38]), PassReason::LinkLocal),
-        ("PPPoE discovery", raw_frame(&[], 0x8863, &padi), PassReason::PppoeDiscovery),
-        ("PPPoE LCP", raw_frame(&[], 0x8864, &lcp), PassReason::PppControl),
+        (
+            "ARP in a VLAN",
+            raw_frame(&[(0x8100, 5)], 0x0806, &[0; 28]),
+            PassReason::Arp,
+        ),
+        (
+            "LLDP",
+            raw_frame(&[], 0x88cc, &[0; 40]),
+            PassReason::LinkLocal,
+        ),
+        (
+            "STP (802.3 length)",
+            raw_frame(&[], 0x0026, &[0x42; 38]),
+            PassReason::LinkLocal,
+        ),
+        (
+            "PPPoE discovery",
+            raw_frame(&[], 0x8863, &padi),
+            PassReason::PppoeDiscovery,
+        ),
+        (
+            "PPPoE LCP",
+            raw_frame(&[], 0x8864, &lcp),
+            PassReason::PppControl,
+        ),
         ("MPLS", mpls.build(), PassReason::Mpls),
         (
             "third VLAN tag",
@@ -173,10 +199,17 @@ fn non_ip_frames_pass_counted_by_their_class() {
         ),
         (
             "0x9100 after 802.1ad",
-            inner.clone().with_vlans(&[(0x88a8, 1), (0x9100, 2)]).build(),
+            inner
+                .clone()
+                .with_vlans(&[(0x88a8, 1), (0x9100, 2)])
+                .build(),
             PassReason::VlanTooDeep,
         ),
-        ("unknown EtherType", raw_frame(&[], 0x88b5, &ip_packet), PassReason::NonIp),
+        (
+            "unknown EtherType",
+            raw_frame(&[], 0x88b5, &ip_packet),
+            PassReason::NonIp,
+        ),
     ];
     for (name, frame, reason) in cases {
         assert_eq!(h.check(&frame).unwrap(), pass(reason), "{name}");
@@ -267,8 +300,15 @@ fn ipv6_later_fragments_are_not_walked_guarded_from_the_fragmentable_part_and_si
     // header and then TCP to port 443 must not be read as such.
     let disguised = v6_fragment(PROTO_TCP, vec![(44, 8), (60, 8)], 100, false).build();
     let frag = 14 + 40;
-    assert_eq!(disguised[frag], 60, "the fragmentable part starts with options");
-    assert_eq!(h.check(&disguised).unwrap(), out, "no first fragment under 60");
+    assert_eq!(
+        disguised[frag], 60,
+        "the fragmentable part starts with options"
+    );
+    assert_eq!(
+        h.check(&disguised).unwrap(),
+        out,
+        "no first fragment under 60"
+    );
     let facts = match model::parse(&disguised) {
         model::Frame::Ip(f) => f,
         other => panic!("{other:?}"),
