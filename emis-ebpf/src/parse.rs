@@ -112,26 +112,36 @@ fn parse_ethernet(ctx: &XdpContext) -> Parsed {
         ethertype = be16(tag, 2);
         offset += VLAN_HLEN;
     }
-    match ethertype {
-        ETH_P_IPV4 => parse_ipv4(ctx, offset),
-        ETH_P_IPV6 => parse_ipv6(ctx, offset),
-        ETH_P_PPP_SES => parse_pppoe(ctx, offset),
-        _ => Parsed::NonIp(non_ip_reason(ethertype)),
+    // One call site per IP parser: each is inlined, so a second would double the program.
+    let (v6, offset) = match ethertype {
+        ETH_P_IPV4 => (false, offset),
+        ETH_P_IPV6 => (true, offset),
+        ETH_P_PPP_SES => match pppoe_payload(ctx, offset) {
+            Ok(found) => found,
+            Err(parsed) => return parsed,
+        },
+        _ => return Parsed::NonIp(non_ip_reason(ethertype)),
+    };
+    if v6 {
+        parse_ipv6(ctx, offset)
+    } else {
+        parse_ipv4(ctx, offset)
     }
 }
 
-/// A PPPoE session header and the PPP protocol field (two bytes, or one compressed).
+/// After a PPPoE session header and the PPP protocol field (two bytes, or one
+/// compressed): whether the IP packet is IPv6, and where it starts.
 #[inline(always)]
-fn parse_pppoe(ctx: &XdpContext, offset: usize) -> Parsed {
+fn pppoe_payload(ctx: &XdpContext, offset: usize) -> Result<(bool, usize), Parsed> {
     let Some(ppp) = bytes_at::<{ PPPOE_HLEN + PPP_PROTO_LEN }>(ctx, offset) else {
-        return Parsed::Unparsed;
+        return Err(Parsed::Unparsed);
     };
     let (protocol, len) = ppp_protocol(ppp[PPPOE_HLEN], ppp[PPPOE_HLEN + 1]);
     let offset = offset + PPPOE_HLEN + len;
     match protocol {
-        PPP_IPV4 => parse_ipv4(ctx, offset),
-        PPP_IPV6 => parse_ipv6(ctx, offset),
-        _ => Parsed::NonIp(PassReason::PppControl),
+        PPP_IPV4 => Ok((false, offset)),
+        PPP_IPV6 => Ok((true, offset)),
+        _ => Err(Parsed::NonIp(PassReason::PppControl)),
     }
 }
 
