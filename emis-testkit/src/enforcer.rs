@@ -69,6 +69,11 @@ impl TestProgram {
         }
     }
 
+    /// The loaded `emis` program, to attach it.
+    pub fn program_mut(&mut self) -> Result<&mut Xdp> {
+        loader::program_mut(&mut self.ebpf)
+    }
+
     /// The `emis_l3` program of the same object, loaded on first use.
     pub fn program_l3(&mut self) -> Result<&mut Xdp> {
         let program: &mut Xdp = self

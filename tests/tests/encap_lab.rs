@@ -165,10 +165,7 @@ fn emis_l3_on_a_tun_link_decides_real_tcp_connections() {
     let _tunnel = Tunnel::create();
     // The loader's choice: the tun device takes emis_l3; loopback is refused.
     let (tun, under) = in_netns_scoped(EMIS_NS, || {
-        (
-            linktype::link_of("tun1").unwrap(),
-            linktype::link_of("lo"),
-        )
+        (linktype::link_of("tun1").unwrap(), linktype::link_of("lo"))
     })
     .unwrap();
     assert_eq!(tun, Link::Ip);
@@ -223,4 +220,138 @@ fn emis_l3_on_a_tun_link_decides_real_tcp_connections() {
         denied.packets >= 1,
         "the SYNs to 444 counted as denied: {denied:?}"
     );
+}
+
+const PPPOE_A: &str = "emisenc-pa";
+const PPPOE_B: &str = "emisenc-pb";
+
+/// A veth pair between two namespaces, removed on drop.
+struct VethPair;
+
+impl VethPair {
+    fn create() -> VethPair {
+        VethPair::remove();
+        sh(&["netns", "add", PPPOE_A]);
+        sh(&["netns", "add", PPPOE_B]);
+        let pair = VethPair;
+        sh(&[
+            "-n", PPPOE_A, "link", "add", "wan0", "type", "veth", "peer", "name", "wan1", "netns",
+            PPPOE_B,
+        ]);
+        sh(&["-n", PPPOE_A, "link", "set", "wan0", "up"]);
+        sh(&["-n", PPPOE_B, "link", "set", "wan1", "up"]);
+        pair
+    }
+
+    fn remove() {
+        for ns in [PPPOE_A, PPPOE_B] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        VethPair::remove();
+    }
+}
+
+/// Sends each frame out of `iface` with an AF_PACKET raw socket (calling thread's namespace).
+fn send_raw(iface: &str, frames: &[Vec<u8>]) {
+    let index = emis_lab::ifindex(iface).unwrap();
+    // SAFETY: a raw packet socket, closed on return; sendto with a sockaddr_ll naming
+    // the interface.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = index as i32;
+        addr.sll_halen = 6;
+        for frame in frames {
+            let sent = libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(
+                sent,
+                frame.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_pppoe_frame_stream_over_veth_is_decided_and_counted_by_emis() {
+    let policy = default_policy(TEST_SITE, false);
+    let _pair = VethPair::create();
+    assert_eq!(
+        in_netns_scoped(PPPOE_B, || linktype::link_of("wan1").unwrap()).unwrap(),
+        Link::Ethernet
+    );
+    let mut prog = TestProgram::load_with(
+        &policy,
+        emis::loader::LoadOptions {
+            mode: Mode::Enforce,
+            replies: Replies::Stateful,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let program = prog.program_mut().unwrap();
+    in_netns_scoped(PPPOE_B, || {
+        let index = emis_lab::ifindex("wan1").unwrap();
+        program.attach_to_if_index(index, XdpMode::Skb).unwrap()
+    })
+    .unwrap();
+
+    let spec = |port| PacketSpec::tcp(SITE.into(), EMIS.into(), 40000, port, TCP_SYN).in_pppoe();
+    let allowed = spec(443).build();
+    let denied = spec(444).build();
+    let mut padi = vec![0xff; 6];
+    padi.extend_from_slice(&[
+        0x02, 0, 0, 0, 0, 0x01, 0x88, 0x63, 0x11, 0x09, 0, 0, 0, 4, 1, 1, 0, 0,
+    ]);
+    padi.resize(60, 0);
+    let mut model = model::Model::new(&policy, Replies::Stateful);
+    let expected: Vec<Decision> = [&allowed, &denied, &padi]
+        .iter()
+        .map(|f| model.decide(f))
+        .collect();
+    assert!(
+        matches!(expected[0], Decision::Allow { .. }),
+        "{expected:?}"
+    );
+    assert!(matches!(expected[1], Decision::Deny { .. }), "{expected:?}");
+    assert_eq!(
+        expected[2],
+        Decision::Pass {
+            reason: emis_common::PassReason::PppoeDiscovery
+        }
+    );
+    let rounds = 20u64;
+    let mut stream = vec![];
+    for _ in 0..rounds {
+        stream.extend([allowed.clone(), denied.clone(), padi.clone()]);
+    }
+    in_netns_scoped(PPPOE_A, || send_raw("wan0", &stream)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for decision in expected {
+        let counted = prog.counter(stats_index(decision, MODE_ENFORCE)).unwrap();
+        assert_eq!(
+            counted.packets, rounds,
+            "{decision:?} over veth: {counted:?}"
+        );
+    }
 }
