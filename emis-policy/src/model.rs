@@ -719,6 +719,80 @@ mod tests {
         spec::{load_policy, SiteOptions, Source},
     };
 
+    fn ip_facts(frame: Frame) -> IpFacts {
+        match frame {
+            Frame::Ip(facts) => facts,
+            other => panic!("not IP: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pppoe_and_bare_ip_carry_the_same_packet_as_ethernet() {
+        use crate::packet::{PacketSpec, TCP_SYN};
+        let base = PacketSpec::tcp(
+            "192.168.10.2".parse().unwrap(),
+            "10.207.116.10".parse().unwrap(),
+            40000,
+            443,
+            TCP_SYN,
+        );
+        let plain = ip_facts(parse(&base.build()));
+        assert_eq!(ip_facts(parse(&base.clone().in_pppoe().build())), plain);
+        let tagged = base.clone().with_vlans(&[(0x88a8, 1), (0x8100, 2)]);
+        assert_eq!(ip_facts(parse(&tagged.in_pppoe().build())), plain);
+        assert_eq!(ip_facts(parse_link(Link::Ip, &base.build_ip())), plain);
+        // Read as Ethernet, an IP packet is something else entirely.
+        assert_ne!(parse(&base.build_ip()), Frame::Ip(plain));
+        let mut lcp = base.clone().in_pppoe().build();
+        lcp[20..22].copy_from_slice(&0xc021u16.to_be_bytes());
+        assert_eq!(parse(&lcp), Frame::NonIp(PassReason::PppControl));
+        let mut mpls = base.clone();
+        mpls.mpls_labels = vec![16];
+        assert_eq!(parse(&mpls.build()), Frame::NonIp(PassReason::Mpls));
+        assert_eq!(
+            parse(
+                &base
+                    .with_vlans(&[(0x8100, 1), (0x8100, 2), (0x8100, 3)])
+                    .build()
+            ),
+            Frame::NonIp(PassReason::VlanTooDeep)
+        );
+        assert_eq!(parse_link(Link::Ip, &[0x45; 19]), Frame::Unparsed);
+        assert_eq!(
+            parse_link(Link::Ip, &[0x55; 40]),
+            Frame::NonIp(PassReason::NonIp)
+        );
+    }
+
+    #[test]
+    fn ipv6_fragments_are_read_from_the_fragmentable_part() {
+        use crate::packet::{PacketSpec, TCP_SYN};
+        let fragment = |ext: Vec<(u8, usize)>, offset: u16, more: bool| {
+            let mut p = PacketSpec::tcp(
+                "2001:db8::1".parse().unwrap(),
+                "2001:db8::2".parse().unwrap(),
+                1,
+                443,
+                TCP_SYN,
+            );
+            p.ipv6_ext = ext;
+            p.frag_offset = offset;
+            p.more_fragments = more;
+            ip_facts(parse(&p.build()))
+        };
+        let first = fragment(vec![(0, 8), (44, 8)], 0, true);
+        assert!(first.fragment && !first.malformed && first.l4.is_some());
+        // A later fragment stops at its fragment header; its payload is data.
+        let later = fragment(vec![(44, 8), (60, 16)], 50, false);
+        assert!(later.fragment && !later.malformed && later.l4.is_none());
+        assert_eq!((later.proto, later.frag_offset), (60, 50));
+        // Options in the fragmentable part of a first fragment hide its L4 header.
+        assert!(fragment(vec![(44, 8), (60, 8)], 0, true).malformed);
+        // Two fragment headers.
+        assert!(fragment(vec![(44, 8), (44, 8)], 0, true).malformed);
+        assert!(fragment(vec![(44, 8), (44, 8)], 0, false).malformed);
+    }
+
     /// The model takes lifetimes from the policy, the kernel from the compiled config:
     /// both must put each state's lifetime in the same slot.
     #[test]
