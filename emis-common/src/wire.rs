@@ -33,8 +33,9 @@ pub const fn is_vlan(ethertype: u16) -> bool {
 pub enum Link {
     /// An Ethernet header (ARPHRD_ETHER): the `emis` program.
     Ethernet = 0,
-    /// The IP header itself, on devices without a link header (tun, wireguard, PPP,
-    /// ipip, sit, GRE): the `emis_l3` program.
+    /// The IP header itself, on devices without a link header (tun, wireguard, PPP) or
+    /// whose receive path resets it to the inner IP header (ipip, ip6tnl, sit): the
+    /// `emis_l3` program.
     Ip = 1,
 }
 

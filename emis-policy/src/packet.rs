@@ -138,7 +138,7 @@ impl PacketSpec {
     }
 
     /// The IP packet alone: what a device without a link header (tun, wireguard, PPP,
-    /// ipip, GRE) hands to XDP.
+    /// ipip, sit) hands to XDP.
     pub fn build_ip(&self) -> Vec<u8> {
         let l4 = self.l4_bytes();
         let mut frame = Vec::with_capacity(64 + l4.len());

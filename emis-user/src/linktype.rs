@@ -1,7 +1,14 @@
 //! Which enforcer program an interface takes, from its link type (ARPHRD): `emis` where
 //! frames start with an Ethernet header, `emis_l3` where they start with the IP header
-//! (tun, wireguard, PPP, ipip, sit, GRE). Any other link type is refused by name, so no
+//! (tun, wireguard, PPP, ipip, ip6tnl, sit). Any other link type is refused by name, so no
 //! interface is ever attached with its headers misread.
+//!
+//! What XDP in skb mode sees starts at the device's MAC header. tun, wireguard and PPP
+//! have none; ipip, sit and ip6tnl reset it to the inner IP header on receive. A GRE
+//! device (ARPHRD_IPGRE) sets it to the *outer* IP header (`__ipgre_rcv` pops the MAC
+//! header to the network header, so packet sockets see the tunnel's addresses), so XDP
+//! there reads the tunnel endpoints and protocol 47, not the packet the policy is about:
+//! GRE is refused.
 //!
 //! The link type is asked of the kernel with SIOCGIFHWADDR on a socket the calling thread
 //! opens, so it is the interface of the thread's network namespace: call it from the
@@ -21,6 +28,8 @@ pub const ARPHRD_SIT: u16 = 776;
 pub const ARPHRD_IPGRE: u16 = 778;
 /// tun in IFF_TUN mode and wireguard: no link header at all.
 pub const ARPHRD_NONE: u16 = 65534;
+/// GRE over IPv4 and IPv6: XDP sees the outer headers there (module doc).
+pub const ARPHRD_IP6GRE: u16 = 823;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkTypeError {
@@ -34,6 +43,13 @@ pub enum LinkTypeError {
         arphrd: u16,
         name: &'static str,
     },
+    #[error(
+        "interface {iface} is a GRE tunnel (link type {arphrd}): the kernel hands XDP its \
+         packets from the outer IP header, so emis would judge the tunnel endpoints instead \
+         of the traffic; run the GRE tunnel over an interface emis guards for its own \
+         traffic, or use an ipip, sit, ip6tnl or wireguard tunnel, which emis reads"
+    )]
+    OuterHeader { iface: String, arphrd: u16 },
     #[error("interface {iface}: cannot read its link type ({source}); does it exist in this network namespace?")]
     Read {
         iface: String,
@@ -48,9 +64,11 @@ pub enum LinkTypeError {
 pub fn link_for(iface: &str, arphrd: u16) -> Result<Link, LinkTypeError> {
     match arphrd {
         ARPHRD_ETHER => Ok(Link::Ethernet),
-        ARPHRD_NONE | ARPHRD_PPP | ARPHRD_TUNNEL | ARPHRD_TUNNEL6 | ARPHRD_SIT | ARPHRD_IPGRE => {
-            Ok(Link::Ip)
-        }
+        ARPHRD_NONE | ARPHRD_PPP | ARPHRD_TUNNEL | ARPHRD_TUNNEL6 | ARPHRD_SIT => Ok(Link::Ip),
+        ARPHRD_IPGRE | ARPHRD_IP6GRE => Err(LinkTypeError::OuterHeader {
+            iface: iface.to_string(),
+            arphrd,
+        }),
         other => Err(LinkTypeError::Unsupported {
             iface: iface.to_string(),
             arphrd: other,
@@ -81,7 +99,7 @@ pub const fn arphrd_name(arphrd: u16) -> &'static str {
         32 => "infiniband",
         801 => "ieee80211",
         803 => "ieee80211_radiotap",
-        823 => "ip6gre",
+        ARPHRD_IP6GRE => "ip6gre",
         280 => "can",
         _ => "unknown",
     }
@@ -150,12 +168,24 @@ mod tests {
             ("ipip0", 768),
             ("ip6tnl0", 769),
             ("sit0", 776),
-            ("gre0", 778),
         ] {
             assert_eq!(link_for(iface, arphrd).unwrap(), Link::Ip, "{iface}");
         }
         assert_eq!(program_for(Link::Ethernet), "emis");
         assert_eq!(program_for(Link::Ip), "emis_l3");
+    }
+
+    #[test]
+    fn gre_is_refused_since_xdp_sees_its_outer_header() {
+        for arphrd in [778, 823] {
+            let err = link_for("gre1", arphrd).unwrap_err();
+            assert!(matches!(err, LinkTypeError::OuterHeader { .. }));
+            let text = err.to_string();
+            assert!(
+                text.contains("gre1") && text.contains(&arphrd.to_string()),
+                "{text}"
+            );
+        }
     }
 
     #[test]

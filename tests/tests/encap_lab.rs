@@ -2,8 +2,7 @@
 //! packets between a tun device in each, as a VPN does), `emis_l3` attached in skb mode
 //! to the tun device on the EMIS side, deciding real TCP connections; and the link-type
 //! detection the loader uses to pick the program. Needs root and iproute2. (tun rather
-//! than ipip or GRE: the test kernel has no ipip, GRE, sit or wireguard; all of them are
-//! headerless to XDP as tun is.)
+//! than ipip: the test kernel has no ipip, sit, GRE or wireguard modules.)
 
 #[path = "../../emis-user/src/linktype.rs"]
 mod linktype;
