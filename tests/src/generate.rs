@@ -147,8 +147,6 @@ impl Generator {
             let vid = self.rng.random_range(0..4096);
             p.vlans.push((tpid, vid));
         }
-        // PPPoE sessions, as on a broadband WAN: the same packet one header further in.
-        p.pppoe = self.rng.random_bool(0.1);
         if !v6 && self.rng.random_bool(0.2) {
             let len = self.rng.random_range(0..=40);
             p.ipv4_options = (0..len).map(|_| self.rng.random()).collect();
@@ -293,6 +291,8 @@ impl Conversations {
             _ => 0x10,              // ACK
         };
         p.payload_len = rng.random_range(0..200);
+        // PPPoE sessions, as on a broadband WAN: the same packet one header further in.
+        p.pppoe = rng.random_bool(0.1);
         match rng.random_range(0..20) {
             0 | 1 => self.fragmented(p, index),
             2 => self.icmp_error(p, false),
