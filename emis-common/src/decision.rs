@@ -110,7 +110,7 @@ impl Action {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PassReason {
-    /// Not IPv4 or IPv6 (ARP, LLDP, a third VLAN tag, ...).
+    /// Not IPv4 or IPv6, and of no class below: an EtherType the program does not know.
     NonIp = 0,
     /// Neither address is in an enforce-scope network.
     OutOfScope = 1,
@@ -118,9 +118,23 @@ pub enum PassReason {
     Unparsed = 2,
     /// ICMP echo to or from an enforce-scope network, which the spec permits.
     IcmpEcho = 3,
+    /// ARP or RARP.
+    Arp = 4,
+    /// A protocol of the link itself: LLDP, 802.1X, LACP, PTP, STP and other LLC frames.
+    LinkLocal = 5,
+    /// PPPoE discovery (PADI ... PADT), which sets a PPPoE session up or down.
+    PppoeDiscovery = 6,
+    /// A PPPoE session frame carrying PPP other than IP (LCP, IPCP, IPV6CP, ...).
+    PppControl = 7,
+    /// MPLS (unicast or multicast), whose payload the program does not read.
+    Mpls = 8,
+    /// A VLAN tag past the two the program reads, or a 0x9100/0x9200/0x9300 tag.
+    VlanTooDeep = 9,
 }
-pub const PASS_REASON_COUNT: u32 = 4;
-pub const PASS_REASON_SLOTS: u32 = 8;
+pub const PASS_REASON_COUNT: u32 = 10;
+/// Slots reserved for pass reasons at the end of the counter array; growing it appends.
+pub const PASS_REASON_SLOTS: u32 = 16;
+const _: () = assert!(PASS_REASON_COUNT <= PASS_REASON_SLOTS);
 
 impl PassReason {
     pub const ALL: [PassReason; PASS_REASON_COUNT as usize] = [
@@ -128,6 +142,12 @@ impl PassReason {
         PassReason::OutOfScope,
         PassReason::Unparsed,
         PassReason::IcmpEcho,
+        PassReason::Arp,
+        PassReason::LinkLocal,
+        PassReason::PppoeDiscovery,
+        PassReason::PppControl,
+        PassReason::Mpls,
+        PassReason::VlanTooDeep,
     ];
     pub const fn name(self) -> &'static str {
         match self {
@@ -135,6 +155,12 @@ impl PassReason {
             PassReason::OutOfScope => "out_of_scope",
             PassReason::Unparsed => "unparsed",
             PassReason::IcmpEcho => "icmp_echo",
+            PassReason::Arp => "arp",
+            PassReason::LinkLocal => "link_local",
+            PassReason::PppoeDiscovery => "pppoe_discovery",
+            PassReason::PppControl => "ppp_control",
+            PassReason::Mpls => "mpls",
+            PassReason::VlanTooDeep => "vlan_too_deep",
         }
     }
 }
@@ -268,5 +294,33 @@ mod tests {
         for reason in PassReason::ALL {
             mark(stats_index(Decision::Pass { reason }, MODE_ENFORCE));
         }
+    }
+
+    #[test]
+    fn pass_reasons_are_in_slot_order_and_name_themselves_once() {
+        for (i, reason) in PassReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "ALL is in slot order");
+            assert!(PassReason::ALL[..i]
+                .iter()
+                .all(|r| r.name() != reason.name()));
+        }
+    }
+
+    #[test]
+    fn non_ip_ethertypes_fall_in_their_class() {
+        use crate::wire::non_ip_reason;
+        assert_eq!(non_ip_reason(0x0806), PassReason::Arp);
+        assert_eq!(non_ip_reason(0x88cc), PassReason::LinkLocal);
+        assert_eq!(
+            non_ip_reason(0x0026),
+            PassReason::LinkLocal,
+            "802.3 length (STP)"
+        );
+        assert_eq!(non_ip_reason(0x8863), PassReason::PppoeDiscovery);
+        assert_eq!(non_ip_reason(0x8847), PassReason::Mpls);
+        assert_eq!(non_ip_reason(0x8848), PassReason::Mpls);
+        assert_eq!(non_ip_reason(0x8100), PassReason::VlanTooDeep);
+        assert_eq!(non_ip_reason(0x9100), PassReason::VlanTooDeep);
+        assert_eq!(non_ip_reason(0x88b5), PassReason::NonIp);
     }
 }

@@ -1,7 +1,10 @@
-//! Header layouts as they appear on the wire: Ethernet and VLAN tags, the IPv4 and IPv6
-//! headers and the IPv6 extension headers, IP protocol numbers, TCP flags, and the bounds
-//! the parsers keep to. The kernel's parser and the reference model's read frames with
-//! these, so both agree on where every header starts and ends.
+//! Header layouts as they appear on the wire: the link a program starts at (Ethernet or
+//! bare IP), Ethernet and VLAN tags, PPPoE, the EtherType classes of frames that are not
+//! IP, the IPv4 and IPv6 headers and the IPv6 extension headers, IP protocol numbers, TCP
+//! flags, and the bounds the parsers keep to. The kernel's parser and the reference
+//! model's read frames with these, so both agree on where every header starts and ends.
+
+use crate::decision::PassReason;
 
 /// An Ethernet header without VLAN tags.
 pub const ETH_HLEN: usize = 14;
@@ -22,6 +25,77 @@ pub const MAX_VLAN_TAGS: usize = 2;
 #[inline(always)]
 pub const fn is_vlan(ethertype: u16) -> bool {
     ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
+}
+
+/// What the frame handed to a program starts with.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// An Ethernet header (ARPHRD_ETHER): the `emis` program.
+    Ethernet = 0,
+    /// The IP header itself, on devices without a link header (tun, wireguard, PPP) or
+    /// whose receive path resets it to the inner IP header (ipip, ip6tnl, sit): the
+    /// `emis_l3` program.
+    Ip = 1,
+}
+
+/// Name of the XDP program for devices without a link header ([`Link::Ip`]).
+pub const PROGRAM_NAME_L3: &str = "emis_l3";
+
+/// Pre-standard QinQ outer tags (0x9100, 0x9200, 0x9300): no Linux VLAN device reads them.
+pub const ETH_P_QINQ1: u16 = 0x9100;
+pub const ETH_P_QINQ2: u16 = 0x9200;
+pub const ETH_P_QINQ3: u16 = 0x9300;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_RARP: u16 = 0x8035;
+/// LLDP, 802.1X (EAPOL), slow protocols (LACP), PTP, MACsec key agreement and the 802.3
+/// length-field frames (STP and other LLC): protocols of the link itself.
+pub const ETH_P_LLDP: u16 = 0x88cc;
+pub const ETH_P_PAE: u16 = 0x888e;
+pub const ETH_P_SLOW: u16 = 0x8809;
+pub const ETH_P_1588: u16 = 0x88f7;
+/// EtherType values below this are 802.3 lengths (LLC frames such as STP).
+pub const ETH_P_802_3_MIN: u16 = 0x0600;
+pub const ETH_P_MPLS_UC: u16 = 0x8847;
+pub const ETH_P_MPLS_MC: u16 = 0x8848;
+/// PPPoE discovery (PADI, PADO, PADR, PADS, PADT).
+pub const ETH_P_PPP_DISC: u16 = 0x8863;
+/// PPPoE session: a PPPoE header, then a PPP frame.
+pub const ETH_P_PPP_SES: u16 = 0x8864;
+/// The PPPoE session header: version and type, code, session id, length.
+pub const PPPOE_HLEN: usize = 6;
+/// The PPP protocol field after it: two bytes, or one when compressed (an odd first byte).
+pub const PPP_PROTO_LEN: usize = 2;
+pub const PPP_IPV4: u16 = 0x0021;
+pub const PPP_IPV6: u16 = 0x0057;
+
+/// The PPP protocol number at the start of a PPP frame whose first bytes are `b0 b1`, and
+/// the length of the field: a compressed field (RFC 1661 protocol-field compression) is
+/// one byte, recognisable by its odd value.
+#[inline(always)]
+pub const fn ppp_protocol(b0: u8, b1: u8) -> (u16, usize) {
+    if b0 & 1 == 1 {
+        (b0 as u16, 1)
+    } else {
+        (((b0 as u16) << 8) | b1 as u16, 2)
+    }
+}
+
+/// Why a frame that is not IP to the program passes: its EtherType's class (see
+/// DECISIONS.md). `ethertype` is the one after at most [`MAX_VLAN_TAGS`] tags.
+#[inline(always)]
+pub const fn non_ip_reason(ethertype: u16) -> PassReason {
+    match ethertype {
+        ETH_P_ARP | ETH_P_RARP => PassReason::Arp,
+        ETH_P_LLDP | ETH_P_PAE | ETH_P_SLOW | ETH_P_1588 => PassReason::LinkLocal,
+        t if t < ETH_P_802_3_MIN => PassReason::LinkLocal,
+        ETH_P_PPP_DISC => PassReason::PppoeDiscovery,
+        ETH_P_MPLS_UC | ETH_P_MPLS_MC => PassReason::Mpls,
+        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 | ETH_P_QINQ2 | ETH_P_QINQ3 => {
+            PassReason::VlanTooDeep
+        }
+        _ => PassReason::NonIp,
+    }
 }
 
 /// An IPv4 header without options.

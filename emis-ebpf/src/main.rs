@@ -1,5 +1,7 @@
-//! The emis XDP program: parses each frame (`parse`), decides it from the policy maps the
-//! loader filled and the flows it has allowed, and counts every decision once.
+//! The emis XDP programs: parse each frame (`parse`), decide it from the policy maps the
+//! loader filled and the flows they have allowed, and count every decision once. `emis`
+//! reads frames from an Ethernet header, `emis_l3` from the IP header (devices without a
+//! link header); both share every map and every line after the first header.
 #![no_std]
 #![no_main]
 // Map keys go by reference: a copy per call would cost BPF stack, of which there is 512 bytes.
@@ -15,7 +17,7 @@ use aya_ebpf::{
 use emis_common::{
     denial_network, deny_or_pass, expired, icmp_class, on_forward, on_reply, stats_index, Addr,
     AddrInfo, Config, Counter, Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue,
-    IcmpClass, PassReason, Path, PortKey, RuleSet, DEFAULT_FLOW_TABLE_SIZE, FLOW_EVENT_COUNT,
+    IcmpClass, Link, PassReason, Path, PortKey, RuleSet, DEFAULT_FLOW_TABLE_SIZE, FLOW_EVENT_COUNT,
     FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_NEW, FRAG_TABLE_SIZE,
     MAX_CANDIDATES, MAX_PORT_ENTRIES, MAX_PREFIXES, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PROTO_ICMP,
     PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, STATS_LEN,
@@ -50,12 +52,22 @@ static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_EVENT_
 
 #[xdp]
 pub fn emis(ctx: XdpContext) -> u32 {
+    enforce(&ctx, Link::Ethernet)
+}
+
+#[xdp]
+pub fn emis_l3(ctx: XdpContext) -> u32 {
+    enforce(&ctx, Link::Ip)
+}
+
+#[inline(always)]
+fn enforce(ctx: &XdpContext, link: Link) -> u32 {
     // The loader fills the config before it attaches the program; read it in place.
     let Some(cfg) = CONFIG.get(0) else {
         return xdp_action::XDP_PASS;
     };
-    let decision = decide(&ctx, cfg);
-    count(&ctx, decision, cfg.mode);
+    let decision = decide(ctx, cfg, link);
+    count(ctx, decision, cfg.mode);
     if decision.drops(cfg.mode) {
         xdp_action::XDP_DROP
     } else {
@@ -191,13 +203,9 @@ impl<'a> Standing<'a> {
 }
 
 #[inline(always)]
-fn decide(ctx: &XdpContext, cfg: &Config) -> Decision {
-    let l3 = match parse_frame(ctx) {
-        Parsed::NonIp => {
-            return Decision::Pass {
-                reason: PassReason::NonIp,
-            }
-        }
+fn decide(ctx: &XdpContext, cfg: &Config, link: Link) -> Decision {
+    let l3 = match parse_frame(ctx, link) {
+        Parsed::NonIp(reason) => return Decision::Pass { reason },
         Parsed::Unparsed => {
             return Decision::Pass {
                 reason: PassReason::Unparsed,

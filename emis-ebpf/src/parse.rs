@@ -1,14 +1,17 @@
-//! One small, bounded parser per header: Ethernet with up to two VLAN tags, IPv4 with
+//! One small, bounded parser per header: Ethernet with up to two VLAN tags and a PPPoE
+//! session header, or a bare IP header on devices without a link header; IPv4 with
 //! options, IPv6 with a bounded extension-header walk, TCP, UDP, and the packet an ICMP
 //! error quotes. Every read is bounds-checked; no parser looks anything up.
 
 use aya_ebpf::programs::XdpContext;
 use emis_common::{
     ip_version, ipv4_header_len, ipv6_ext_header_len, is_bare_syn, is_ipv6_ext_header, is_vlan,
-    tcp_header_len, Addr, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, ETH_TYPE_OFFSET, ICMP_HLEN,
-    IPV4_FRAGMENT_MASK, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV6_EXT_MIN_LEN, IPV6_FRAGMENT,
-    IPV6_FRAGMENT_MASK, IPV6_HLEN, MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, MAX_QUOTED_PORTS_OFFSET,
-    MAX_VLAN_TAGS, PROTO_TCP, PROTO_UDP, TCP_HLEN, UDP_HLEN, VLAN_HLEN,
+    non_ip_reason, ppp_protocol, tcp_header_len, Addr, Link, PassReason, ETH_HLEN, ETH_P_IPV4,
+    ETH_P_IPV6, ETH_P_PPP_SES, ETH_TYPE_OFFSET, ICMP_HLEN, IPV4_FRAGMENT_MASK,
+    IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV6_EXT_MIN_LEN, IPV6_FRAGMENT, IPV6_FRAGMENT_MASK,
+    IPV6_HLEN, MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, MAX_QUOTED_PORTS_OFFSET, MAX_VLAN_TAGS,
+    PPPOE_HLEN, PPP_IPV4, PPP_IPV6, PPP_PROTO_LEN, PROTO_TCP, PROTO_UDP, TCP_HLEN, UDP_HLEN,
+    VLAN_HLEN,
 };
 
 /// A fixed-size window of the frame at `offset`, or `None` if the frame is shorter.
@@ -61,14 +64,39 @@ pub struct L3 {
 }
 
 pub enum Parsed {
-    NonIp,
+    /// Not IP to the program, counted by the EtherType's class.
+    NonIp(PassReason),
     Unparsed,
     Ip(L3),
 }
 
-/// Ethernet and up to two VLAN tags, then the IP header.
+/// The frame as `link` hands it over: Ethernet (with VLAN tags and PPPoE) or bare IP.
 #[inline(always)]
-pub fn parse_frame(ctx: &XdpContext) -> Parsed {
+pub fn parse_frame(ctx: &XdpContext, link: Link) -> Parsed {
+    match link {
+        Link::Ethernet => parse_ethernet(ctx),
+        Link::Ip => parse_ip(ctx, 0),
+    }
+}
+
+/// An IP header at `offset`, its version deciding the family. Shorter than the smallest
+/// IP header it is unparsed (the window is that size, as the verifier learns the bound
+/// only from a read that ends past the header's first byte).
+#[inline(always)]
+fn parse_ip(ctx: &XdpContext, offset: usize) -> Parsed {
+    let Some(first) = bytes_at::<IPV4_HLEN>(ctx, offset) else {
+        return Parsed::Unparsed;
+    };
+    match ip_version(first[0]) {
+        4 => parse_ipv4(ctx, offset),
+        6 => parse_ipv6(ctx, offset),
+        _ => Parsed::NonIp(PassReason::NonIp),
+    }
+}
+
+/// Ethernet and up to two VLAN tags, then a PPPoE session header or the IP header.
+#[inline(always)]
+fn parse_ethernet(ctx: &XdpContext) -> Parsed {
     let Some(eth) = bytes_at::<ETH_HLEN>(ctx, 0) else {
         return Parsed::Unparsed;
     };
@@ -84,10 +112,36 @@ pub fn parse_frame(ctx: &XdpContext) -> Parsed {
         ethertype = be16(tag, 2);
         offset += VLAN_HLEN;
     }
-    match ethertype {
-        ETH_P_IPV4 => parse_ipv4(ctx, offset),
-        ETH_P_IPV6 => parse_ipv6(ctx, offset),
-        _ => Parsed::NonIp,
+    // One call site per IP parser: each is inlined, so a second would double the program.
+    let (v6, offset) = match ethertype {
+        ETH_P_IPV4 => (false, offset),
+        ETH_P_IPV6 => (true, offset),
+        ETH_P_PPP_SES => match pppoe_payload(ctx, offset) {
+            Ok(found) => found,
+            Err(parsed) => return parsed,
+        },
+        _ => return Parsed::NonIp(non_ip_reason(ethertype)),
+    };
+    if v6 {
+        parse_ipv6(ctx, offset)
+    } else {
+        parse_ipv4(ctx, offset)
+    }
+}
+
+/// After a PPPoE session header and the PPP protocol field (two bytes, or one
+/// compressed): whether the IP packet is IPv6, and where it starts.
+#[inline(always)]
+fn pppoe_payload(ctx: &XdpContext, offset: usize) -> Result<(bool, usize), Parsed> {
+    let Some(ppp) = bytes_at::<{ PPPOE_HLEN + PPP_PROTO_LEN }>(ctx, offset) else {
+        return Err(Parsed::Unparsed);
+    };
+    let (protocol, len) = ppp_protocol(ppp[PPPOE_HLEN], ppp[PPPOE_HLEN + 1]);
+    let offset = offset + PPPOE_HLEN + len;
+    match protocol {
+        PPP_IPV4 => Ok((false, offset)),
+        PPP_IPV6 => Ok((true, offset)),
+        _ => Err(Parsed::NonIp(PassReason::PppControl)),
     }
 }
 
@@ -143,9 +197,12 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
         l3.malformed = true;
         return Parsed::Ip(l3);
     }
+    // Where the fragmentable part starts: just after the fragment header, once one is met.
+    let mut fragmentable_at = 0usize;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let kind = l3.proto;
         let Some(ext_len) = step_ipv6_ext_header(ctx, &mut l3) else {
-            return Parsed::Ip(l3);
+            break;
         };
         if ext_len > l3.l4_len || l3.l4_offset + ext_len > MAX_L4_OFFSET {
             l3.malformed = true;
@@ -153,9 +210,29 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
         }
         l3.l4_offset += ext_len;
         l3.l4_len -= ext_len;
+        if kind == IPV6_FRAGMENT {
+            // RFC 8200 allows one fragment header; a second hides the real offset.
+            if fragmentable_at != 0 {
+                l3.malformed = true;
+                return Parsed::Ip(l3);
+            }
+            fragmentable_at = l3.l4_offset;
+            // A later fragment holds data after its fragment header, not headers: its
+            // next header names the first header of the fragmentable part.
+            if l3.frag_offset != 0 {
+                return Parsed::Ip(l3);
+            }
+        }
     }
     // Still an extension header after the bound: the L4 header is out of reach.
     if is_ipv6_ext_header(l3.proto) {
+        l3.malformed = true;
+    }
+    // Fragment offsets count from the fragmentable part; the overlap guard of later
+    // fragments holds only if the L4 header starts it, and a later fragment names only
+    // that part's first header, so a first fragment with headers before its L4 header is
+    // malformed.
+    if l3.fragment && fragmentable_at != l3.l4_offset {
         l3.malformed = true;
     }
     Parsed::Ip(l3)

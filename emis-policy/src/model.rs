@@ -21,13 +21,14 @@ use std::{
 use emis_common::{
     denial_network, deny_or_pass, expired, flow_timeouts_ns, icmp_class, ip_version,
     ipv4_header_len, ipv6_ext_header_len, is_bare_syn, is_ipv6_ext_header, is_vlan, lifetime_ns,
-    network_bit, on_forward, on_reply, role_bit, tcp_header_len, Addr, Decision, DenyReason,
-    FlowKey, FlowValue, FragKey, FragValue, IcmpClass, PassReason, Path, ETH_HLEN, ETH_P_IPV4,
-    ETH_P_IPV6, ETH_TYPE_OFFSET, FLOW_NEW, FLOW_STATE_COUNT, ICMP_HLEN, IPV4_FRAGMENT_MASK,
-    IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV6_EXT_MIN_LEN, IPV6_FRAGMENT, IPV6_FRAGMENT_MASK,
-    IPV6_HLEN, MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, MAX_QUOTED_PORTS_OFFSET, MAX_VLAN_TAGS,
-    MIN_TCP_FRAG_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_HLEN,
-    UDP_HLEN, VLAN_HLEN,
+    network_bit, non_ip_reason, on_forward, on_reply, ppp_protocol, role_bit, tcp_header_len, Addr,
+    Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue, IcmpClass, Link, PassReason,
+    Path, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, ETH_P_PPP_SES, ETH_TYPE_OFFSET, FLOW_NEW,
+    FLOW_STATE_COUNT, ICMP_HLEN, IPV4_FRAGMENT_MASK, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN,
+    IPV6_EXT_MIN_LEN, IPV6_FRAGMENT, IPV6_FRAGMENT_MASK, IPV6_HLEN, MAX_IPV6_EXT_HEADERS,
+    MAX_L4_OFFSET, MAX_QUOTED_PORTS_OFFSET, MAX_VLAN_TAGS, MIN_TCP_FRAG_OFFSET, NO_NETWORK,
+    PPPOE_HLEN, PPP_IPV4, PPP_IPV6, PPP_PROTO_LEN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    TCP_HLEN, UDP_HLEN, VLAN_HLEN,
 };
 
 use crate::{
@@ -38,8 +39,8 @@ use crate::{
 /// What the parser read from a frame, before any policy applies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    /// Not IPv4 or IPv6 after at most two VLAN tags.
-    NonIp,
+    /// Not IPv4 or IPv6 after at most two VLAN tags and PPPoE, counted by its class.
+    NonIp(PassReason),
     /// Too short to read both addresses.
     Unparsed,
     Ip(IpFacts),
@@ -107,6 +108,32 @@ fn ipv6_at(b: &[u8], i: usize) -> IpAddr {
 
 /// Reads a frame the way the kernel program does, header by header.
 pub fn parse(frame: &[u8]) -> Frame {
+    parse_link(Link::Ethernet, frame)
+}
+
+/// Reads a frame as the program for `link` does: from an Ethernet header, or (devices
+/// without a link header) from the IP header, whose version decides the family.
+pub fn parse_link(link: Link, frame: &[u8]) -> Frame {
+    match link {
+        Link::Ethernet => parse_ethernet(frame),
+        Link::Ip => parse_ip(frame, 0),
+    }
+}
+
+/// An IP header at `offset`; shorter than the smallest IP header, unparsed, as in the kernel.
+fn parse_ip(frame: &[u8], offset: usize) -> Frame {
+    match frame
+        .get(offset..offset + IPV4_HLEN)
+        .map(|ip| ip_version(ip[0]))
+    {
+        None => Frame::Unparsed,
+        Some(4) => parse_ipv4(frame, offset),
+        Some(6) => parse_ipv6(frame, offset),
+        Some(_) => Frame::NonIp(PassReason::NonIp),
+    }
+}
+
+fn parse_ethernet(frame: &[u8]) -> Frame {
     if frame.len() < ETH_HLEN {
         return Frame::Unparsed;
     }
@@ -125,7 +152,22 @@ pub fn parse(frame: &[u8]) -> Frame {
     match ethertype {
         ETH_P_IPV4 => parse_ipv4(frame, offset),
         ETH_P_IPV6 => parse_ipv6(frame, offset),
-        _ => Frame::NonIp,
+        ETH_P_PPP_SES => parse_pppoe(frame, offset),
+        _ => Frame::NonIp(non_ip_reason(ethertype)),
+    }
+}
+
+/// A PPPoE session header, then PPP whose protocol field may be compressed to one byte.
+fn parse_pppoe(frame: &[u8], offset: usize) -> Frame {
+    let Some(ppp) = frame.get(offset..offset + PPPOE_HLEN + PPP_PROTO_LEN) else {
+        return Frame::Unparsed;
+    };
+    let (protocol, len) = ppp_protocol(ppp[PPPOE_HLEN], ppp[PPPOE_HLEN + 1]);
+    let offset = offset + PPPOE_HLEN + len;
+    match protocol {
+        PPP_IPV4 => parse_ipv4(frame, offset),
+        PPP_IPV6 => parse_ipv6(frame, offset),
+        _ => Frame::NonIp(PassReason::PppControl),
     }
 }
 
@@ -185,6 +227,8 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
         facts.malformed = true;
         return Frame::Ip(facts);
     }
+    // Where the fragmentable part starts, once a fragment header is met.
+    let mut fragmentable_at = None;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         if !is_ipv6_ext_header(facts.proto) {
             break;
@@ -193,8 +237,9 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
             facts.malformed = true;
             return Frame::Ip(facts);
         }
+        let kind = facts.proto;
         let ext = &frame[l4_offset..l4_offset + IPV6_EXT_MIN_LEN];
-        if facts.proto == IPV6_FRAGMENT {
+        if kind == IPV6_FRAGMENT {
             let field = be16(ext, 2);
             if field & IPV6_FRAGMENT_MASK != 0 {
                 facts.fragment = true;
@@ -202,7 +247,7 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
                 facts.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
             }
         }
-        let ext_len = ipv6_ext_header_len(facts.proto, ext[1]);
+        let ext_len = ipv6_ext_header_len(kind, ext[1]);
         facts.proto = ext[0];
         if ext_len > l4_len || l4_offset + ext_len > MAX_L4_OFFSET {
             facts.malformed = true;
@@ -210,8 +255,24 @@ fn parse_ipv6(frame: &[u8], offset: usize) -> Frame {
         }
         l4_offset += ext_len;
         l4_len -= ext_len;
+        if kind == IPV6_FRAGMENT {
+            // One fragment header at most (RFC 8200); a second hides the real offset.
+            if fragmentable_at.is_some() {
+                facts.malformed = true;
+                return Frame::Ip(facts);
+            }
+            fragmentable_at = Some(l4_offset);
+            // A later fragment carries data, not headers, after its fragment header.
+            if facts.frag_offset != 0 {
+                return Frame::Ip(facts);
+            }
+        }
     }
     if is_ipv6_ext_header(facts.proto) {
+        facts.malformed = true;
+    } else if facts.fragment && fragmentable_at != Some(l4_offset) {
+        // Offsets count from the fragmentable part: the overlap guard of later fragments
+        // holds only if the L4 header starts it.
         facts.malformed = true;
     } else {
         parse_l4(frame, &mut facts, l4_offset, l4_len, true);
@@ -424,11 +485,16 @@ impl<'p> Model<'p> {
         self.flows.len()
     }
 
+    /// The verdict for an Ethernet frame, as the `emis` program gives it.
     pub fn decide(&mut self, frame: &[u8]) -> Decision {
-        match parse(frame) {
-            Frame::NonIp => Decision::Pass {
-                reason: PassReason::NonIp,
-            },
+        self.decide_link(Link::Ethernet, frame)
+    }
+
+    /// The verdict for a frame handed over by a `link` device: what `emis` (Ethernet) or
+    /// `emis_l3` (bare IP) gives.
+    pub fn decide_link(&mut self, link: Link, frame: &[u8]) -> Decision {
+        match parse_link(link, frame) {
+            Frame::NonIp(reason) => Decision::Pass { reason },
             Frame::Unparsed => Decision::Pass {
                 reason: PassReason::Unparsed,
             },
@@ -652,6 +718,80 @@ mod tests {
         compile::compile,
         spec::{load_policy, SiteOptions, Source},
     };
+
+    fn ip_facts(frame: Frame) -> IpFacts {
+        match frame {
+            Frame::Ip(facts) => facts,
+            other => panic!("not IP: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pppoe_and_bare_ip_carry_the_same_packet_as_ethernet() {
+        use crate::packet::{PacketSpec, TCP_SYN};
+        let base = PacketSpec::tcp(
+            "192.168.10.2".parse().unwrap(),
+            "10.207.116.10".parse().unwrap(),
+            40000,
+            443,
+            TCP_SYN,
+        );
+        let plain = ip_facts(parse(&base.build()));
+        assert_eq!(ip_facts(parse(&base.clone().in_pppoe().build())), plain);
+        let tagged = base.clone().with_vlans(&[(0x88a8, 1), (0x8100, 2)]);
+        assert_eq!(ip_facts(parse(&tagged.in_pppoe().build())), plain);
+        assert_eq!(ip_facts(parse_link(Link::Ip, &base.build_ip())), plain);
+        // Read as Ethernet, an IP packet is something else entirely.
+        assert_ne!(parse(&base.build_ip()), Frame::Ip(plain));
+        let mut lcp = base.clone().in_pppoe().build();
+        lcp[20..22].copy_from_slice(&0xc021u16.to_be_bytes());
+        assert_eq!(parse(&lcp), Frame::NonIp(PassReason::PppControl));
+        let mut mpls = base.clone();
+        mpls.mpls_labels = vec![16];
+        assert_eq!(parse(&mpls.build()), Frame::NonIp(PassReason::Mpls));
+        assert_eq!(
+            parse(
+                &base
+                    .with_vlans(&[(0x8100, 1), (0x8100, 2), (0x8100, 3)])
+                    .build()
+            ),
+            Frame::NonIp(PassReason::VlanTooDeep)
+        );
+        assert_eq!(parse_link(Link::Ip, &[0x45; 19]), Frame::Unparsed);
+        assert_eq!(
+            parse_link(Link::Ip, &[0x55; 40]),
+            Frame::NonIp(PassReason::NonIp)
+        );
+    }
+
+    #[test]
+    fn ipv6_fragments_are_read_from_the_fragmentable_part() {
+        use crate::packet::{PacketSpec, TCP_SYN};
+        let fragment = |ext: Vec<(u8, usize)>, offset: u16, more: bool| {
+            let mut p = PacketSpec::tcp(
+                "2001:db8::1".parse().unwrap(),
+                "2001:db8::2".parse().unwrap(),
+                1,
+                443,
+                TCP_SYN,
+            );
+            p.ipv6_ext = ext;
+            p.frag_offset = offset;
+            p.more_fragments = more;
+            ip_facts(parse(&p.build()))
+        };
+        let first = fragment(vec![(0, 8), (44, 8)], 0, true);
+        assert!(first.fragment && !first.malformed && first.l4.is_some());
+        // A later fragment stops at its fragment header; its payload is data.
+        let later = fragment(vec![(44, 8), (60, 16)], 50, false);
+        assert!(later.fragment && !later.malformed && later.l4.is_none());
+        assert_eq!((later.proto, later.frag_offset), (60, 50));
+        // Options in the fragmentable part of a first fragment hide its L4 header.
+        assert!(fragment(vec![(44, 8), (60, 8)], 0, true).malformed);
+        // Two fragment headers.
+        assert!(fragment(vec![(44, 8), (44, 8)], 0, true).malformed);
+        assert!(fragment(vec![(44, 8), (44, 8)], 0, false).malformed);
+    }
 
     /// The model takes lifetimes from the policy, the kernel from the compiled config:
     /// both must put each state's lifetime in the same slot.

@@ -1,11 +1,13 @@
-//! Builds Ethernet frames from a flow description: what `emis explain` judges, and what
-//! the kernel tests and the benchmark feed to the program.
+//! Builds Ethernet frames from a flow description, with VLAN tags, PPPoE or an MPLS label
+//! stack between Ethernet and IP, or bare IP packets for devices without a link header:
+//! what `emis explain` judges, and what the kernel tests and the benchmark feed to the
+//! program.
 
 use std::net::IpAddr;
 
 use emis_common::{
-    ETH_P_IPV4, ETH_P_IPV6, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPV6_AUTH, IPV6_FRAGMENT,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    ETH_P_IPV4, ETH_P_IPV6, ETH_P_MPLS_UC, ETH_P_PPP_SES, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST,
+    IPV6_AUTH, IPV6_FRAGMENT, PPP_IPV4, PPP_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 /// The TCP flags a [`PacketSpec`] may carry, as the kernel reads them.
 pub use emis_common::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
@@ -35,6 +37,10 @@ pub struct PacketSpec {
     /// For ICMP and ICMPv6: type, code and the body after the 8-byte header (an error's quote).
     /// `None` builds an echo request.
     pub icmp: Option<(u8, u8, Vec<u8>)>,
+    /// A PPPoE session header and PPP protocol field between the VLAN tags and IP.
+    pub pppoe: bool,
+    /// MPLS labels between the VLAN tags and IP, outer first (EtherType 0x8847).
+    pub mpls_labels: Vec<u32>,
 }
 
 impl PacketSpec {
@@ -53,6 +59,8 @@ impl PacketSpec {
             frag_offset: 0,
             more_fragments: false,
             icmp: None,
+            pppoe: false,
+            mpls_labels: vec![],
         }
     }
 
@@ -82,19 +90,60 @@ impl PacketSpec {
         self
     }
 
+    /// Carried in a PPPoE session (`pppoe`).
+    pub fn in_pppoe(mut self) -> Self {
+        self.pppoe = true;
+        self
+    }
+
     /// The Ethernet frame.
     pub fn build(&self) -> Vec<u8> {
-        let l4 = self.l4_bytes();
-        let mut frame = Vec::with_capacity(64 + l4.len());
+        let ip = self.build_ip();
+        let mut frame = Vec::with_capacity(64 + ip.len());
         frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]); // destination MAC
         frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // source MAC
         for &(tpid, vid) in &self.vlans {
             frame.extend_from_slice(&tpid.to_be_bytes());
             frame.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
         }
+        if !self.mpls_labels.is_empty() {
+            frame.extend_from_slice(&ETH_P_MPLS_UC.to_be_bytes());
+            for (i, &label) in self.mpls_labels.iter().enumerate() {
+                let bottom = u32::from(i + 1 == self.mpls_labels.len());
+                let entry = (label << 12) | (bottom << 8) | 64;
+                frame.extend_from_slice(&entry.to_be_bytes());
+            }
+        } else if self.pppoe {
+            frame.extend_from_slice(&ETH_P_PPP_SES.to_be_bytes());
+            // Version 1, type 1, code 0 (session data), session 0x0001, then the length
+            // of the PPP frame: protocol field and IP packet.
+            frame.extend_from_slice(&[0x11, 0x00, 0x00, 0x01]);
+            frame.extend_from_slice(&((2 + ip.len()) as u16).to_be_bytes());
+            let protocol = if self.src.is_ipv4() {
+                PPP_IPV4
+            } else {
+                PPP_IPV6
+            };
+            frame.extend_from_slice(&protocol.to_be_bytes());
+        } else {
+            let ethertype = if self.src.is_ipv4() {
+                ETH_P_IPV4
+            } else {
+                ETH_P_IPV6
+            };
+            frame.extend_from_slice(&ethertype.to_be_bytes());
+        }
+        frame.extend_from_slice(&ip);
+        frame
+    }
+
+    /// The IP packet alone: what a device without a link header (tun, wireguard, PPP,
+    /// ipip, sit) hands to XDP.
+    pub fn build_ip(&self) -> Vec<u8> {
+        let l4 = self.l4_bytes();
+        let mut frame = Vec::with_capacity(64 + l4.len());
         match (self.src, self.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                frame.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
                 let mut options = self.ipv4_options.clone();
                 while !options.len().is_multiple_of(4) {
                     options.push(0);
@@ -119,7 +168,6 @@ impl PacketSpec {
                 frame.extend_from_slice(&ip);
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                frame.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
                 let mut ext = Vec::new();
                 for (i, &(kind, len)) in self.ipv6_ext.iter().enumerate() {
                     let next = self.ipv6_ext.get(i + 1).map_or(self.proto, |&(k, _)| k);
@@ -220,7 +268,8 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{parse, Frame};
+    use crate::model::{parse, parse_link, Frame};
+    use emis_common::Link;
 
     #[test]
     fn built_frames_parse_back() {
@@ -237,6 +286,25 @@ mod tests {
         assert_eq!((l4.sport, l4.dport, l4.bare_syn()), (40000, 443, true));
         let frame = p.build();
         assert_eq!(checksum(&frame[22..46]), 0, "IPv4 header checksum verifies");
+        assert_eq!(
+            &frame[22..],
+            &p.build_ip()[..],
+            "the frame ends in the IP packet"
+        );
+        assert_eq!(parse_link(Link::Ip, &p.build_ip()), parse(&frame));
+
+        let pppoe = p.clone().in_pppoe();
+        let frame = pppoe.build();
+        assert_eq!(&frame[20..22], &[0x88, 0x64]);
+        assert_eq!(
+            u16::from_be_bytes([frame[26], frame[27]]) as usize,
+            frame.len() - 28
+        );
+        assert_eq!(
+            parse(&frame),
+            parse(&p.build()),
+            "PPPoE carries the same packet"
+        );
 
         let mut p6 = PacketSpec::udp(
             "2001:db8::1".parse().unwrap(),

@@ -13,7 +13,7 @@
 #![no_main]
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use emis_common::{PROTO_TCP, PROTO_UDP};
+use emis_common::{Link, PROTO_TCP, PROTO_UDP};
 
 // The enforcer's parser itself, not a copy: what `emis_parse_only` measures is what the
 // enforcer runs. Only part of it is used here.
@@ -41,7 +41,7 @@ pub fn emis_tx(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn emis_parse_only(ctx: XdpContext) -> u32 {
     let mut sink: u32 = 0;
-    if let Parsed::Ip(l3) = parse_frame(&ctx) {
+    if let Parsed::Ip(l3) = parse_frame(&ctx, Link::Ethernet) {
         let whole = !l3.fragment;
         let l4 = match l3.proto {
             PROTO_TCP => parse_tcp(&ctx, l3.l4_offset, l3.l4_len),

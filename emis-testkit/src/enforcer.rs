@@ -5,10 +5,12 @@
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::Xdp,
     Ebpf,
 };
 use emis_common::{
-    Config, Counter, FlowKey, FlowValue, MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS, MAP_STATS,
+    Config, Counter, FlowKey, FlowValue, Link, MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS, MAP_STATS,
+    PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
@@ -56,6 +58,35 @@ impl TestProgram {
 
     pub fn run(&mut self, frame: &[u8]) -> Result<u32> {
         Ok(self.run_repeat(frame, 1)?.action)
+    }
+
+    /// Runs the program for `link` once on `frame`: `emis` for Ethernet, `emis_l3` (loaded
+    /// on first use, sharing every map with `emis`) for devices without a link header.
+    pub fn run_link(&mut self, link: Link, frame: &[u8]) -> Result<u32> {
+        match link {
+            Link::Ethernet => self.run(frame),
+            Link::Ip => Ok(testrun::run_repeat(self.program_l3()?, frame, 1)?.action),
+        }
+    }
+
+    /// The loaded `emis` program, to attach it.
+    pub fn program_mut(&mut self) -> Result<&mut Xdp> {
+        loader::program_mut(&mut self.ebpf)
+    }
+
+    /// The `emis_l3` program of the same object, loaded on first use.
+    pub fn program_l3(&mut self) -> Result<&mut Xdp> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM_NAME_L3)
+            .context("the emis object has no emis_l3 program")?
+            .try_into()?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .context("the kernel verifier rejected emis_l3")?;
+        }
+        Ok(program)
     }
 
     pub fn stats_map(&mut self) -> Result<PerCpuArray<&mut MapData, Counter>> {

@@ -21,8 +21,11 @@ fn the_emis_binary_embeds_exactly_the_enforcer() {
     let found = programs(emis::loader::PROGRAM_OBJECT, "emis");
     assert_eq!(
         found,
-        BTreeSet::from([emis_common::PROGRAM_NAME.to_string()]),
-        "the object the emis binary embeds must hold one program, the enforcer"
+        BTreeSet::from([
+            emis_common::PROGRAM_NAME.to_string(),
+            emis_common::PROGRAM_NAME_L3.to_string()
+        ]),
+        "the object the emis binary embeds must hold the enforcer's two entries (Ethernet, IP)"
     );
 }
 

@@ -214,7 +214,17 @@ fn check_flow(flow: &Flow) -> Vec<u8> {
         "addresses of {spec:?}\nbuilt {frame:02x?}\nparsed {facts:?}"
     );
     let proto = spec.proto;
-    if (proto == 6 || proto == 17) && !flow.is_fragment() && flow.l4_in_bounds() {
+    // A second IPv6 fragment header is malformed, atomic or not (DECISIONS.md, Fragments).
+    let fragment_headers = flow
+        .ipv6_ext()
+        .iter()
+        .filter(|&&(e, _)| matches!(e, Ext::Fragment))
+        .count();
+    if (proto == 6 || proto == 17)
+        && !flow.is_fragment()
+        && flow.l4_in_bounds()
+        && fragment_headers <= 1
+    {
         let ports = facts.l4.map(|l4| (l4.sport, l4.dport));
         assert!(
             !facts.malformed && facts.proto == proto && ports == Some((spec.sport, spec.dport)),

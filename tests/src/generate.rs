@@ -291,6 +291,8 @@ impl Conversations {
             _ => 0x10,              // ACK
         };
         p.payload_len = rng.random_range(0..200);
+        // PPPoE sessions, as on a broadband WAN: the same packet one header further in.
+        p.pppoe = rng.random_bool(0.1);
         match rng.random_range(0..20) {
             0 | 1 => self.fragmented(p, index),
             2 => self.icmp_error(p, false),

@@ -163,6 +163,13 @@ fn variants(base: &PacketSpec) -> Vec<(String, PacketSpec)> {
         "double 802.1Q".into(),
         base.clone().with_vlans(&[(0x8100, 100), (0x8100, 10)]),
     ));
+    out.push(("PPPoE".into(), base.clone().in_pppoe()));
+    out.push((
+        "PPPoE in QinQ".into(),
+        base.clone()
+            .with_vlans(&[(0x88a8, 100), (0x8100, 10)])
+            .in_pppoe(),
+    ));
     if base.src.is_ipv4() {
         for len in [1usize, 3, 4, 8, 20, 40] {
             let mut p = base.clone();
@@ -224,14 +231,15 @@ fn vlan_tags_ip_options_and_ipv6_extension_headers_do_not_change_the_verdict() {
             );
         }
     }
-    // A third tag is beyond what is parsed: the frame is not IP as far as the policy goes.
+    // A third tag is beyond what is parsed: the frame is not IP as far as the policy
+    // goes, and counted as such (DECISIONS.md, encapsulations).
     let triple = PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 444, TCP_SYN)
         .with_vlans(&[(0x88a8, 1), (0x8100, 2), (0x8100, 3)])
         .build();
     assert_eq!(
         h.check(&triple).unwrap(),
         Decision::Pass {
-            reason: PassReason::NonIp
+            reason: PassReason::VlanTooDeep
         }
     );
 }
@@ -285,6 +293,18 @@ fn every_truncation_of_every_packet_kind_is_decided_like_the_model_and_never_abo
     let mut first_fragment = PacketSpec::udp(site, n3, 40000, 33962);
     first_fragment.more_fragments = true;
     kinds.push(first_fragment);
+    kinds.push(PacketSpec::tcp(site, n3, 40000, 443, TCP_SYN).in_pppoe());
+    kinds.push(
+        PacketSpec::tcp(
+            ip("2001:db8:10::2"),
+            ip("2a05:d01c::10"),
+            40000,
+            443,
+            TCP_SYN,
+        )
+        .with_vlans(&[(0x8100, 7)])
+        .in_pppoe(),
+    );
     for replies in [Replies::Stateful, Replies::Stateless] {
         let mut h = Harness::new(&policy, Mode::Enforce, replies);
         let mut runs = 0u64;

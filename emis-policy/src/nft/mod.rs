@@ -169,7 +169,14 @@ pub fn decision_counter(policy: &Policy, mode: Mode, decision: Decision) -> Opti
         }
         Decision::Pass { reason } => match reason {
             PassReason::OutOfScope => Some(COUNTER_OUT_OF_SCOPE.into()),
-            PassReason::NonIp => Some(COUNTER_NON_IP.into()),
+            // nft rules see IP only (the non-IP classes are the XDP program's counters).
+            PassReason::NonIp
+            | PassReason::Arp
+            | PassReason::LinkLocal
+            | PassReason::PppoeDiscovery
+            | PassReason::PppControl
+            | PassReason::Mpls
+            | PassReason::VlanTooDeep => Some(COUNTER_NON_IP.into()),
             PassReason::IcmpEcho => Some(COUNTER_ICMP_ECHO.into()),
             PassReason::Unparsed => Some(COUNTER_UNPARSED.into()),
         },
