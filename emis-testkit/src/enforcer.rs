@@ -71,7 +71,7 @@ impl TestProgram {
 
     /// The loaded `emis` program, to attach it.
     pub fn program_mut(&mut self) -> Result<&mut Xdp> {
-        loader::program_mut(&mut self.ebpf)
+        Ok(loader::program_mut(&mut self.ebpf)?)
     }
 
     /// The `emis_l3` program of the same object, loaded on first use.
