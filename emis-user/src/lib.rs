@@ -7,6 +7,7 @@
 
 pub mod daemon;
 pub mod flows;
+pub mod linktype;
 pub mod loader;
 pub mod metrics;
 pub mod stats;

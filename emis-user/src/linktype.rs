@@ -36,7 +36,7 @@ pub enum LinkTypeError {
     #[error(
         "interface {iface} has link type {arphrd} ({name}), which emis cannot read: it \
          reads Ethernet (type 1) and devices without a link header (tun, wireguard, PPP, \
-         ipip, sit, GRE); attach it to the Ethernet or IP device beneath or above instead"
+         ipip, sit, ip6tnl); attach it to the Ethernet or IP device beneath or above instead"
     )]
     Unsupported {
         iface: String,

@@ -11,7 +11,7 @@ use aya::{
 };
 use emis_common::{
     Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG, MAP_COUNT_V4, MAP_COUNT_V6,
-    MAP_FLOWS, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS, MAP_STATS, PROGRAM_NAME,
+    MAP_FLOWS, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS, MAP_STATS, PROGRAM_NAME, PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
@@ -151,6 +151,24 @@ pub fn load_sharing(
         .load()
         .map_err(LoadError::Verifier)?;
     Ok(ebpf)
+}
+
+/// The program for interfaces without a link header (`emis_l3`), loaded on first use: it
+/// shares every map with `emis`, so a router with both kinds of interface keeps one policy,
+/// one flow table and one set of counters.
+pub fn program_l3_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME_L3)
+        .ok_or_else(|| LoadError::Missing {
+            kind: "program",
+            name: PROGRAM_NAME_L3.into(),
+        })?
+        .try_into()
+        .map_err(LoadError::NotXdp)?;
+    if program.fd().is_err() {
+        program.load().map_err(LoadError::Verifier)?;
+    }
+    Ok(program)
 }
 
 pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {

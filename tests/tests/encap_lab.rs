@@ -4,8 +4,7 @@
 //! detection the loader uses to pick the program. Needs root and iproute2. (tun rather
 //! than ipip: the test kernel has no ipip, sit, GRE or wireguard modules.)
 
-#[path = "../../emis-user/src/linktype.rs"]
-mod linktype;
+use emis::linktype;
 
 use std::{
     net::Ipv4Addr,

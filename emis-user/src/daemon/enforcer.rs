@@ -11,7 +11,7 @@ use aya::{
     Ebpf,
 };
 use emis_common::{
-    Config, Counter, FlowKey, FlowValue, MAP_CONFIG, MAP_FLOWS, MAP_STATS, STATS_LEN,
+    Config, Counter, FlowKey, FlowValue, Link, MAP_CONFIG, MAP_FLOWS, MAP_STATS, STATS_LEN,
 };
 use emis_policy::{
     compile::compile_with_slots,
@@ -24,7 +24,7 @@ use super::{
     config::{policy_inputs, RunSettings},
     diff::PolicyDiff,
     error::What as _,
-    links::{self, Installed},
+    links::{self, AttachMode, Installed},
     lock::ModeLock,
     pins::{self, Pins},
     state::{now, LastReload, State},
@@ -195,6 +195,14 @@ fn install(
         .unwrap_or_default()
         .assign(&slugs)?;
     let compiled = compile_with_slots(policy, &assignment.of_rule)?;
+    // Which program each interface takes, asked again here since a reload may follow a
+    // change of the interfaces themselves.
+    let link_types = links::check_interfaces(&settings.interfaces, settings.netns.as_deref())?;
+    let (ethernet, ip_only): (Vec<String>, Vec<String>) = settings
+        .interfaces
+        .iter()
+        .cloned()
+        .partition(|iface| link_types.get(iface) != Some(&Link::Ip));
     pins.prepare()?;
     let shared_existed = pins.map(MAP_STATS).exists();
     let mut ebpf = loader::load_sharing(
@@ -225,14 +233,26 @@ fn install(
     set_program_mode(&mut ebpf, mode)?;
     let modes_before = previous.map(|s| s.attach_modes.clone()).unwrap_or_default();
     let swap_started = Instant::now();
-    let installed = links::install(
+    let mut installed = links::install(
         loader::program_mut(&mut ebpf)?,
         pins,
-        &settings.interfaces,
+        &ethernet,
         settings.xdp_mode,
         settings.netns.as_deref(),
         &modes_before,
     )?;
+    if !ip_only.is_empty() {
+        // Devices without a link header have no native XDP: generic (skb) mode, where the
+        // frame starts at the IP header.
+        installed.extend(links::install(
+            loader::program_l3_mut(&mut ebpf)?,
+            pins,
+            &ip_only,
+            AttachMode::Skb,
+            settings.netns.as_deref(),
+            &modes_before,
+        )?);
+    }
     let swap = swap_started.elapsed();
     pin_program_and_config(pins, &mut ebpf)?;
     drop(mode_lock);

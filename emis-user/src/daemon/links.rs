@@ -9,6 +9,10 @@ use aya::programs::{
     ProgramError, Xdp, XdpMode,
 };
 
+use emis_common::Link;
+
+use crate::linktype;
+
 use super::{
     error::{chain as error_chain, What as _},
     pins::Pins,
@@ -82,9 +86,14 @@ fn where_(netns: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-/// Every interface exists (checked before anything in the kernel changes).
-pub fn check_interfaces(ifaces: &[String], netns: Option<&str>) -> Result<(), Error> {
+/// Every interface exists and has a link type the program reads (checked before anything
+/// in the kernel changes); returns which program each one takes.
+pub fn check_interfaces(
+    ifaces: &[String],
+    netns: Option<&str>,
+) -> Result<BTreeMap<String, Link>, Error> {
     in_netns(netns, || {
+        let mut links = BTreeMap::new();
         for iface in ifaces {
             let name = std::ffi::CString::new(iface.as_str())
                 .map_err(|_| Error::Refused(format!("interface name {iface:?} has a NUL byte")))?;
@@ -94,8 +103,13 @@ pub fn check_interfaces(ifaces: &[String], netns: Option<&str>) -> Result<(), Er
                     where_(netns)
                 )));
             }
+            // Never attach where the program would misread the headers: an unknown
+            // link type is refused by name.
+            let link = linktype::link_of(iface)
+                .map_err(|e| Error::Refused(format!("{e}{}", where_(netns))))?;
+            links.insert(iface.clone(), link);
         }
-        Ok(())
+        Ok(links)
     })
 }
 
