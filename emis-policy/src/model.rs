@@ -1,4 +1,4 @@
-//! The reference verdict: what POLICY.md says the enforcer must decide for a frame,
+//! The reference verdict: what docs/DECISIONS.md says the enforcer must decide for a frame,
 //! computed straight from the policy (no maps), so tests can hold the kernel to it.
 //! [`Model`] keeps its own flow and fragment tables for stateful sequences.
 //!

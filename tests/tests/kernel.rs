@@ -1,5 +1,5 @@
 //! The loaded kernel program, driven through BPF_PROG_TEST_RUN, must give the verdict
-//! POLICY.md requires and the reference model computes, and count it once. Needs root.
+//! docs/DECISIONS.md gives and the reference model computes, and count it once. Needs root.
 
 use std::net::IpAddr;
 

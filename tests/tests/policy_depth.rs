@@ -1,5 +1,5 @@
 //! Stateful replies, fragments, ICMP, and hostile input: the loaded kernel program and the
-//! reference model must reach the verdict POLICY.md requires, packet by packet and over
+//! reference model must reach the verdict docs/DECISIONS.md gives, packet by packet and over
 //! long sequences, and never abort. Needs root.
 
 use std::time::Duration;
@@ -368,7 +368,7 @@ fn echo_is_denied_in_scope_unless_the_spec_permits_it() {
     );
 }
 
-/// The evasion catalogue of the issue: each case must get the verdict POLICY.md requires.
+/// The evasion catalogue of the issue: each case must get the verdict docs/DECISIONS.md gives.
 #[test]
 fn hostile_headers_get_the_verdict_the_policy_requires() {
     let policy = default_policy(TEST_SITE, false);
