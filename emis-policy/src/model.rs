@@ -13,22 +13,24 @@
 //! echo or errors, and deny-or-pass by enforce-scope network. The parser below reads
 //! frames header by header as the kernel's `parse` does, with the same bounds.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use emis_common::{
     denial_network, deny_or_pass, expired, flow_timeouts_ns, icmp_class, ip_version,
     ipv4_header_len, ipv6_ext_header_len, is_bare_syn, is_ipv6_ext_header, is_vlan, lifetime_ns,
-    network_bit, on_forward, on_reply, role_bit, tcp_header_len, Addr, Decision, DenyReason,
-    FlowKey, FlowValue, FragKey, FragValue, IcmpClass, PassReason, Path, ETH_HLEN, ETH_P_IPV4,
-    ETH_P_IPV6, ETH_TYPE_OFFSET, FLOW_NEW, FLOW_STATE_COUNT, ICMP_HLEN, IPV4_FRAGMENT_MASK,
+    network_bit, new_flow_table_size, role_bit, stateless_reply, tcp_header_len, track, Addr,
+    Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue, IcmpClass, PassReason, Path,
+    Segment, Tracked, DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, ETH_HLEN, ETH_P_IPV4,
+    ETH_P_IPV6, ETH_TYPE_OFFSET, FLOW_STATE_COUNT, FRAG_TABLE_SIZE, ICMP_HLEN, IPV4_FRAGMENT_MASK,
     IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV6_EXT_MIN_LEN, IPV6_FRAGMENT, IPV6_FRAGMENT_MASK,
     IPV6_HLEN, MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, MAX_QUOTED_PORTS_OFFSET, MAX_VLAN_TAGS,
     MIN_TCP_FRAG_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_HLEN,
     UDP_HLEN, VLAN_HLEN,
 };
+
+mod lru;
+
+use lru::Lru;
 
 use crate::{
     compile::endpoint_mask,
@@ -66,11 +68,25 @@ pub struct L4Facts {
     pub sport: u16,
     pub dport: u16,
     pub flags: u8,
+    /// TCP: sequence and acknowledgement numbers and payload bytes; zero for UDP.
+    pub seq: u32,
+    pub ack: u32,
+    pub len: u32,
 }
 
 impl L4Facts {
     pub fn bare_syn(&self) -> bool {
         is_bare_syn(self.flags)
+    }
+
+    /// What the flow tracker reads of the segment.
+    pub fn segment(&self) -> Segment {
+        Segment {
+            flags: self.flags,
+            seq: self.seq,
+            ack: self.ack,
+            len: self.len,
+        }
     }
 }
 
@@ -93,6 +109,10 @@ pub struct Quoted {
 
 fn be16(b: &[u8], i: usize) -> u16 {
     u16::from_be_bytes([b[i], b[i + 1]])
+}
+
+fn be32(b: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
 fn ipv4_at(b: &[u8], i: usize) -> IpAddr {
@@ -234,6 +254,9 @@ fn parse_l4(frame: &[u8], facts: &mut IpFacts, offset: usize, l4_len: usize, v6:
                         sport: be16(tcp, 0),
                         dport: be16(tcp, 2),
                         flags: tcp[13],
+                        seq: be32(tcp, 4),
+                        ack: be32(tcp, 8),
+                        len: (l4_len - data_offset) as u32,
                     });
                 }
             }
@@ -247,6 +270,9 @@ fn parse_l4(frame: &[u8], facts: &mut IpFacts, offset: usize, l4_len: usize, v6:
                         sport: be16(udp, 0),
                         dport: be16(udp, 2),
                         flags: 0,
+                        seq: 0,
+                        ack: 0,
+                        len: 0,
                     });
                 }
             }
@@ -381,13 +407,47 @@ fn flow_key(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Flow
 }
 
 /// The enforcer as a userspace model: the policy plus the flows and fragments it has allowed,
-/// on a clock the caller sets.
+/// on a clock the caller sets. Its tables are bounded as the kernel's are: established
+/// flows, new flows and fragments each in an LRU of the kernel table's capacity. (The
+/// kernel's LRU is approximate, so once a table overflows the two may evict different
+/// entries; what is never evicted by what is the same in both.)
 pub struct Model<'p> {
     policy: &'p Policy,
     replies: Replies,
-    flows: HashMap<FlowKey, FlowValue>,
-    frags: HashMap<FragKey, FragValue>,
+    flows: Lru<FlowKey, FlowValue>,
+    new_flows: Lru<FlowKey, FlowValue>,
+    frags: Lru<FragKey, FragValue>,
+    events: FlowEvents,
     now_ns: u64,
+}
+
+/// What happened in the model's flow tables, as the kernel's flow-event counters say it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvents {
+    pub created: u64,
+    pub insert_failed: u64,
+    pub expired: u64,
+    pub new_created: u64,
+    pub new_expired: u64,
+    pub new_promoted: u64,
+    pub untracked: u64,
+    pub rst_honoured: u64,
+    pub rst_ignored: u64,
+    pub fin_ignored: u64,
+    /// Entries each LRU pushed out: established, new.
+    pub evicted: u64,
+    pub new_evicted: u64,
+}
+
+impl FlowEvents {
+    fn tracked(&mut self, tracked: Tracked) {
+        match tracked {
+            Tracked::Updated => {}
+            Tracked::RstHonoured => self.rst_honoured += 1,
+            Tracked::RstIgnored => self.rst_ignored += 1,
+            Tracked::FinIgnored => self.fin_ignored += 1,
+        }
+    }
 }
 
 /// Where a packet's addresses stand before any rule: their classes and the
@@ -406,13 +466,31 @@ impl Standing {
 
 impl<'p> Model<'p> {
     pub fn new(policy: &'p Policy, replies: Replies) -> Self {
+        Self::with_flow_table_size(policy, replies, DEFAULT_FLOW_TABLE_SIZE)
+    }
+
+    /// A model whose established-flow table holds `flow_table_size` entries, as the
+    /// kernel's does after `--flow-table-size`; the new-flow table gets its share.
+    pub fn with_flow_table_size(policy: &'p Policy, replies: Replies, flow_table_size: u32) -> Self {
         Model {
             policy,
             replies,
-            flows: HashMap::new(),
-            frags: HashMap::new(),
+            flows: Lru::new(flow_table_size as usize),
+            new_flows: Lru::new(new_flow_table_size(flow_table_size) as usize),
+            frags: Lru::new(FRAG_TABLE_SIZE as usize),
+            events: FlowEvents::default(),
             now_ns: 0,
         }
+    }
+
+    /// The flow-table events so far.
+    pub fn flow_events(&self) -> FlowEvents {
+        self.events
+    }
+
+    /// The flow under the forward key `key`, established or new, as stored.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.flows.peek(key).or_else(|| self.new_flows.peek(key)).copied()
     }
 
     /// Sets the model's clock, in nanoseconds, for flow and fragment lifetimes.
@@ -420,7 +498,13 @@ impl<'p> Model<'p> {
         self.now_ns = now_ns;
     }
 
+    /// Flows in both tables.
     pub fn flows(&self) -> usize {
+        self.flows.len() + self.new_flows.len()
+    }
+
+    /// Flows in the established table.
+    pub fn established_flows(&self) -> usize {
         self.flows.len()
     }
 
@@ -498,11 +582,16 @@ impl<'p> Model<'p> {
             standing.dst,
         ) {
             if self.stateful() {
-                self.track_forward(
-                    flow_key(facts.src, facts.dst, facts.proto, l4.sport, l4.dport),
-                    rule,
-                    l4.flags,
-                );
+                if standing.network == NO_NETWORK {
+                    // Both ends out of enforce scope: the replies pass anyway.
+                    self.events.untracked += 1;
+                } else {
+                    self.track_forward(
+                        flow_key(facts.src, facts.dst, facts.proto, l4.sport, l4.dport),
+                        rule,
+                        &l4.segment(),
+                    );
+                }
             }
             return Ok(Decision::Allow {
                 rule,
@@ -515,8 +604,10 @@ impl<'p> Model<'p> {
         let rule = if self.stateful() {
             self.track_reply(
                 flow_key(facts.dst, facts.src, facts.proto, l4.dport, l4.sport),
-                l4.flags,
+                &l4.segment(),
             )
+        } else if !stateless_reply(facts.proto, l4.flags) {
+            None
         } else {
             first_rule(
                 self.policy,
@@ -543,36 +634,90 @@ impl<'p> Model<'p> {
         expired(flow.last_seen_ns, lifetime, self.now_ns)
     }
 
-    fn track_forward(&mut self, key: FlowKey, rule: u32, flags: u8) {
-        let state = match self.flows.get(&key) {
-            Some(flow) if !self.expired(flow) => flow.state,
-            _ => FLOW_NEW,
-        };
-        self.flows.insert(
-            key,
-            FlowValue {
-                last_seen_ns: self.now_ns,
-                rule,
-                state: on_forward(state, key.proto, flags),
-            },
-        );
+    /// As the kernel's `track_forward`: the established table first, else the new one.
+    fn track_forward(&mut self, key: FlowKey, rule: u32, seg: &Segment) {
+        let now = self.now_ns;
+        if let Some(mut flow) = self.flows.peek(&key).copied() {
+            if !self.expired(&flow) {
+                flow.rule = rule;
+                let tracked = track(&mut flow, DIR_FORWARD, key.proto, seg, now);
+                self.events.tracked(tracked);
+                self.flows.update(&key, flow);
+                return;
+            }
+            self.flows.remove(&key);
+            self.events.expired += 1;
+        }
+        if let Some(mut flow) = self.new_flows.peek(&key).copied() {
+            if self.expired(&flow) {
+                flow = FlowValue::new(rule);
+            }
+            flow.rule = rule;
+            let tracked = track(&mut flow, DIR_FORWARD, key.proto, seg, now);
+            self.events.tracked(tracked);
+            self.new_flows.update(&key, flow);
+            return;
+        }
+        let mut flow = FlowValue::new(rule);
+        let tracked = track(&mut flow, DIR_FORWARD, key.proto, seg, now);
+        self.events.tracked(tracked);
+        if self.new_flows.insert(key, flow) {
+            self.events.new_evicted += 1;
+        }
+        self.events.new_created += 1;
     }
 
-    /// The live flow under `key`; an expired one is removed.
-    fn live_flow(&mut self, key: &FlowKey) -> Option<FlowValue> {
-        let flow = *self.flows.get(key)?;
+    /// The live flow under `key` in the established (`established`) or new table; an
+    /// expired one is removed.
+    fn live_flow(&mut self, key: &FlowKey, established: bool) -> Option<FlowValue> {
+        let table = if established {
+            &self.flows
+        } else {
+            &self.new_flows
+        };
+        let flow = *table.peek(key)?;
         if self.expired(&flow) {
-            self.flows.remove(key);
+            if established {
+                self.flows.remove(key);
+                self.events.expired += 1;
+            } else {
+                self.new_flows.remove(key);
+                self.events.new_expired += 1;
+            }
             return None;
         }
         Some(flow)
     }
 
-    fn track_reply(&mut self, key: FlowKey, flags: u8) -> Option<u32> {
-        let mut flow = self.live_flow(&key)?;
-        flow.state = on_reply(flow.state, key.proto, flags);
-        flow.last_seen_ns = self.now_ns;
-        self.flows.insert(key, flow);
+    /// The rule of the live flow under `key`, established or new.
+    fn tracked_rule(&mut self, key: &FlowKey) -> Option<u32> {
+        self.live_flow(key, true)
+            .or_else(|| self.live_flow(key, false))
+            .map(|flow| flow.rule)
+    }
+
+    /// As the kernel's `track_reply`: an answered new flow moves to the established table.
+    fn track_reply(&mut self, key: FlowKey, seg: &Segment) -> Option<u32> {
+        let now = self.now_ns;
+        if let Some(mut flow) = self.live_flow(&key, true) {
+            let tracked = track(&mut flow, DIR_REPLY, key.proto, seg, now);
+            self.events.tracked(tracked);
+            self.flows.update(&key, flow);
+            return Some(flow.rule);
+        }
+        let mut flow = self.live_flow(&key, false)?;
+        let tracked = track(&mut flow, DIR_REPLY, key.proto, seg, now);
+        self.events.tracked(tracked);
+        if flow.answered() {
+            if self.flows.insert(key, flow) {
+                self.events.evicted += 1;
+            }
+            self.events.created += 1;
+            self.new_flows.remove(&key);
+            self.events.new_promoted += 1;
+        } else {
+            self.new_flows.update(&key, flow);
+        }
         Some(flow.rule)
     }
 
@@ -599,10 +744,8 @@ impl<'p> Model<'p> {
                 quoted.sport,
                 quoted.dport,
             );
-            match self.live_flow(&key) {
-                Some(flow) => Some(flow.rule),
-                None => self.live_flow(&key.reversed()).map(|flow| flow.rule),
-            }
+            self.tracked_rule(&key)
+                .or_else(|| self.tracked_rule(&key.reversed()))
         } else {
             let (from, _) = classify(self.policy, quoted.src);
             let (to, _) = classify(self.policy, quoted.dst);
@@ -621,13 +764,14 @@ impl<'p> Model<'p> {
             return Err(DenyReason::Malformed);
         }
         let key = frag_key(facts);
-        let entry = self.frags.get_mut(&key).ok_or(DenyReason::Fragment)?;
+        let mut entry = *self.frags.peek(&key).ok_or(DenyReason::Fragment)?;
         let timeout = self.policy.options.timeouts.fragment * 1_000_000_000;
         if expired(entry.last_seen_ns, timeout, self.now_ns) {
             self.frags.remove(&key);
             return Err(DenyReason::Fragment);
         }
         entry.last_seen_ns = self.now_ns;
+        self.frags.update(&key, entry);
         Ok(Decision::Allow {
             rule: entry.rule,
             path: Path::from_raw(entry.path),
