@@ -463,7 +463,13 @@ mod tests {
         track(&mut f, DIR_REPLY, PROTO_TCP, &syn_ack, 2);
         assert_eq!(f.state, FLOW_TCP_ESTABLISHED);
         assert!(f.answered());
-        track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_ACK, 1001, 5001, 0), 3);
+        track(
+            &mut f,
+            DIR_FORWARD,
+            PROTO_TCP,
+            &seg(TCP_ACK, 1001, 5001, 0),
+            3,
+        );
         f
     }
 
@@ -471,7 +477,10 @@ mod tests {
     fn handshake_and_close() {
         let mut f = established();
         let data = seg(TCP_ACK | TCP_PSH, 1001, 5001, 100);
-        assert_eq!(track(&mut f, DIR_FORWARD, PROTO_TCP, &data, 4), Tracked::Updated);
+        assert_eq!(
+            track(&mut f, DIR_FORWARD, PROTO_TCP, &data, 4),
+            Tracked::Updated
+        );
         assert_eq!(f.sides[DIR_FORWARD].end, 1101);
         let fin = seg(TCP_FIN | TCP_ACK, 5001, 1101, 0);
         track(&mut f, DIR_REPLY, PROTO_TCP, &fin, 5);
@@ -480,10 +489,22 @@ mod tests {
         track(&mut f, DIR_FORWARD, PROTO_TCP, &fin, 6);
         assert_eq!(f.state, FLOW_TCP_CLOSING);
         // The last ACK does not refresh a closing flow.
-        track(&mut f, DIR_REPLY, PROTO_TCP, &seg(TCP_ACK, 5002, 1102, 0), 9);
+        track(
+            &mut f,
+            DIR_REPLY,
+            PROTO_TCP,
+            &seg(TCP_ACK, 5002, 1102, 0),
+            9,
+        );
         assert_eq!((f.state, f.last_seen_ns), (FLOW_TCP_CLOSING, 6));
         // A new connection on the same ports starts over.
-        track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_SYN, 9000, 0, 0), 10);
+        track(
+            &mut f,
+            DIR_FORWARD,
+            PROTO_TCP,
+            &seg(TCP_SYN, 9000, 0, 0),
+            10,
+        );
         assert_eq!((f.state, f.last_seen_ns), (FLOW_TCP_SYN_SENT, 10));
     }
 
@@ -496,7 +517,13 @@ mod tests {
         for i in 0..10u32 {
             let data = seg(TCP_ACK | TCP_PSH, 5001 + i * 1000, 1002, 1000);
             track(&mut f, DIR_REPLY, PROTO_TCP, &data, 10 + u64::from(i));
-            track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_ACK, 1002, 6001 + i * 1000, 0), 10 + u64::from(i));
+            track(
+                &mut f,
+                DIR_FORWARD,
+                PROTO_TCP,
+                &seg(TCP_ACK, 1002, 6001 + i * 1000, 0),
+                10 + u64::from(i),
+            );
         }
         assert_eq!((f.state, f.last_seen_ns), (FLOW_TCP_ESTABLISHED, 19));
         let fin = seg(TCP_FIN | TCP_ACK, 15001, 1002, 0);
@@ -510,25 +537,48 @@ mod tests {
         let before = f;
         for seq in [0, 1000, 1002, 5001, 1001 + (1 << 20), 0x8000_0000] {
             let rst = seg(TCP_RST, seq, 0, 0);
-            assert_eq!(track(&mut f, DIR_FORWARD, PROTO_TCP, &rst, 4), Tracked::RstIgnored, "{seq}");
+            assert_eq!(
+                track(&mut f, DIR_FORWARD, PROTO_TCP, &rst, 4),
+                Tracked::RstIgnored,
+                "{seq}"
+            );
             let rst = seg(TCP_RST | TCP_ACK, seq.wrapping_add(4000), 1001, 0);
-            assert_eq!(track(&mut f, DIR_REPLY, PROTO_TCP, &rst, 4), Tracked::RstIgnored, "{seq}");
+            assert_eq!(
+                track(&mut f, DIR_REPLY, PROTO_TCP, &rst, 4),
+                Tracked::RstIgnored,
+                "{seq}"
+            );
         }
         assert_eq!(f.state, before.state);
         assert_eq!(f.sides, before.sides);
         // A FIN far off the window changes nothing either.
         let fin = seg(TCP_FIN | TCP_ACK, 1001 + (1 << 20), 5001, 0);
-        assert_eq!(track(&mut f, DIR_FORWARD, PROTO_TCP, &fin, 4), Tracked::FinIgnored);
+        assert_eq!(
+            track(&mut f, DIR_FORWARD, PROTO_TCP, &fin, 4),
+            Tracked::FinIgnored
+        );
         assert_eq!((f.state, f.tcp), (before.state, before.tcp));
         // The server's RST at its next byte closes the flow.
         let rst = seg(TCP_RST, 5001, 0, 0);
-        assert_eq!(track(&mut f, DIR_REPLY, PROTO_TCP, &rst, 5), Tracked::RstHonoured);
+        assert_eq!(
+            track(&mut f, DIR_REPLY, PROTO_TCP, &rst, 5),
+            Tracked::RstHonoured
+        );
         assert_eq!(f.state, FLOW_TCP_CLOSING);
         // And the client's, with data in flight, anywhere between acknowledged and sent.
         let mut f = established();
-        track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_ACK, 1001, 5001, 500), 4);
+        track(
+            &mut f,
+            DIR_FORWARD,
+            PROTO_TCP,
+            &seg(TCP_ACK, 1001, 5001, 500),
+            4,
+        );
         let rst = seg(TCP_RST, 1301, 0, 0);
-        assert_eq!(track(&mut f, DIR_FORWARD, PROTO_TCP, &rst, 5), Tracked::RstHonoured);
+        assert_eq!(
+            track(&mut f, DIR_FORWARD, PROTO_TCP, &rst, 5),
+            Tracked::RstHonoured
+        );
     }
 
     #[test]
@@ -536,10 +586,16 @@ mod tests {
         let mut f = FlowValue::new(1);
         track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_SYN, 1000, 0, 0), 1);
         let blind = seg(TCP_RST | TCP_ACK, 0, 77_000_000, 0);
-        assert_eq!(track(&mut f, DIR_REPLY, PROTO_TCP, &blind, 2), Tracked::RstIgnored);
+        assert_eq!(
+            track(&mut f, DIR_REPLY, PROTO_TCP, &blind, 2),
+            Tracked::RstIgnored
+        );
         assert_eq!(f.state, FLOW_TCP_SYN_SENT);
         let refused = seg(TCP_RST | TCP_ACK, 0, 1001, 0);
-        assert_eq!(track(&mut f, DIR_REPLY, PROTO_TCP, &refused, 3), Tracked::RstHonoured);
+        assert_eq!(
+            track(&mut f, DIR_REPLY, PROTO_TCP, &refused, 3),
+            Tracked::RstHonoured
+        );
         assert_eq!(f.state, FLOW_TCP_CLOSING);
         assert!(!f.answered(), "a refusal is no answer to promote");
     }
@@ -547,9 +603,21 @@ mod tests {
     #[test]
     fn picked_up_mid_stream() {
         let mut f = FlowValue::new(1);
-        track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_ACK, 40_000, 90_000, 10), 1);
+        track(
+            &mut f,
+            DIR_FORWARD,
+            PROTO_TCP,
+            &seg(TCP_ACK, 40_000, 90_000, 10),
+            1,
+        );
         assert_eq!(f.state, FLOW_TCP_ESTABLISHED);
-        track(&mut f, DIR_REPLY, PROTO_TCP, &seg(TCP_ACK, 90_000, 40_010, 10), 2);
+        track(
+            &mut f,
+            DIR_REPLY,
+            PROTO_TCP,
+            &seg(TCP_ACK, 90_000, 40_010, 10),
+            2,
+        );
         assert!(f.answered());
         // An established flow ignores a stray SYN on its ports.
         track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_SYN, 1, 0, 0), 3);
@@ -566,10 +634,25 @@ mod tests {
         assert!(!seq_within(6, u32::MAX - 1, 5));
         assert!(seq_after(1, u32::MAX) && !seq_after(u32::MAX, 1));
         let mut f = FlowValue::new(1);
-        track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_SYN, u32::MAX, 0, 0), 1);
-        track(&mut f, DIR_REPLY, PROTO_TCP, &seg(TCP_SYN | TCP_ACK, 7, 0, 0), 2);
+        track(
+            &mut f,
+            DIR_FORWARD,
+            PROTO_TCP,
+            &seg(TCP_SYN, u32::MAX, 0, 0),
+            1,
+        );
+        track(
+            &mut f,
+            DIR_REPLY,
+            PROTO_TCP,
+            &seg(TCP_SYN | TCP_ACK, 7, 0, 0),
+            2,
+        );
         assert_eq!(f.state, FLOW_TCP_ESTABLISHED);
-        assert_eq!(track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_RST, 0, 0, 0), 3), Tracked::RstHonoured);
+        assert_eq!(
+            track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_RST, 0, 0, 0), 3),
+            Tracked::RstHonoured
+        );
     }
 
     #[test]

@@ -15,18 +15,19 @@ use aya_ebpf::{
 use emis_common::{
     denial_network, deny_or_pass, expired, icmp_class, new_flow_table_size, stateless_reply,
     stats_index, tcp_header_len, track, Addr, AddrInfo, Config, Counter, Decision, DenyReason,
-    FlowKey, FlowValue, FragKey, FragValue, IcmpClass, PassReason, Path, PortKey, RuleSet,
-    Segment, Tracked, DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT,
-    FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED,
-    FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED,
-    FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE, MAX_CANDIDATES, MAX_L4_OFFSET, MAX_PORT_ENTRIES,
-    MAX_PREFIXES, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    STATS_LEN, TCP_HLEN,
+    FlowKey, FlowValue, FragKey, FragValue, IcmpClass, PassReason, Path, PortKey, RuleSet, Segment,
+    Tracked, DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT, FLOW_EVENT_CREATED,
+    FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED,
+    FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE,
+    MAX_CANDIDATES, MAX_L4_OFFSET, MAX_PORT_ENTRIES, MAX_PREFIXES, MIN_TCP_FRAG_OFFSET, NO_NETWORK,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_HLEN,
 };
 
 mod parse;
 
-use parse::{bytes_at, parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_udp, Parsed, L3, L4};
+use parse::{
+    bytes_at, parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_udp, Parsed, L3, L4,
+};
 
 #[map(name = "EMIS_ADDR_V4")]
 static ADDR_V4: LpmTrie<[u8; 4], AddrInfo> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);

@@ -471,7 +471,11 @@ impl<'p> Model<'p> {
 
     /// A model whose established-flow table holds `flow_table_size` entries, as the
     /// kernel's does after `--flow-table-size`; the new-flow table gets its share.
-    pub fn with_flow_table_size(policy: &'p Policy, replies: Replies, flow_table_size: u32) -> Self {
+    pub fn with_flow_table_size(
+        policy: &'p Policy,
+        replies: Replies,
+        flow_table_size: u32,
+    ) -> Self {
         Model {
             policy,
             replies,
@@ -490,7 +494,10 @@ impl<'p> Model<'p> {
 
     /// The flow under the forward key `key`, established or new, as stored.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        self.flows.peek(key).or_else(|| self.new_flows.peek(key)).copied()
+        self.flows
+            .peek(key)
+            .or_else(|| self.new_flows.peek(key))
+            .copied()
     }
 
     /// Sets the model's clock, in nanoseconds, for flow and fragment lifetimes.

@@ -78,7 +78,10 @@ mod tests {
         assert!(!lru.insert(2, 'b'));
         lru.update(&1, 'A');
         assert!(lru.insert(3, 'c'));
-        assert_eq!((lru.peek(&1), lru.peek(&2), lru.peek(&3)), (Some(&'A'), None, Some(&'c')));
+        assert_eq!(
+            (lru.peek(&1), lru.peek(&2), lru.peek(&3)),
+            (Some(&'A'), None, Some(&'c'))
+        );
         lru.remove(&1);
         lru.update(&1, 'x');
         assert_eq!((lru.len(), lru.peek(&1)), (1, None));
