@@ -355,36 +355,34 @@ fn count_tracked(tracked: Tracked) {
 }
 
 /// Records or refreshes the flow a forward packet belongs to: in the established table
-/// if it is there, else in the new-flow table.
+/// if it is there, else in the new-flow table. The tracker is called once, on whichever
+/// entry applies, to keep the program small.
 #[inline(always)]
 fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config) {
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(flow) = FLOWS.get_ptr_mut(key) {
-        let flow = unsafe { &mut *flow };
-        if !flow_expired(flow, now, cfg) {
-            flow.rule = rule;
-            count_tracked(track(flow, DIR_FORWARD, key.proto, seg, now));
-            return;
-        }
-        // Expired: it starts over as a new flow, which must earn its place again.
-        if FLOWS.remove(key).is_ok() {
-            flow_event(FLOW_EVENT_EXPIRED);
+    let mut fresh = FlowValue::new(rule);
+    let mut stored = live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED);
+    if stored.is_none() {
+        // An expired established flow starts over as a new flow, which must earn its place again.
+        stored = FLOWS_NEW.get_ptr_mut(key);
+        if let Some(flow) = stored {
+            let flow = unsafe { &mut *flow };
+            if flow_expired(flow, now, cfg) {
+                *flow = FlowValue::new(rule);
+            }
         }
     }
-    if let Some(flow) = FLOWS_NEW.get_ptr_mut(key) {
-        let flow = unsafe { &mut *flow };
-        if flow_expired(flow, now, cfg) {
-            *flow = FlowValue::new(rule);
+    let flow = match stored {
+        Some(flow) => unsafe { &mut *flow },
+        None => &mut fresh,
+    };
+    flow.rule = rule;
+    count_tracked(track(flow, DIR_FORWARD, key.proto, seg, now));
+    if stored.is_none() {
+        match FLOWS_NEW.insert(key, &fresh, 0) {
+            Ok(()) => flow_event(FLOW_EVENT_NEW_CREATED),
+            Err(_) => flow_event(FLOW_EVENT_NEW_INSERT_FAILED),
         }
-        flow.rule = rule;
-        count_tracked(track(flow, DIR_FORWARD, key.proto, seg, now));
-        return;
-    }
-    let mut flow = FlowValue::new(rule);
-    count_tracked(track(&mut flow, DIR_FORWARD, key.proto, seg, now));
-    match FLOWS_NEW.insert(key, &flow, 0) {
-        Ok(()) => flow_event(FLOW_EVENT_NEW_CREATED),
-        Err(_) => flow_event(FLOW_EVENT_NEW_INSERT_FAILED),
     }
 }
 
@@ -423,15 +421,17 @@ fn tracked_rule(key: &FlowKey, now: u64, cfg: &Config) -> Option<u32> {
 #[inline(always)]
 fn track_reply(key: &FlowKey, seg: &Segment, cfg: &Config) -> Option<u32> {
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(flow) = live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED) {
-        let flow = unsafe { &mut *flow };
-        count_tracked(track(flow, DIR_REPLY, key.proto, seg, now));
-        return Some(flow.rule);
-    }
-    let flow = unsafe { &mut *live_flow(&FLOWS_NEW, key, now, cfg, FLOW_EVENT_NEW_EXPIRED)? };
+    let (flow, established) = match live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED) {
+        Some(flow) => (flow, true),
+        None => (
+            live_flow(&FLOWS_NEW, key, now, cfg, FLOW_EVENT_NEW_EXPIRED)?,
+            false,
+        ),
+    };
+    let flow = unsafe { &mut *flow };
     count_tracked(track(flow, DIR_REPLY, key.proto, seg, now));
     let rule = flow.rule;
-    if flow.answered() {
+    if !established && flow.answered() {
         match FLOWS.insert(key, flow, 0) {
             Ok(()) => {
                 flow_event(FLOW_EVENT_CREATED);
