@@ -288,7 +288,8 @@ impl FlowValue {
 /// than what the receiver acknowledged, no higher than what the sender sent); a FIN
 /// marks its side only within the window, and FINs both ways close the flow, so a
 /// half-close keeps it; a closing flow is not refreshed, so stray packets cannot keep it.
-#[inline(always)]
+// Not inlined: the kernel program calls it from two paths, and one copy keeps it small.
+#[inline(never)]
 pub fn track(flow: &mut FlowValue, dir: usize, proto: u8, seg: &Segment, now_ns: u64) -> Tracked {
     if proto != PROTO_TCP {
         flow.state = FLOW_UDP;
