@@ -676,6 +676,29 @@ fn kernel_and_model_agree_on_a_million_packets_of_conversations() {
             count,
             "each packet counted exactly once"
         );
+        if replies == Replies::Stateful {
+            // The established tables agree, and the mix reaches every window outcome.
+            let events = h.model.flow_events();
+            let stats = h.prog.flow_stats().unwrap();
+            eprintln!("{events:?}\n{stats:?}");
+            assert_eq!(
+                (stats.created, stats.expired, stats.entries),
+                (
+                    events.created,
+                    events.expired,
+                    h.model.established_flows() as u64
+                ),
+                "{events:?}"
+            );
+            assert!(
+                events.rst_honoured > 0
+                    && events.rst_ignored > 0
+                    && events.fin_ignored > 0
+                    && events.new_promoted > 0
+                    && events.untracked > 0,
+                "{events:?}"
+            );
+        }
         // The sequences must reach every kind of decision, or agreement proves little.
         let wanted = [
             "allow forward",
