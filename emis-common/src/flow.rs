@@ -657,6 +657,21 @@ mod tests {
     }
 
     #[test]
+    fn window_outcomes_have_their_own_counters() {
+        let slots = [
+            Tracked::RstHonoured,
+            Tracked::RstIgnored,
+            Tracked::FinIgnored,
+        ]
+        .map(|t| t.event().unwrap());
+        assert!(slots.iter().all(|&slot| slot < crate::FLOW_EVENT_COUNT));
+        assert!(slots[0] != slots[1] && slots[1] != slots[2] && slots[0] != slots[2]);
+        assert_eq!(Tracked::Updated.event(), None);
+        assert_eq!(crate::new_flow_table_size(131_072), 32_768);
+        assert_eq!(crate::new_flow_table_size(16), 64);
+    }
+
+    #[test]
     fn stateless_tcp_replies_carry_ack() {
         assert!(stateless_reply(PROTO_TCP, TCP_ACK | TCP_PSH));
         for scan in [0, TCP_FIN, TCP_FIN | TCP_PSH | 0x20] {
