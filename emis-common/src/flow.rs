@@ -255,12 +255,15 @@ impl FlowValue {
         self.tcp & bit != 0
     }
 
-    /// Whether the flow has seen traffic both ways that belongs to it: a UDP reply, or a
-    /// TCP reply that acknowledged what the forward side sent. Only such flows enter the
-    /// established table, so new flows cannot push them out.
+    /// Whether the flow has seen traffic both ways that belongs to it (conntrack's
+    /// "assured"): for UDP a reply; for TCP a reply that acknowledged what the forward
+    /// side sent, itself acknowledged by the forward side (the handshake's third packet).
+    /// A spoofed SYN that a server answers never gets there. Only assured flows enter
+    /// the established table, so new and half-open flows cannot push them out.
     #[inline(always)]
-    pub const fn answered(&self) -> bool {
-        self.state == FLOW_UDP || self.has(seen_bit(DIR_REPLY))
+    pub const fn assured(&self) -> bool {
+        self.state == FLOW_UDP
+            || (self.has(seen_bit(DIR_REPLY)) && self.has(acked_bit(DIR_FORWARD)))
     }
 
     /// Whether sequence number `seq` from side `dir` lies in that side's window: no lower
@@ -459,11 +462,20 @@ mod tests {
         let mut f = FlowValue::new(7);
         track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_SYN, 1000, 0, 0), 1);
         assert_eq!(f.state, FLOW_TCP_SYN_SENT);
-        assert!(!f.answered());
+        assert!(!f.assured());
         let syn_ack = seg(TCP_SYN | TCP_ACK, 5000, 1001, 0);
         track(&mut f, DIR_REPLY, PROTO_TCP, &syn_ack, 2);
         assert_eq!(f.state, FLOW_TCP_ESTABLISHED);
-        assert!(f.answered());
+        assert!(!f.assured(), "the handshake is not complete");
+        // An ACK that acknowledges nothing the server sent does not complete it.
+        track(
+            &mut f,
+            DIR_FORWARD,
+            PROTO_TCP,
+            &seg(TCP_ACK, 1001, 77_000_000, 0),
+            3,
+        );
+        assert!(!f.assured());
         track(
             &mut f,
             DIR_FORWARD,
@@ -471,6 +483,7 @@ mod tests {
             &seg(TCP_ACK, 1001, 5001, 0),
             3,
         );
+        assert!(f.assured());
         f
     }
 
@@ -598,7 +611,7 @@ mod tests {
             Tracked::RstHonoured
         );
         assert_eq!(f.state, FLOW_TCP_CLOSING);
-        assert!(!f.answered(), "a refusal is no answer to promote");
+        assert!(!f.assured(), "a refusal is no answer to promote");
     }
 
     #[test]
@@ -619,14 +632,17 @@ mod tests {
             &seg(TCP_ACK, 90_000, 40_010, 10),
             2,
         );
-        assert!(f.answered());
+        assert!(!f.assured());
+        let ack = seg(TCP_ACK, 40_010, 90_010, 0);
+        track(&mut f, DIR_FORWARD, PROTO_TCP, &ack, 3);
+        assert!(f.assured());
         // An established flow ignores a stray SYN on its ports.
         track(&mut f, DIR_FORWARD, PROTO_TCP, &seg(TCP_SYN, 1, 0, 0), 3);
         assert_eq!(f.state, FLOW_TCP_ESTABLISHED);
         let mut u = FlowValue::new(2);
         track(&mut u, DIR_FORWARD, 17, &Segment::default(), 1);
         assert_eq!(u.state, FLOW_UDP);
-        assert!(u.answered());
+        assert!(u.assured());
     }
 
     #[test]

@@ -20,12 +20,13 @@ pub const MAP_CONFIG: &str = "EMIS_CONFIG";
 /// Name of the per-CPU array of [`Counter`]s, laid out by [`stats_index`](crate::stats_index).
 pub const MAP_STATS: &str = "EMIS_STATS";
 /// Name of the LRU map from [`FlowKey`](crate::FlowKey) to [`FlowValue`](crate::FlowValue):
-/// established flows, those a rule allowed that have seen a reply. Only a flow promoted
-/// from [`MAP_FLOWS_NEW`] enters it, so floods of new flows cannot push these out.
+/// established flows, those a rule allowed that are assured (see
+/// [`FlowValue::assured`](crate::FlowValue::assured)). Only a flow promoted from
+/// [`MAP_FLOWS_NEW`] enters it, so floods of new flows cannot push these out.
 pub const MAP_FLOWS: &str = "EMIS_FLOWS";
 /// Name of the LRU map of new and half-open flows (same key and value as [`MAP_FLOWS`]):
-/// a flow enters it on its first allowed packet and leaves it for [`MAP_FLOWS`] on its
-/// first reply. Sized by [`new_flow_table_size`].
+/// a flow enters it on its first allowed packet and leaves it for [`MAP_FLOWS`] once
+/// assured. Sized by [`new_flow_table_size`].
 pub const MAP_FLOWS_NEW: &str = "EMIS_FLOWS_NEW";
 /// Name of the LRU map from [`FragKey`](crate::FragKey) to [`FragValue`](crate::FragValue):
 /// datagrams whose first fragment was allowed.
@@ -171,8 +172,8 @@ pub const FLOW_EVENT_CREATED: u32 = 0;
 pub const FLOW_EVENT_INSERT_FAILED: u32 = 1;
 pub const FLOW_EVENT_EXPIRED: u32 = 2;
 /// The new-flow table ([`MAP_FLOWS_NEW`]): a flow entered it, an insert failed, an expired
-/// flow was removed when met, a flow left it for the established table on its first
-/// reply. Its evictions are `created - expired - promoted - entries`.
+/// flow was removed when met, a flow left it for the established table once
+/// assured. Its evictions are `created - expired - promoted - entries`.
 pub const FLOW_EVENT_NEW_CREATED: u32 = 3;
 pub const FLOW_EVENT_NEW_INSERT_FAILED: u32 = 4;
 pub const FLOW_EVENT_NEW_EXPIRED: u32 = 5;

@@ -48,7 +48,7 @@ static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_LEN, 0)
 #[map(name = "EMIS_FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
-/// New and half-open flows, until their first reply promotes them into [`FLOWS`].
+/// New and half-open flows, until they are assured and promoted into [`FLOWS`].
 #[map(name = "EMIS_FLOWS_NEW")]
 static FLOWS_NEW: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(new_flow_table_size(DEFAULT_FLOW_TABLE_SIZE), 0);
@@ -355,14 +355,15 @@ fn count_tracked(tracked: Tracked) {
 }
 
 /// Records or refreshes the flow a forward packet belongs to: in the established table
-/// if it is there, else in the new-flow table. The tracker is called once, on whichever
-/// entry applies, to keep the program small.
+/// if it is there, else in the new-flow table, which it leaves once assured. The tracker
+/// is called once, on whichever entry applies, to keep the program small.
 #[inline(always)]
 fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config) {
     let now = unsafe { bpf_ktime_get_ns() };
     let mut fresh = FlowValue::new(rule);
     let mut stored = live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED);
-    if stored.is_none() {
+    let established = stored.is_some();
+    if !established {
         // An expired established flow starts over as a new flow, which must earn its place again.
         stored = FLOWS_NEW.get_ptr_mut(key);
         if let Some(flow) = stored {
@@ -383,6 +384,23 @@ fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config) {
             Ok(()) => flow_event(FLOW_EVENT_NEW_CREATED),
             Err(_) => flow_event(FLOW_EVENT_NEW_INSERT_FAILED),
         }
+    } else if !established && flow.assured() {
+        promote(key, flow);
+    }
+}
+
+/// Moves an assured flow from the new-flow table into the established one; if the
+/// established table refuses it, it stays where it is.
+#[inline(always)]
+fn promote(key: &FlowKey, flow: &FlowValue) {
+    match FLOWS.insert(key, flow, 0) {
+        Ok(()) => {
+            flow_event(FLOW_EVENT_CREATED);
+            if FLOWS_NEW.remove(key).is_ok() {
+                flow_event(FLOW_EVENT_NEW_PROMOTED);
+            }
+        }
+        Err(_) => flow_event(FLOW_EVENT_INSERT_FAILED),
     }
 }
 
@@ -417,7 +435,7 @@ fn tracked_rule(key: &FlowKey, now: u64, cfg: &Config) -> Option<u32> {
 
 /// The rule of the tracked flow a reply answers, tracking the reply; `key` is the flow's
 /// forward key. The established table is tried first (the common reply needs one
-/// lookup); a new flow that the reply answers moves into it.
+/// lookup); a new flow that the reply assures moves into it (a UDP reply does).
 #[inline(always)]
 fn track_reply(key: &FlowKey, seg: &Segment, cfg: &Config) -> Option<u32> {
     let now = unsafe { bpf_ktime_get_ns() };
@@ -431,16 +449,8 @@ fn track_reply(key: &FlowKey, seg: &Segment, cfg: &Config) -> Option<u32> {
     let flow = unsafe { &mut *flow };
     count_tracked(track(flow, DIR_REPLY, key.proto, seg, now));
     let rule = flow.rule;
-    if !established && flow.answered() {
-        match FLOWS.insert(key, flow, 0) {
-            Ok(()) => {
-                flow_event(FLOW_EVENT_CREATED);
-                if FLOWS_NEW.remove(key).is_ok() {
-                    flow_event(FLOW_EVENT_NEW_PROMOTED);
-                }
-            }
-            Err(_) => flow_event(FLOW_EVENT_INSERT_FAILED),
-        }
+    if !established && flow.assured() {
+        promote(key, flow);
     }
     Some(rule)
 }

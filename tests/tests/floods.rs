@@ -181,8 +181,28 @@ fn an_established_flow_outlives_floods_of_new_and_out_of_scope_flows() {
     let stats = h.prog.flow_stats().unwrap();
     assert_eq!(
         (stats.entries, stats.created),
+        (1, 1),
+        "not assured yet; {stats:?}"
+    );
+    // The handshake's third packet assures the flow: it moves to the established table.
+    let third = tcp(
+        &client,
+        N3,
+        1024 + (last % 64_000) as u16,
+        443,
+        TCP_ACK,
+        last + 1,
+        10,
+    );
+    assert!(matches!(
+        h.check(&third).unwrap(),
+        Decision::Allow { rule: SPINE, .. }
+    ));
+    let stats = h.prog.flow_stats().unwrap();
+    assert_eq!(
+        (stats.entries, stats.created),
         (2, 2),
-        "answered: promoted; {stats:?}"
+        "promoted; {stats:?}"
     );
 }
 
@@ -190,12 +210,14 @@ fn an_established_flow_outlives_floods_of_new_and_out_of_scope_flows() {
 fn established_flows_are_pushed_out_only_by_established_flows() {
     let policy = default_policy(TEST_SITE, false);
     let mut h = harness(&policy);
-    // Twice the table of answered flows: the table holds at most its size, and says so.
+    // Twice the table of complete handshakes: the table holds at most its size, and says so.
     for port in 0..2 * TABLE {
         let sport = 20_000 + port as u16;
         h.check(&tcp(SITE, N3, sport, 443, TCP_SYN, 100, 0))
             .unwrap();
         h.check(&tcp(N3, SITE, 443, sport, TCP_SYN | TCP_ACK, 500, 101))
+            .unwrap();
+        h.check(&tcp(SITE, N3, sport, 443, TCP_ACK, 101, 501))
             .unwrap();
     }
     let stats = h.prog.flow_stats().unwrap();

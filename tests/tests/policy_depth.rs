@@ -79,7 +79,8 @@ fn stateful_replies_follow_only_flows_a_rule_allowed() {
     assert!(denied(DenyReason::NoRule)(
         &h.check(&udp(N3, SITE, 33962, 5000)).unwrap()
     ));
-    // Only the answered TCP flow is established; the local-sites flows keep no entry.
+    // Only the TCP flow with a complete handshake is established; the local-sites flows
+    // keep no entry.
     let stats = h.prog.flow_stats().unwrap();
     assert!(stats.created >= 1 && stats.entries >= 1, "{stats:?}");
     assert_eq!((stats.evicted, stats.insert_failures), (0, 0), "{stats:?}");
@@ -109,10 +110,12 @@ fn flows_expire_by_state_after_their_lifetimes() {
     h.check(&tcp(SITE, N3, 41001, 443, TCP_SYN)).unwrap();
     h.check(&tcp(N3, SITE, 443, 41001, TCP_SYN | TCP_ACK))
         .unwrap();
+    h.check(&tcp(SITE, N3, 41001, 443, TCP_ACK)).unwrap();
     // Reset: one second.
     h.check(&tcp(SITE, N3, 41002, 443, TCP_SYN)).unwrap();
     h.check(&tcp(N3, SITE, 443, 41002, TCP_SYN | TCP_ACK))
         .unwrap();
+    h.check(&tcp(SITE, N3, 41002, 443, TCP_ACK)).unwrap();
     h.check(&tcp(SITE, N3, 41002, 443, TCP_RST)).unwrap();
 
     std::thread::sleep(Duration::from_millis(1500));
@@ -134,7 +137,7 @@ fn flows_expire_by_state_after_their_lifetimes() {
         denied(DenyReason::NoRule)(&h.check(&tcp(N3, SITE, 443, 41002, TCP_ACK)).unwrap()),
         "reset flow expired"
     );
-    // The reset flow was established; the half-open one expired from the new-flow table.
+    // The reset flow was established; the half-open one expires from the new-flow table.
     assert_eq!(
         h.prog.flow_stats().unwrap().expired,
         expired + 1,

@@ -70,7 +70,11 @@ impl<'p> Model<'p> {
             flow.rule = rule;
             let tracked = track(&mut flow, DIR_FORWARD, key.proto, seg, now);
             self.events.tracked(tracked);
-            self.new_flows.update(&key, flow);
+            if flow.assured() {
+                self.promote(key, flow);
+            } else {
+                self.new_flows.update(&key, flow);
+            }
             return;
         }
         let mut flow = FlowValue::new(rule);
@@ -111,7 +115,7 @@ impl<'p> Model<'p> {
             .map(|flow| flow.rule)
     }
 
-    /// As the kernel's `track_reply`: an answered new flow moves to the established table.
+    /// As the kernel's `track_reply`: an assured new flow moves to the established table.
     pub(super) fn track_reply(&mut self, key: FlowKey, seg: &Segment) -> Option<u32> {
         let now = self.now_ns;
         if let Some(mut flow) = self.live_flow(&key, true) {
@@ -123,16 +127,21 @@ impl<'p> Model<'p> {
         let mut flow = self.live_flow(&key, false)?;
         let tracked = track(&mut flow, DIR_REPLY, key.proto, seg, now);
         self.events.tracked(tracked);
-        if flow.answered() {
-            if self.flows.insert(key, flow) {
-                self.events.evicted += 1;
-            }
-            self.events.created += 1;
-            self.new_flows.remove(&key);
-            self.events.new_promoted += 1;
+        if flow.assured() {
+            self.promote(key, flow);
         } else {
             self.new_flows.update(&key, flow);
         }
         Some(flow.rule)
+    }
+
+    /// An assured flow leaves the new-flow table for the established one.
+    fn promote(&mut self, key: FlowKey, flow: FlowValue) {
+        if self.flows.insert(key, flow) {
+            self.events.evicted += 1;
+        }
+        self.events.created += 1;
+        self.new_flows.remove(&key);
+        self.events.new_promoted += 1;
     }
 }
