@@ -204,6 +204,31 @@ fn an_established_flow_outlives_floods_of_new_and_out_of_scope_flows() {
         (2, 2),
         "promoted; {stats:?}"
     );
+
+    // SYNs the server answers, from spoofed clients that never complete the handshake.
+    for i in 0..15 * TABLE {
+        let sport = 1024 + i as u16;
+        let syn = tcp("192.168.10.200", N3, sport, 443, TCP_SYN, i, 0);
+        h.check(&syn).unwrap();
+        let syn_ack = tcp(
+            N3,
+            "192.168.10.200",
+            443,
+            sport,
+            TCP_SYN | TCP_ACK,
+            3,
+            i + 1,
+        );
+        assert_eq!(h.check(&syn_ack).unwrap(), reply());
+    }
+    let stats = h.prog.flow_stats().unwrap();
+    assert_eq!(
+        (stats.entries, stats.created, stats.evicted),
+        (2, 2, 0),
+        "{stats:?}"
+    );
+    assert_eq!(h.model.established_flows(), 2);
+    conn.exchange(&mut h, "after the answered SYN flood");
 }
 
 #[test]
