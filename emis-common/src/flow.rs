@@ -1,7 +1,9 @@
 //! The flow and fragment tables: their keys and values, the states a flow moves through
-//! on forward packets and replies, and how long each state lives. The kernel program and
-//! the reference model both track flows with these functions, so they agree on every
-//! transition and lifetime.
+//! on forward packets and replies, how long each state lives, each TCP direction's
+//! sequence window (which RSTs and FINs count), and when a flow is assured enough to
+//! leave the new-flow table for the established one. The kernel program and the
+//! reference model both track flows with these functions ([`track`]), so they agree on
+//! every transition, window and lifetime.
 
 use crate::maps::{
     FLOW_EVENT_TCP_FIN_IGNORED, FLOW_EVENT_TCP_RST_HONOURED, FLOW_EVENT_TCP_RST_IGNORED,
