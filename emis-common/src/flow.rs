@@ -252,18 +252,6 @@ impl FlowValue {
         }
     }
 
-    /// Forgets all but the rule, as [`FlowValue::new`] would. Field by field: a whole
-    /// new value would be built on the stack first, and the kernel program's deepest
-    /// call chain has no bytes to spare.
-    #[inline(always)]
-    fn restart(&mut self) {
-        self.last_seen_ns = 0;
-        self.state = FLOW_NEW;
-        self.sides = [TcpSide { end: 0, acked: 0 }; 2];
-        self.tcp = 0;
-        self._pad = 0;
-    }
-
     #[inline(always)]
     const fn has(&self, bit: u32) -> bool {
         self.tcp & bit != 0
@@ -316,7 +304,7 @@ pub fn track(flow: &mut FlowValue, dir: usize, proto: u8, seg: &Segment, now_ns:
     let was = flow.state;
     let syn = is_bare_syn(seg.flags);
     if dir == DIR_FORWARD && (was == FLOW_NEW || (syn && was != FLOW_TCP_ESTABLISHED)) {
-        flow.restart();
+        *flow = FlowValue::new(flow.rule);
         flow.state = if syn {
             FLOW_TCP_SYN_SENT
         } else if seg.flags & TCP_RST != 0 {
