@@ -134,10 +134,7 @@ fn parse_ethernet(ctx: &XdpContext, l3: &mut L3) -> Parsed {
     let (v6, offset) = match ethertype {
         ETH_P_IPV4 => (false, offset),
         ETH_P_IPV6 => (true, offset),
-        ETH_P_PPP_SES => match pppoe_payload(ctx, offset) {
-            Ok(found) => found,
-            Err(reason) => return Err(reason),
-        },
+        ETH_P_PPP_SES => pppoe_payload(ctx, offset)?,
         _ => return Err(non_ip_reason(ethertype)),
     };
     if v6 {
