@@ -334,9 +334,7 @@ fn transport(
         return Err(DenyReason::NoRule);
     }
     let rule = if cfg.stateful() {
-        // The flow's forward key, built reversed in place: a second key would cost 40 bytes of stack.
-        let key = FlowKey::new(l3.dst, l3.src, l3.v6, l3.proto, l4.dport, l4.sport);
-        track_reply(&key, &segment(ctx, l3, l4), cfg)
+        track_reply(&flow_key(l3, l4).reversed(), &segment(ctx, l3, l4), cfg)
     } else if stateless_reply(l3.proto, l4.flags) {
         standing.first_match(l3.proto, l4.sport, true)
     } else {
