@@ -59,7 +59,7 @@ mod layout {
         assert_eq!(size_of::<Config>(), 8 + 8 + 16 + 8 * FLOW_STATE_COUNT + 8);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowValue>(), 16);
+        assert_eq!(size_of::<FlowValue>(), 40);
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<FragValue>(), 16);
     }

@@ -20,8 +20,14 @@ pub const MAP_CONFIG: &str = "EMIS_CONFIG";
 /// Name of the per-CPU array of [`Counter`]s, laid out by [`stats_index`](crate::stats_index).
 pub const MAP_STATS: &str = "EMIS_STATS";
 /// Name of the LRU map from [`FlowKey`](crate::FlowKey) to [`FlowValue`](crate::FlowValue):
-/// flows a rule allowed.
+/// established flows, those a rule allowed that are assured (see
+/// [`FlowValue::assured`](crate::FlowValue::assured)). Only a flow promoted from
+/// [`MAP_FLOWS_NEW`] enters it, so floods of new flows cannot push these out.
 pub const MAP_FLOWS: &str = "EMIS_FLOWS";
+/// Name of the LRU map of new and half-open flows (same key and value as [`MAP_FLOWS`]):
+/// a flow enters it on its first allowed packet and leaves it for [`MAP_FLOWS`] once
+/// assured. Sized by [`new_flow_table_size`].
+pub const MAP_FLOWS_NEW: &str = "EMIS_FLOWS_NEW";
 /// Name of the LRU map from [`FragKey`](crate::FragKey) to [`FragValue`](crate::FragValue):
 /// datagrams whose first fragment was allowed.
 pub const MAP_FRAGS: &str = "EMIS_FRAGS";
@@ -32,6 +38,16 @@ pub const PROGRAM_NAME: &str = "emis";
 
 /// Flow-table entries unless `emis run --flow-table-size` says otherwise.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 131_072;
+/// Entries of the new-flow table for a flow table of `flow_table_size` established flows:
+/// a quarter, at least 64, so a handshake in progress finds room even in a small table.
+pub const fn new_flow_table_size(flow_table_size: u32) -> u32 {
+    let quarter = flow_table_size / 4;
+    if quarter < 64 {
+        64
+    } else {
+        quarter
+    }
+}
 /// Datagrams whose later fragments are awaited at once.
 pub const FRAG_TABLE_SIZE: u32 = 16_384;
 
@@ -149,12 +165,28 @@ pub struct RuleSet {
     pub entries: [RuleEntry; MAX_CANDIDATES],
 }
 
-/// Slots of the flow-event array: a new flow entered the table, an insert failed,
-/// an expired flow was removed when met.
+/// Slots of the flow-event array. The established table ([`MAP_FLOWS`]): a flow entered it
+/// (a promotion), an insert failed, an expired flow was removed when met. Its evictions
+/// are `created - expired - entries`.
 pub const FLOW_EVENT_CREATED: u32 = 0;
 pub const FLOW_EVENT_INSERT_FAILED: u32 = 1;
 pub const FLOW_EVENT_EXPIRED: u32 = 2;
-pub const FLOW_EVENT_COUNT: u32 = 4;
+/// The new-flow table ([`MAP_FLOWS_NEW`]): a flow entered it, an insert failed, an expired
+/// flow was removed when met, a flow left it for the established table once
+/// assured. Its evictions are `created - expired - promoted - entries`.
+pub const FLOW_EVENT_NEW_CREATED: u32 = 3;
+pub const FLOW_EVENT_NEW_INSERT_FAILED: u32 = 4;
+pub const FLOW_EVENT_NEW_EXPIRED: u32 = 5;
+pub const FLOW_EVENT_NEW_PROMOTED: u32 = 6;
+/// An allowed flow got no entry because both its ends are outside the enforce scope, so
+/// its replies pass anyway.
+pub const FLOW_EVENT_UNTRACKED: u32 = 7;
+/// TCP window checks: a RST within its window closed a flow; a RST or a FIN outside its
+/// window changed nothing.
+pub const FLOW_EVENT_TCP_RST_HONOURED: u32 = 8;
+pub const FLOW_EVENT_TCP_RST_IGNORED: u32 = 9;
+pub const FLOW_EVENT_TCP_FIN_IGNORED: u32 = 10;
+pub const FLOW_EVENT_COUNT: u32 = 12;
 
 /// Packets and bytes of one decision.
 #[repr(C)]

@@ -48,6 +48,7 @@ fn v6_addr(b: &[u8], i: usize) -> Addr {
 }
 
 /// What the IP parsers learn.
+#[derive(Clone, Copy)]
 pub struct L3 {
     pub src: Addr,
     pub dst: Addr,
@@ -63,19 +64,36 @@ pub struct L3 {
     pub frag_id: u32,
 }
 
-pub enum Parsed {
-    /// Not IP to the program, counted by the EtherType's class.
-    NonIp(PassReason),
-    Unparsed,
-    Ip(L3),
+impl L3 {
+    /// What [`parse_frame`] fills in; every field is written before any is read, so no
+    /// path leaves a register undefined for the verifier to reject.
+    pub const EMPTY: L3 = L3 {
+        src: [0; 16],
+        dst: [0; 16],
+        v6: false,
+        proto: 0,
+        l4_offset: 0,
+        l4_len: 0,
+        malformed: false,
+        fragment: false,
+        frag_offset: 0,
+        frag_id: 0,
+    };
 }
 
-/// The frame as `link` hands it over: Ethernet (with VLAN tags and PPPoE) or bare IP.
+/// A frame that is not IP to the program: why it passes (the EtherType's class, or
+/// `Unparsed` when too short to tell). A plain one-byte value rather than an enum
+/// carrying [`L3`]: LLVM leaves such a payload undefined on the paths that do not set
+/// it, and the verifier refuses to copy an undefined register.
+pub type Parsed = Result<(), PassReason>;
+
+/// The frame as `link` hands it over: Ethernet (with VLAN tags and PPPoE) or bare IP,
+/// its IP header read into `l3`.
 #[inline(always)]
-pub fn parse_frame(ctx: &XdpContext, link: Link) -> Parsed {
+pub fn parse_frame(ctx: &XdpContext, link: Link, l3: &mut L3) -> Parsed {
     match link {
-        Link::Ethernet => parse_ethernet(ctx),
-        Link::Ip => parse_ip(ctx, 0),
+        Link::Ethernet => parse_ethernet(ctx, l3),
+        Link::Ip => parse_ip(ctx, 0, l3),
     }
 }
 
@@ -83,22 +101,22 @@ pub fn parse_frame(ctx: &XdpContext, link: Link) -> Parsed {
 /// IP header it is unparsed (the window is that size, as the verifier learns the bound
 /// only from a read that ends past the header's first byte).
 #[inline(always)]
-fn parse_ip(ctx: &XdpContext, offset: usize) -> Parsed {
+fn parse_ip(ctx: &XdpContext, offset: usize, l3: &mut L3) -> Parsed {
     let Some(first) = bytes_at::<IPV4_HLEN>(ctx, offset) else {
-        return Parsed::Unparsed;
+        return Err(PassReason::Unparsed);
     };
     match ip_version(first[0]) {
-        4 => parse_ipv4(ctx, offset),
-        6 => parse_ipv6(ctx, offset),
-        _ => Parsed::NonIp(PassReason::NonIp),
+        4 => parse_ipv4(ctx, offset, l3),
+        6 => parse_ipv6(ctx, offset, l3),
+        _ => Err(PassReason::NonIp),
     }
 }
 
 /// Ethernet and up to two VLAN tags, then a PPPoE session header or the IP header.
 #[inline(always)]
-fn parse_ethernet(ctx: &XdpContext) -> Parsed {
+fn parse_ethernet(ctx: &XdpContext, l3: &mut L3) -> Parsed {
     let Some(eth) = bytes_at::<ETH_HLEN>(ctx, 0) else {
-        return Parsed::Unparsed;
+        return Err(PassReason::Unparsed);
     };
     let mut ethertype = be16(eth, ETH_TYPE_OFFSET);
     let mut offset = ETH_HLEN;
@@ -107,7 +125,7 @@ fn parse_ethernet(ctx: &XdpContext) -> Parsed {
             break;
         }
         let Some(tag) = bytes_at::<VLAN_HLEN>(ctx, offset) else {
-            return Parsed::Unparsed;
+            return Err(PassReason::Unparsed);
         };
         ethertype = be16(tag, 2);
         offset += VLAN_HLEN;
@@ -116,40 +134,37 @@ fn parse_ethernet(ctx: &XdpContext) -> Parsed {
     let (v6, offset) = match ethertype {
         ETH_P_IPV4 => (false, offset),
         ETH_P_IPV6 => (true, offset),
-        ETH_P_PPP_SES => match pppoe_payload(ctx, offset) {
-            Ok(found) => found,
-            Err(parsed) => return parsed,
-        },
-        _ => return Parsed::NonIp(non_ip_reason(ethertype)),
+        ETH_P_PPP_SES => pppoe_payload(ctx, offset)?,
+        _ => return Err(non_ip_reason(ethertype)),
     };
     if v6 {
-        parse_ipv6(ctx, offset)
+        parse_ipv6(ctx, offset, l3)
     } else {
-        parse_ipv4(ctx, offset)
+        parse_ipv4(ctx, offset, l3)
     }
 }
 
 /// After a PPPoE session header and the PPP protocol field (two bytes, or one
 /// compressed): whether the IP packet is IPv6, and where it starts.
 #[inline(always)]
-fn pppoe_payload(ctx: &XdpContext, offset: usize) -> Result<(bool, usize), Parsed> {
+fn pppoe_payload(ctx: &XdpContext, offset: usize) -> Result<(bool, usize), PassReason> {
     let Some(ppp) = bytes_at::<{ PPPOE_HLEN + PPP_PROTO_LEN }>(ctx, offset) else {
-        return Err(Parsed::Unparsed);
+        return Err(PassReason::Unparsed);
     };
     let (protocol, len) = ppp_protocol(ppp[PPPOE_HLEN], ppp[PPPOE_HLEN + 1]);
     let offset = offset + PPPOE_HLEN + len;
     match protocol {
         PPP_IPV4 => Ok((false, offset)),
         PPP_IPV6 => Ok((true, offset)),
-        _ => Err(Parsed::NonIp(PassReason::PppControl)),
+        _ => Err(PassReason::PppControl),
     }
 }
 
 /// IPv4 with options (through IHL); lengths are checked against the frame.
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
+fn parse_ipv4(ctx: &XdpContext, offset: usize, l3: &mut L3) -> Parsed {
     let Some(ip) = bytes_at::<IPV4_HLEN>(ctx, offset) else {
-        return Parsed::Unparsed;
+        return Err(PassReason::Unparsed);
     };
     let header_len = ipv4_header_len(ip[0]);
     let total_len = be16(ip, 2) as usize;
@@ -159,7 +174,7 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
         || total_len < header_len
         || total_len > frame_left;
     let flags_fragment = be16(ip, 6);
-    Parsed::Ip(L3 {
+    *l3 = L3 {
         src: v4_addr(ip, 12),
         dst: v4_addr(ip, 16),
         v6: false,
@@ -171,16 +186,17 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
         fragment: flags_fragment & IPV4_FRAGMENT_MASK != 0,
         frag_offset: flags_fragment & IPV4_FRAG_OFFSET_MASK,
         frag_id: be16(ip, 4) as u32,
-    })
+    };
+    Ok(())
 }
 
 /// IPv6, walking at most `MAX_IPV6_EXT_HEADERS` extension headers.
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
+fn parse_ipv6(ctx: &XdpContext, offset: usize, l3: &mut L3) -> Parsed {
     let Some(ip) = bytes_at::<IPV6_HLEN>(ctx, offset) else {
-        return Parsed::Unparsed;
+        return Err(PassReason::Unparsed);
     };
-    let mut l3 = L3 {
+    *l3 = L3 {
         src: v6_addr(ip, 8),
         dst: v6_addr(ip, 24),
         v6: true,
@@ -195,18 +211,18 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     let frame_left = (ctx.data_end() - ctx.data()).saturating_sub(l3.l4_offset);
     if ip_version(ip[0]) != 6 || l3.l4_len > frame_left {
         l3.malformed = true;
-        return Parsed::Ip(l3);
+        return Ok(());
     }
     // Where the fragmentable part starts: just after the fragment header, once one is met.
     let mut fragmentable_at = 0usize;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let kind = l3.proto;
-        let Some(ext_len) = step_ipv6_ext_header(ctx, &mut l3) else {
+        let Some(ext_len) = step_ipv6_ext_header(ctx, l3) else {
             break;
         };
         if ext_len > l3.l4_len || l3.l4_offset + ext_len > MAX_L4_OFFSET {
             l3.malformed = true;
-            return Parsed::Ip(l3);
+            return Ok(());
         }
         l3.l4_offset += ext_len;
         l3.l4_len -= ext_len;
@@ -214,13 +230,13 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
             // RFC 8200 allows one fragment header; a second hides the real offset.
             if fragmentable_at != 0 {
                 l3.malformed = true;
-                return Parsed::Ip(l3);
+                return Ok(());
             }
             fragmentable_at = l3.l4_offset;
             // A later fragment holds data after its fragment header, not headers: its
             // next header names the first header of the fragmentable part.
             if l3.frag_offset != 0 {
-                return Parsed::Ip(l3);
+                return Ok(());
             }
         }
     }
@@ -235,7 +251,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     if l3.fragment && fragmentable_at != l3.l4_offset {
         l3.malformed = true;
     }
-    Parsed::Ip(l3)
+    Ok(())
 }
 
 /// The length of the extension header at `l3.l4_offset`, moving `l3.proto` on to the

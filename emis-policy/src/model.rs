@@ -13,23 +13,26 @@
 //! echo or errors, and deny-or-pass by enforce-scope network. The parser below reads
 //! frames header by header as the kernel's `parse` does, with the same bounds.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use emis_common::{
-    denial_network, deny_or_pass, expired, flow_timeouts_ns, icmp_class, ip_version,
-    ipv4_header_len, ipv6_ext_header_len, is_bare_syn, is_ipv6_ext_header, is_vlan, lifetime_ns,
-    network_bit, non_ip_reason, on_forward, on_reply, ppp_protocol, role_bit, tcp_header_len, Addr,
-    Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue, IcmpClass, Link, PassReason,
-    Path, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, ETH_P_PPP_SES, ETH_TYPE_OFFSET, FLOW_NEW,
-    FLOW_STATE_COUNT, ICMP_HLEN, IPV4_FRAGMENT_MASK, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN,
-    IPV6_EXT_MIN_LEN, IPV6_FRAGMENT, IPV6_FRAGMENT_MASK, IPV6_HLEN, MAX_IPV6_EXT_HEADERS,
-    MAX_L4_OFFSET, MAX_QUOTED_PORTS_OFFSET, MAX_VLAN_TAGS, MIN_TCP_FRAG_OFFSET, NO_NETWORK,
-    PPPOE_HLEN, PPP_IPV4, PPP_IPV6, PPP_PROTO_LEN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    TCP_HLEN, UDP_HLEN, VLAN_HLEN,
+    denial_network, deny_or_pass, expired, icmp_class, ip_version, ipv4_header_len,
+    ipv6_ext_header_len, is_bare_syn, is_ipv6_ext_header, is_vlan, network_bit,
+    new_flow_table_size, non_ip_reason, ppp_protocol, role_bit, stateless_reply, tcp_header_len,
+    Addr, Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue, IcmpClass, Link,
+    PassReason, Path, Segment, DEFAULT_FLOW_TABLE_SIZE, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6,
+    ETH_P_PPP_SES, ETH_TYPE_OFFSET, FRAG_TABLE_SIZE, ICMP_HLEN, IPV4_FRAGMENT_MASK,
+    IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV6_EXT_MIN_LEN, IPV6_FRAGMENT, IPV6_FRAGMENT_MASK,
+    IPV6_HLEN, MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, MAX_QUOTED_PORTS_OFFSET, MAX_VLAN_TAGS,
+    MIN_TCP_FRAG_OFFSET, NO_NETWORK, PPPOE_HLEN, PPP_IPV4, PPP_IPV6, PPP_PROTO_LEN, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_HLEN, UDP_HLEN, VLAN_HLEN,
 };
+
+mod flows;
+mod lru;
+
+pub use flows::FlowEvents;
+use lru::Lru;
 
 use crate::{
     compile::endpoint_mask,
@@ -67,11 +70,25 @@ pub struct L4Facts {
     pub sport: u16,
     pub dport: u16,
     pub flags: u8,
+    /// TCP: sequence and acknowledgement numbers and payload bytes; zero for UDP.
+    pub seq: u32,
+    pub ack: u32,
+    pub len: u32,
 }
 
 impl L4Facts {
     pub fn bare_syn(&self) -> bool {
         is_bare_syn(self.flags)
+    }
+
+    /// What the flow tracker reads of the segment.
+    pub fn segment(&self) -> Segment {
+        Segment {
+            flags: self.flags,
+            seq: self.seq,
+            ack: self.ack,
+            len: self.len,
+        }
     }
 }
 
@@ -94,6 +111,10 @@ pub struct Quoted {
 
 fn be16(b: &[u8], i: usize) -> u16 {
     u16::from_be_bytes([b[i], b[i + 1]])
+}
+
+fn be32(b: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
 fn ipv4_at(b: &[u8], i: usize) -> IpAddr {
@@ -295,6 +316,9 @@ fn parse_l4(frame: &[u8], facts: &mut IpFacts, offset: usize, l4_len: usize, v6:
                         sport: be16(tcp, 0),
                         dport: be16(tcp, 2),
                         flags: tcp[13],
+                        seq: be32(tcp, 4),
+                        ack: be32(tcp, 8),
+                        len: (l4_len - data_offset) as u32,
                     });
                 }
             }
@@ -308,6 +332,9 @@ fn parse_l4(frame: &[u8], facts: &mut IpFacts, offset: usize, l4_len: usize, v6:
                         sport: be16(udp, 0),
                         dport: be16(udp, 2),
                         flags: 0,
+                        seq: 0,
+                        ack: 0,
+                        len: 0,
                     });
                 }
             }
@@ -442,12 +469,17 @@ fn flow_key(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Flow
 }
 
 /// The enforcer as a userspace model: the policy plus the flows and fragments it has allowed,
-/// on a clock the caller sets.
+/// on a clock the caller sets. Its tables are bounded as the kernel's are: established
+/// flows, new flows and fragments each in an LRU of the kernel table's capacity. (The
+/// kernel's LRU is approximate, so once a table overflows the two may evict different
+/// entries; what is never evicted by what is the same in both.)
 pub struct Model<'p> {
     policy: &'p Policy,
     replies: Replies,
-    flows: HashMap<FlowKey, FlowValue>,
-    frags: HashMap<FragKey, FragValue>,
+    flows: Lru<FlowKey, FlowValue>,
+    new_flows: Lru<FlowKey, FlowValue>,
+    frags: Lru<FragKey, FragValue>,
+    events: FlowEvents,
     now_ns: u64,
 }
 
@@ -467,13 +499,38 @@ impl Standing {
 
 impl<'p> Model<'p> {
     pub fn new(policy: &'p Policy, replies: Replies) -> Self {
+        Self::with_flow_table_size(policy, replies, DEFAULT_FLOW_TABLE_SIZE)
+    }
+
+    /// A model whose established-flow table holds `flow_table_size` entries, as the
+    /// kernel's does after `--flow-table-size`; the new-flow table gets its share.
+    pub fn with_flow_table_size(
+        policy: &'p Policy,
+        replies: Replies,
+        flow_table_size: u32,
+    ) -> Self {
         Model {
             policy,
             replies,
-            flows: HashMap::new(),
-            frags: HashMap::new(),
+            flows: Lru::new(flow_table_size as usize),
+            new_flows: Lru::new(new_flow_table_size(flow_table_size) as usize),
+            frags: Lru::new(FRAG_TABLE_SIZE as usize),
+            events: FlowEvents::default(),
             now_ns: 0,
         }
+    }
+
+    /// The flow-table events so far.
+    pub fn flow_events(&self) -> FlowEvents {
+        self.events
+    }
+
+    /// The flow under the forward key `key`, established or new, as stored.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.flows
+            .peek(key)
+            .or_else(|| self.new_flows.peek(key))
+            .copied()
     }
 
     /// Sets the model's clock, in nanoseconds, for flow and fragment lifetimes.
@@ -481,7 +538,13 @@ impl<'p> Model<'p> {
         self.now_ns = now_ns;
     }
 
+    /// Flows in both tables.
     pub fn flows(&self) -> usize {
+        self.flows.len() + self.new_flows.len()
+    }
+
+    /// Flows in the established table.
+    pub fn established_flows(&self) -> usize {
         self.flows.len()
     }
 
@@ -564,11 +627,16 @@ impl<'p> Model<'p> {
             standing.dst,
         ) {
             if self.stateful() {
-                self.track_forward(
-                    flow_key(facts.src, facts.dst, facts.proto, l4.sport, l4.dport),
-                    rule,
-                    l4.flags,
-                );
+                if standing.network == NO_NETWORK {
+                    // Both ends out of enforce scope: the replies pass anyway.
+                    self.events.untracked += 1;
+                } else {
+                    self.track_forward(
+                        flow_key(facts.src, facts.dst, facts.proto, l4.sport, l4.dport),
+                        rule,
+                        &l4.segment(),
+                    );
+                }
             }
             return Ok(Decision::Allow {
                 rule,
@@ -581,8 +649,10 @@ impl<'p> Model<'p> {
         let rule = if self.stateful() {
             self.track_reply(
                 flow_key(facts.dst, facts.src, facts.proto, l4.dport, l4.sport),
-                l4.flags,
+                &l4.segment(),
             )
+        } else if !stateless_reply(facts.proto, l4.flags) {
+            None
         } else {
             first_rule(
                 self.policy,
@@ -597,49 +667,6 @@ impl<'p> Model<'p> {
             path: Path::Reply,
         })
         .ok_or(DenyReason::NoRule)
-    }
-
-    fn flow_timeouts_ns(&self) -> [u64; FLOW_STATE_COUNT] {
-        let t = &self.policy.options.timeouts;
-        flow_timeouts_ns(t.tcp_syn, t.tcp_established, t.tcp_closing, t.udp)
-    }
-
-    fn expired(&self, flow: &FlowValue) -> bool {
-        let lifetime = lifetime_ns(&self.flow_timeouts_ns(), flow.state);
-        expired(flow.last_seen_ns, lifetime, self.now_ns)
-    }
-
-    fn track_forward(&mut self, key: FlowKey, rule: u32, flags: u8) {
-        let state = match self.flows.get(&key) {
-            Some(flow) if !self.expired(flow) => flow.state,
-            _ => FLOW_NEW,
-        };
-        self.flows.insert(
-            key,
-            FlowValue {
-                last_seen_ns: self.now_ns,
-                rule,
-                state: on_forward(state, key.proto, flags),
-            },
-        );
-    }
-
-    /// The live flow under `key`; an expired one is removed.
-    fn live_flow(&mut self, key: &FlowKey) -> Option<FlowValue> {
-        let flow = *self.flows.get(key)?;
-        if self.expired(&flow) {
-            self.flows.remove(key);
-            return None;
-        }
-        Some(flow)
-    }
-
-    fn track_reply(&mut self, key: FlowKey, flags: u8) -> Option<u32> {
-        let mut flow = self.live_flow(&key)?;
-        flow.state = on_reply(flow.state, key.proto, flags);
-        flow.last_seen_ns = self.now_ns;
-        self.flows.insert(key, flow);
-        Some(flow.rule)
     }
 
     fn icmp(&mut self, facts: &IpFacts, standing: &Standing) -> Result<Decision, DenyReason> {
@@ -665,10 +692,8 @@ impl<'p> Model<'p> {
                 quoted.sport,
                 quoted.dport,
             );
-            match self.live_flow(&key) {
-                Some(flow) => Some(flow.rule),
-                None => self.live_flow(&key.reversed()).map(|flow| flow.rule),
-            }
+            self.tracked_rule(&key)
+                .or_else(|| self.tracked_rule(&key.reversed()))
         } else {
             let (from, _) = classify(self.policy, quoted.src);
             let (to, _) = classify(self.policy, quoted.dst);
@@ -687,13 +712,14 @@ impl<'p> Model<'p> {
             return Err(DenyReason::Malformed);
         }
         let key = frag_key(facts);
-        let entry = self.frags.get_mut(&key).ok_or(DenyReason::Fragment)?;
+        let mut entry = *self.frags.peek(&key).ok_or(DenyReason::Fragment)?;
         let timeout = self.policy.options.timeouts.fragment * 1_000_000_000;
         if expired(entry.last_seen_ns, timeout, self.now_ns) {
             self.frags.remove(&key);
             return Err(DenyReason::Fragment);
         }
         entry.last_seen_ns = self.now_ns;
+        self.frags.update(&key, entry);
         Ok(Decision::Allow {
             rule: entry.rule,
             path: Path::from_raw(entry.path),

@@ -22,6 +22,9 @@ pub struct PacketSpec {
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
+    /// TCP sequence and acknowledgement numbers (defaults 1 and 0).
+    pub seq: u32,
+    pub ack: u32,
     /// Outer to inner (802.1ad then 802.1Q for QinQ): (TPID, VLAN id).
     pub vlans: Vec<(u16, u16)>,
     /// IPv4 option bytes, padded to a multiple of 4 with end-of-list.
@@ -52,6 +55,8 @@ impl PacketSpec {
             sport,
             dport,
             tcp_flags: TCP_SYN,
+            seq: 1,
+            ack: 0,
             vlans: vec![],
             ipv4_options: vec![],
             ipv6_ext: vec![],
@@ -202,7 +207,8 @@ impl PacketSpec {
                 let mut tcp = vec![0u8; 20];
                 tcp[0..2].copy_from_slice(&self.sport.to_be_bytes());
                 tcp[2..4].copy_from_slice(&self.dport.to_be_bytes());
-                tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+                tcp[4..8].copy_from_slice(&self.seq.to_be_bytes());
+                tcp[8..12].copy_from_slice(&self.ack.to_be_bytes());
                 tcp[12] = 5 << 4;
                 tcp[13] = self.tcp_flags;
                 tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());

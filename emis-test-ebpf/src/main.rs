@@ -21,7 +21,7 @@ use emis_common::{Link, PROTO_TCP, PROTO_UDP};
 #[path = "../../emis-ebpf/src/parse.rs"]
 mod parse;
 
-use parse::{parse_frame, parse_tcp, parse_udp, Parsed};
+use parse::{parse_frame, parse_tcp, parse_udp, L3};
 
 #[xdp]
 pub fn emis_noop_pass(_ctx: XdpContext) -> u32 {
@@ -41,7 +41,8 @@ pub fn emis_tx(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn emis_parse_only(ctx: XdpContext) -> u32 {
     let mut sink: u32 = 0;
-    if let Parsed::Ip(l3) = parse_frame(&ctx, Link::Ethernet) {
+    let mut l3 = L3::EMPTY;
+    if parse_frame(&ctx, Link::Ethernet, &mut l3).is_ok() {
         let whole = !l3.fragment;
         let l4 = match l3.proto {
             PROTO_TCP => parse_tcp(&ctx, l3.l4_offset, l3.l4_len),

@@ -6,6 +6,9 @@ use std::borrow::Borrow;
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use emis_common::{
     FlowKey, FlowValue, FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED,
+    FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED,
+    FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_TCP_FIN_IGNORED, FLOW_EVENT_TCP_RST_HONOURED,
+    FLOW_EVENT_TCP_RST_IGNORED, FLOW_EVENT_UNTRACKED,
 };
 use serde::Serialize;
 
@@ -50,6 +53,57 @@ impl FlowTableStats {
             insert_failures: event(FLOW_EVENT_INSERT_FAILED)?,
             expired,
             evicted: created.saturating_sub(expired).saturating_sub(entries),
+        })
+    }
+}
+
+/// The table of new and half-open flows, and what the TCP window checks did: read from the
+/// new-flow map and the same event counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NewFlowStats {
+    pub capacity: u32,
+    pub entries: u64,
+    pub created: u64,
+    pub insert_failures: u64,
+    pub expired: u64,
+    /// Flows that completed their handshake (or got a UDP reply) and moved to the
+    /// established table.
+    pub promoted: u64,
+    /// Pushed out by other new flows (a flood of SYNs lands here, never in the established table).
+    pub evicted: u64,
+    /// Allowed flows given no entry: both ends out of enforce scope, so replies pass anyway.
+    pub untracked: u64,
+    pub tcp_resets_honoured: u64,
+    pub tcp_resets_ignored: u64,
+    pub tcp_fins_ignored: u64,
+}
+
+impl NewFlowStats {
+    pub fn from_maps<F: Borrow<MapData>, V: Borrow<MapData>>(
+        new_flows: &HashMap<F, FlowKey, FlowValue>,
+        events: &PerCpuArray<V, u64>,
+        capacity: u32,
+    ) -> Result<NewFlowStats, MapError> {
+        let entries = new_flows.keys().filter(|k| k.is_ok()).count() as u64;
+        let event = |slot: u32| -> Result<u64, MapError> { Ok(events.get(&slot, 0)?.iter().sum()) };
+        let created = event(FLOW_EVENT_NEW_CREATED)?;
+        let expired = event(FLOW_EVENT_NEW_EXPIRED)?;
+        let promoted = event(FLOW_EVENT_NEW_PROMOTED)?;
+        Ok(NewFlowStats {
+            capacity,
+            entries,
+            created,
+            insert_failures: event(FLOW_EVENT_NEW_INSERT_FAILED)?,
+            expired,
+            promoted,
+            evicted: created
+                .saturating_sub(expired)
+                .saturating_sub(promoted)
+                .saturating_sub(entries),
+            untracked: event(FLOW_EVENT_UNTRACKED)?,
+            tcp_resets_honoured: event(FLOW_EVENT_TCP_RST_HONOURED)?,
+            tcp_resets_ignored: event(FLOW_EVENT_TCP_RST_IGNORED)?,
+            tcp_fins_ignored: event(FLOW_EVENT_TCP_FIN_IGNORED)?,
         })
     }
 }

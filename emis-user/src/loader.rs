@@ -10,8 +10,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use emis_common::{
-    Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG, MAP_COUNT_V4, MAP_COUNT_V6,
-    MAP_FLOWS, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS, MAP_STATS, PROGRAM_NAME, PROGRAM_NAME_L3,
+    new_flow_table_size, Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG,
+    MAP_COUNT_V4, MAP_COUNT_V6, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS,
+    MAP_STATS, PROGRAM_NAME, PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
@@ -25,7 +26,13 @@ pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT
 /// The maps that outlive a program: counters, flows, fragments and flow events. A program
 /// loaded with [`load_sharing`] reuses the pinned ones, so a reload keeps them. The policy
 /// maps (address tries, ports) and the config are new with every program.
-pub const SHARED_MAPS: [&str; 4] = [MAP_STATS, MAP_FLOWS, MAP_FRAGS, MAP_FLOW_EVENTS];
+pub const SHARED_MAPS: [&str; 5] = [
+    MAP_STATS,
+    MAP_FLOWS,
+    MAP_FLOWS_NEW,
+    MAP_FRAGS,
+    MAP_FLOW_EVENTS,
+];
 
 /// What a load sets besides the compiled policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +142,9 @@ pub fn load_sharing(
     }
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_FLOWS, options.flow_table_size);
+    // New and half-open flows live apart, so however many arrive they never push out a
+    // flow that has seen traffic both ways.
+    loader.map_max_entries(MAP_FLOWS_NEW, new_flow_table_size(options.flow_table_size));
     if let Some(dir) = shared_pins {
         for name in SHARED_MAPS {
             loader.map_pin_path(name, dir.join(name));

@@ -28,7 +28,7 @@ pub use exposition::{render, Format};
 
 use crate::{
     daemon::pins::PinnedMaps,
-    flows::FlowTableStats,
+    flows::{FlowTableStats, NewFlowStats},
     stats::{DenyRow, Labels, Report, RuleRow, Snapshot},
 };
 use emis_policy::policy::Mode;
@@ -93,6 +93,7 @@ struct Scrape {
     denied: Vec<DenyRow>,
     mode: Option<Mode>,
     flows: Option<FlowTableStats>,
+    new_flows: Option<NewFlowStats>,
     spec_sha256: String,
     loaded_at: u64,
     reloads: Reloads,
@@ -267,6 +268,83 @@ fn encode_flows(
     Ok(())
 }
 
+/// The table of new and half-open flows (a SYN flood fills this one, never the established
+/// table) and what the TCP window checks did.
+fn encode_new_flows(
+    encoder: &mut DescriptorEncoder,
+    flows: &NewFlowStats,
+) -> Result<(), std::fmt::Error> {
+    for (name, help, value) in [
+        (
+            "emis_new_flow_table_entries",
+            "Entries in the table of new and half-open flows",
+            flows.entries,
+        ),
+        (
+            "emis_new_flow_table_capacity",
+            "Entries the new-flow table holds (a quarter of --flow-table-size)",
+            flows.capacity as u64,
+        ),
+    ] {
+        let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(value as i64).encode(metric)?;
+    }
+    for (name, help, value) in [
+        (
+            "emis_new_flows_created",
+            "New flows a rule allowed that entered the new-flow table",
+            flows.created,
+        ),
+        (
+            "emis_new_flow_insert_failures",
+            "New flows the kernel could not insert",
+            flows.insert_failures,
+        ),
+        (
+            "emis_new_flows_expired",
+            "Expired new flows removed when a packet met them",
+            flows.expired,
+        ),
+        (
+            "emis_new_flows_evicted",
+            "New flows pushed out by other new flows (the new-flow table was full)",
+            flows.evicted,
+        ),
+        (
+            "emis_flows_promoted",
+            "Flows that saw traffic both ways and moved to the established table",
+            flows.promoted,
+        ),
+        (
+            "emis_flows_untracked",
+            "Allowed flows given no entry because both ends are out of enforce scope",
+            flows.untracked,
+        ),
+        (
+            "emis_tcp_fins_ignored",
+            "TCP FINs outside the flow's window, which changed nothing",
+            flows.tcp_fins_ignored,
+        ),
+    ] {
+        let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(value).encode(metric)?;
+    }
+    let mut metric = encoder.encode_descriptor(
+        "emis_tcp_resets",
+        "TCP RSTs of tracked flows: honoured (inside the window, the flow closes) or ignored",
+        None,
+        MetricType::Counter,
+    )?;
+    for (result, value) in [
+        ("honoured", flows.tcp_resets_honoured),
+        ("ignored", flows.tcp_resets_ignored),
+    ] {
+        let labels = [("result", result)];
+        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 fn encode_policy_info(
     encoder: &mut DescriptorEncoder,
     mode: Option<Mode>,
@@ -372,6 +450,7 @@ impl EnforcerCollector {
             denied: every_denial(&snapshot, &view.labels),
             mode: view.maps.mode().ok(),
             flows: view.maps.flow_stats().ok(),
+            new_flows: view.maps.new_flow_stats().ok(),
             spec_sha256: view.spec_sha256.clone(),
             loaded_at: view.loaded_at,
             reloads: view.reloads,
@@ -391,6 +470,9 @@ impl Collector for EnforcerCollector {
         encode_passed(&mut encoder, &scrape.report)?;
         if let Some(flows) = &scrape.flows {
             encode_flows(&mut encoder, flows)?;
+        }
+        if let Some(new_flows) = &scrape.new_flows {
+            encode_new_flows(&mut encoder, new_flows)?;
         }
         encode_policy_info(&mut encoder, scrape.mode, &scrape.spec_sha256)?;
         encode_reloads(&mut encoder, scrape.loaded_at, scrape.reloads)?;

@@ -220,9 +220,14 @@ struct Conversation {
     client_port: u16,
     server_port: u16,
     next_frag_id: u16,
+    /// TCP: the next sequence number each side sends.
+    client_next: u32,
+    server_next: u32,
 }
 
-/// Sequences of packets that exercise state: handshakes, data both ways, FIN and RST,
+/// Sequences of packets that exercise state: handshakes, data both ways, FIN and RST with
+/// the sequence numbers a real conversation carries (and some RSTs, FINs and ACKs far off
+/// the window, as a blind attacker sends them),
 /// replies without a forward packet, fragmented datagrams (in and out of order), and ICMP
 /// errors quoting real and invented flows, interleaved with the random frames of
 /// [`Generator::frame`].
@@ -255,6 +260,8 @@ impl Conversations {
                     client_port: generator.rng.random_range(1024..65535),
                     server_port: p.dport,
                     next_frag_id: generator.rng.random(),
+                    client_next: generator.rng.random(),
+                    server_next: generator.rng.random(),
                 }
             })
             .collect();
@@ -269,10 +276,10 @@ impl Conversations {
         if let Some(frame) = self.pending.pop() {
             return frame;
         }
-        let rng = &mut self.generator.rng;
-        if rng.random_bool(0.2) {
+        if self.generator.rng.random_bool(0.2) {
             return self.generator.frame();
         }
+        let rng = &mut self.generator.rng;
         let index = rng.random_range(0..self.flows.len());
         let flow = self.flows[index].clone();
         let from_client = rng.random_bool(0.55);
@@ -293,12 +300,50 @@ impl Conversations {
         p.payload_len = rng.random_range(0..200);
         // PPPoE sessions, as on a broadband WAN: the same packet one header further in.
         p.pppoe = rng.random_bool(0.1);
-        match rng.random_range(0..20) {
+        self.sequence(&mut p, index, from_client);
+        match self.generator.rng.random_range(0..20) {
             0 | 1 => self.fragmented(p, index),
             2 => self.icmp_error(p, false),
             3 => self.icmp_error(p, true),
             _ => p.build(),
         }
+    }
+
+    /// Sequence and acknowledgement numbers as the sending side of flow `index` would put
+    /// them: a SYN starts its side afresh, data and FIN advance it; now and then a number
+    /// far off, as a blind attacker or a stale segment carries.
+    fn sequence(&mut self, p: &mut PacketSpec, index: usize, from_client: bool) {
+        let rng = &mut self.generator.rng;
+        let flow = &mut self.flows[index];
+        let (own, other) = if from_client {
+            (&mut flow.client_next, flow.server_next)
+        } else {
+            (&mut flow.server_next, flow.client_next)
+        };
+        if p.tcp_flags & 0x02 != 0 {
+            *own = rng.random();
+        }
+        p.seq = *own;
+        p.ack = if p.tcp_flags & 0x10 != 0 { other } else { 0 };
+        let mut advance = p.payload_len as u32;
+        if p.tcp_flags & 0x03 != 0 {
+            advance += 1;
+        }
+        if p.tcp_flags & 0x04 != 0 && rng.random_bool(0.5) {
+            // A RST outside the window (or, rarely, just inside it).
+            p.seq = if rng.random_bool(0.1) {
+                own.wrapping_sub(rng.random_range(0..4))
+            } else {
+                rng.random()
+            };
+            return;
+        }
+        if rng.random_bool(0.05) {
+            p.seq = rng.random();
+            p.ack = rng.random();
+            return;
+        }
+        *own = own.wrapping_add(advance);
     }
 
     /// The datagram cut in two or three fragments; the rest are handed out next, sometimes

@@ -65,6 +65,11 @@ fn every_rule(policy: &Policy, replies: Replies) {
 
         let reply = frame(proto, dst, src, port, 40000, TCP_SYN | TCP_ACK);
         let decision = h.check(&reply).unwrap();
+        // A stateful flow with both ends out of enforce scope keeps no entry: its replies
+        // pass as out of scope.
+        let untracked = replies == Replies::Stateful
+            && !in_enforce_scope(policy, src)
+            && !in_enforce_scope(policy, dst);
         assert!(
             matches!(
                 decision,
@@ -75,7 +80,11 @@ fn every_rule(policy: &Policy, replies: Replies) {
                     path: Path::Forward,
                     ..
                 }
-            ),
+            ) || (untracked
+                && decision
+                    == Decision::Pass {
+                        reason: PassReason::OutOfScope
+                    }),
             "rule {}: reply got {decision:?}",
             rule.slug
         );

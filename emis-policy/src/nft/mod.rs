@@ -11,8 +11,8 @@
 //! 3. forward match: a verdict map from (protocol, destination port) jumps to a chain
 //!    holding, in spec order, the rules that list the port; a rule there matches the
 //!    source in its `from` and the destination in its `to`;
-//! 4. reply match: the same from the *source* port, addresses reversed, and for TCP not a
-//!    bare SYN;
+//! 4. reply match: the same from the *source* port, addresses reversed, and for TCP only
+//!    with ACK (as every real reply carries);
 //! 5. in scope: denied; otherwise accepted as out of scope.
 //!
 //! Each network and each site role is a named interval set per address family. A role

@@ -62,7 +62,7 @@ fn rule_lines(policy: &Policy, rule: &Rule, af: Af, reply: bool, sets: &Sets) ->
         ("saddr", "daddr")
     };
     let flags = if reply && rule.protocol == Protocol::Tcp {
-        "tcp flags & (syn | ack) != syn "
+        "tcp flags & ack == ack "
     } else {
         ""
     };

@@ -11,7 +11,8 @@ use aya::{
     Ebpf,
 };
 use emis_common::{
-    Config, Counter, FlowKey, FlowValue, Link, MAP_CONFIG, MAP_FLOWS, MAP_STATS, STATS_LEN,
+    Config, Counter, FlowKey, FlowValue, Link, MAP_CONFIG, MAP_FLOWS, MAP_FLOWS_NEW, MAP_STATS,
+    STATS_LEN,
 };
 use emis_policy::{
     compile::compile_with_slots,
@@ -338,19 +339,24 @@ fn current_mode(pins: &Pins) -> Option<Mode> {
 
 /// Deletes the tracked flows `doomed` picks.
 fn delete_flows(pins: &Pins, doomed: impl Fn(&FlowValue) -> bool) -> Result<usize, Error> {
-    let mut flows: HashMap<_, FlowKey, FlowValue> = HashMap::try_from(pins.open_map(MAP_FLOWS)?)
-        .what(|| format!("pinned map {MAP_FLOWS} has an unexpected type"))?;
-    let keys: Vec<FlowKey> = flows
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, value)| doomed(value))
-        .map(|(key, _)| key)
-        .collect();
-    for key in &keys {
-        // A flow the LRU evicted meanwhile is already gone.
-        let _ = flows.remove(key);
+    let mut deleted = 0;
+    // Both tables: a half-open flow of a removed rule must not be promoted afterwards.
+    for table in [MAP_FLOWS, MAP_FLOWS_NEW] {
+        let mut flows: HashMap<_, FlowKey, FlowValue> = HashMap::try_from(pins.open_map(table)?)
+            .what(|| format!("pinned map {table} has an unexpected type"))?;
+        let keys: Vec<FlowKey> = flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, value)| doomed(value))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &keys {
+            // A flow the LRU evicted meanwhile is already gone.
+            let _ = flows.remove(key);
+        }
+        deleted += keys.len();
     }
-    Ok(keys.len())
+    Ok(deleted)
 }
 
 /// Removes every pin (which detaches pinned links) and the pin dir if it is then empty.

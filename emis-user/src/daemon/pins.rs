@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use emis_common::{
-    Config, Counter, FlowKey, FlowValue, MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS, MAP_STATS,
-    STATS_LEN,
+    Config, Counter, FlowKey, FlowValue, MAP_CONFIG, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS,
+    MAP_STATS, STATS_LEN,
 };
 use emis_policy::policy::Mode;
 
 use super::{error::What as _, Error};
 use crate::{
-    flows::FlowTableStats,
+    flows::{FlowTableStats, NewFlowStats},
     stats::{mode_of, Snapshot},
 };
 
@@ -145,6 +145,8 @@ pub struct PinnedMaps {
     pub config: Array<MapData, Config>,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
     pub flow_events: PerCpuArray<MapData, u64>,
+    pub new_flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub new_flow_capacity: u32,
     /// The flow table's max_entries, as the kernel has it.
     pub flow_capacity: u32,
 }
@@ -167,7 +169,18 @@ impl PinnedMaps {
         let flows: HashMap<MapData, FlowKey, FlowValue> =
             HashMap::try_from(Map::from_map_data(flows_data).map_err(typed(MAP_FLOWS))?)
                 .map_err(typed(MAP_FLOWS))?;
+        let new_flows_data = MapData::from_pin(pins.map(MAP_FLOWS_NEW))
+            .what(|| format!("opening pinned map {MAP_FLOWS_NEW}"))?;
+        let new_flow_capacity = new_flows_data
+            .info()
+            .what(|| format!("reading the size of {MAP_FLOWS_NEW}"))?
+            .max_entries();
+        let new_flows: HashMap<MapData, FlowKey, FlowValue> =
+            HashMap::try_from(Map::from_map_data(new_flows_data).map_err(typed(MAP_FLOWS_NEW))?)
+                .map_err(typed(MAP_FLOWS_NEW))?;
         Ok(PinnedMaps {
+            new_flows,
+            new_flow_capacity,
             stats: PerCpuArray::try_from(pins.open_map(MAP_STATS)?).map_err(typed(MAP_STATS))?,
             config: Array::try_from(pins.open_map(MAP_CONFIG)?).map_err(typed(MAP_CONFIG))?,
             flows,
@@ -200,6 +213,11 @@ impl PinnedMaps {
     pub fn set_mode(&mut self, mode: Mode) -> Result<(), Error> {
         crate::loader::set_mode::<_, aya::maps::MapError>(&mut self.config, mode)
             .what(|| format!("writing {MAP_CONFIG}"))
+    }
+
+    pub fn new_flow_stats(&self) -> Result<NewFlowStats, Error> {
+        NewFlowStats::from_maps(&self.new_flows, &self.flow_events, self.new_flow_capacity)
+            .what(|| "reading the new-flow table".into())
     }
 
     pub fn flow_stats(&self) -> Result<FlowTableStats, Error> {
