@@ -160,6 +160,11 @@ mod tests {
         assert!(
             udp_round_trip_here(Some(Ipv4Addr::LOCALHOST), Ipv4Addr::LOCALHOST, port, t).unwrap()
         );
+        // The echo thread counts after it has sent, so the answer can arrive first.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while echo.echoed() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(echo.echoed(), 2);
         drop(echo);
         // Nobody listens: ICMP port unreachable, reported as no answer.
