@@ -21,6 +21,7 @@ use emis_common::{
     PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, STATS_LEN,
 };
 
+mod events;
 mod parse;
 
 use parse::{parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_udp, Parsed, L3, L4};
@@ -56,6 +57,7 @@ pub fn emis(ctx: XdpContext) -> u32 {
     };
     let decision = decide(&ctx, cfg);
     count(&ctx, decision, cfg.mode);
+    events::report(&ctx, decision, cfg);
     if decision.drops(cfg.mode) {
         xdp_action::XDP_DROP
     } else {
