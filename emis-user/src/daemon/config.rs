@@ -90,6 +90,8 @@ pub struct RunSettings {
     pub netns: Option<String>,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// Drop events a second each CPU may produce (`--event-rate`).
+    pub event_rate: u32,
 }
 
 impl RunSettings {
@@ -131,6 +133,7 @@ impl RunSettings {
             netns: given.netns,
             pin_dir: given.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
             state_dir: given.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            event_rate: emis_common::DEFAULT_EVENT_RATE,
         })
     }
 }

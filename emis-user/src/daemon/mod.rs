@@ -20,6 +20,7 @@ pub mod control;
 pub mod detach;
 pub mod diff;
 pub mod enforcer;
+pub mod events;
 mod error;
 pub mod links;
 pub mod lock;

@@ -15,7 +15,7 @@ use super::{
     control::{self, Call, Request, Response},
     enforcer::{read_policy, Enforcer},
     error::What as _,
-    links,
+    events, links,
     lock::StateLock,
     notify,
     pins::PinnedMaps,
@@ -44,12 +44,17 @@ pub fn run(settings: RunSettings, metrics_options: MetricsOptions) -> Result<(),
         .transpose()
         .map_err(metrics::MetricsError::from)?;
     let control_listener = control::bind(&settings.state_dir)?;
+    let events_listener = events::bind(&settings.state_dir)?;
     let state_dir = settings.state_dir.clone();
+    let remove_sockets = || {
+        let _ = std::fs::remove_file(control::socket_path(&state_dir));
+        let _ = std::fs::remove_file(crate::events::socket_path(&state_dir));
+    };
 
     let enforcer = match Enforcer::start(settings, policy, since) {
         Ok(enforcer) => enforcer,
         Err(e) => {
-            let _ = std::fs::remove_file(control::socket_path(&state_dir));
+            remove_sockets();
             return Err(e);
         }
     };
@@ -79,9 +84,10 @@ pub fn run(settings: RunSettings, metrics_options: MetricsOptions) -> Result<(),
         metrics_options,
         metrics_listener,
         control_listener,
+        events_listener,
     );
     notify::stopping();
-    let _ = std::fs::remove_file(control::socket_path(&state_dir));
+    remove_sockets();
     tracing::info!(
         "exiting; the program stays attached and enforcing the last policy (`emis detach` removes it)"
     );
@@ -113,13 +119,21 @@ fn serve(
     metrics_options: MetricsOptions,
     metrics_listener: std::net::TcpListener,
     control_listener: std::os::unix::net::UnixListener,
+    events_listener: std::os::unix::net::UnixListener,
 ) -> Result<(), Error> {
+    let event_fanout = Arc::new(events::FanoutStats::default());
+    let ring = events::open_ring(&enforcer.pins)?;
+    let interface_names = events::interface_names(
+        &enforcer.settings.interfaces,
+        enforcer.settings.netns.as_deref(),
+    );
     let view = Arc::new(Mutex::new(EnforcerView {
         maps: PinnedMaps::open(&enforcer.pins)?,
         labels: enforcer.labels().clone(),
         spec_sha256: enforcer.policy.sha256.clone(),
         loaded_at: enforcer.state.loaded_at,
         reloads: Reloads::default(),
+        event_fanout: event_fanout.clone(),
     }));
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(EnforcerCollector {
@@ -133,7 +147,7 @@ fn serve(
         .enable_all()
         .build()
         .what(|| "starting the runtime".into())?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(metrics_listener)
             .what(|| "registering the metrics listener".into())?;
         let control_listener = tokio::net::UnixListener::from_std(control_listener)
@@ -144,6 +158,15 @@ fn serve(
         tracing::info!("metrics on http://{address}/metrics");
         let (calls_tx, mut calls) = mpsc::channel::<Call>(4);
         tokio::spawn(control::serve(control_listener, calls_tx));
+        let events_listener = tokio::net::UnixListener::from_std(events_listener)
+            .what(|| "registering the event socket".into())?;
+        tokio::spawn(events::serve(
+            ring,
+            events_listener,
+            view.clone(),
+            interface_names,
+            event_fanout,
+        ));
         let mut term = signal(SignalKind::terminate()).what(|| "watching SIGTERM".into())?;
         let mut int = signal(SignalKind::interrupt()).what(|| "watching SIGINT".into())?;
         let mut hup = signal(SignalKind::hangup()).what(|| "watching SIGHUP".into())?;
@@ -170,7 +193,14 @@ fn serve(
                 }
             }
         }
-    })
+    });
+    // Nobody reads the ring buffer once the daemon is gone.
+    if let Ok(mut view) = view.lock() {
+        if let Err(e) = view.maps.set_events(false) {
+            tracing::warn!(error = %super::chain(&e), "turning drop events off");
+        }
+    }
+    served
 }
 
 /// Reloads, tells systemd, refreshes what the metrics read, and says how it went.
