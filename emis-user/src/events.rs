@@ -47,7 +47,12 @@ pub struct EventLine {
 
 impl EventLine {
     /// `time_unix_ns` is the event's time on the wall clock.
-    pub fn from_event(event: &Event, time_unix_ns: i128, iface: String, networks: &[String]) -> Self {
+    pub fn from_event(
+        event: &Event,
+        time_unix_ns: i128,
+        iface: String,
+        networks: &[String],
+    ) -> Self {
         let captured = (event.captured_len as usize).min(event.frame.len());
         let frame = &event.frame[..captured];
         let headers = Headers::parse(frame);
@@ -68,7 +73,10 @@ impl EventLine {
         };
         let time = time::OffsetDateTime::from_unix_timestamp_nanos(time_unix_ns)
             .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_default();
         EventLine {
             time,
@@ -114,11 +122,18 @@ fn proto_name(proto: u8) -> String {
 }
 
 fn flag_letters(flags: u8) -> String {
-    [(0x02, 'S'), (0x10, 'A'), (0x01, 'F'), (0x04, 'R'), (0x08, 'P'), (0x20, 'U')]
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, c)| *c)
-        .collect()
+    [
+        (0x02, 'S'),
+        (0x10, 'A'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x20, 'U'),
+    ]
+    .iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, c)| *c)
+    .collect()
 }
 
 /// What a frame's first bytes say about it.
@@ -135,7 +150,8 @@ impl Headers {
     /// Ethernet, up to two VLAN tags, IPv4 or IPv6 (with the extension headers the kernel
     /// program walks), then the TCP or UDP ports; `None` if the bytes end first.
     fn parse(b: &[u8]) -> Option<Headers> {
-        let be16 = |i: usize| -> Option<u16> { Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?])) };
+        let be16 =
+            |i: usize| -> Option<u16> { Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?])) };
         let mut off = 12;
         let mut ethertype = be16(off)?;
         for _ in 0..2 {
@@ -234,7 +250,9 @@ pub enum ClientError {
 }
 
 /// Connects to the daemon's event socket.
-pub fn connect(state_dir: &Path) -> Result<impl Iterator<Item = Result<EventLine, ClientError>>, ClientError> {
+pub fn connect(
+    state_dir: &Path,
+) -> Result<impl Iterator<Item = Result<EventLine, ClientError>>, ClientError> {
     let path = socket_path(state_dir);
     let stream = UnixStream::connect(&path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {

@@ -61,7 +61,10 @@ pub struct CaptureArgs {
 }
 
 /// Events from the daemon that pass the filter, at most `count`.
-fn events(filter: &FilterArgs, count: Option<u64>) -> Result<impl Iterator<Item = Result<EventLine>>> {
+fn events(
+    filter: &FilterArgs,
+    count: Option<u64>,
+) -> Result<impl Iterator<Item = Result<EventLine>>> {
     let wanted = filter.filter();
     let lines = connect(&filter.state_dir)?;
     Ok(lines
@@ -77,7 +80,17 @@ pub fn watch(args: &WatchArgs) -> Result<()> {
         writeln!(
             out,
             "{:<30} {:<10} {:<39} {:<39} {:<6} {:>5} {:>5} {:<5} {:<10} {:<16} {}",
-            "TIME", "IFACE", "SRC", "DST", "PROTO", "SPORT", "DPORT", "FLAGS", "REASON", "NETWORK", "ACTION"
+            "TIME",
+            "IFACE",
+            "SRC",
+            "DST",
+            "PROTO",
+            "SPORT",
+            "DPORT",
+            "FLAGS",
+            "REASON",
+            "NETWORK",
+            "ACTION"
         )?;
     }
     for event in events {
@@ -101,7 +114,11 @@ pub fn watch(args: &WatchArgs) -> Result<()> {
                 show(e.proto.clone()),
                 show(e.sport.map(|p| p.to_string())),
                 show(e.dport.map(|p| p.to_string())),
-                if e.tcp_flags.is_empty() { "-" } else { &e.tcp_flags },
+                if e.tcp_flags.is_empty() {
+                    "-"
+                } else {
+                    &e.tcp_flags
+                },
                 e.reason,
                 e.network,
                 e.action
