@@ -79,18 +79,11 @@ pub fn watch(args: &WatchArgs) -> Result<()> {
     if !args.json {
         writeln!(
             out,
-            "{:<30} {:<10} {:<39} {:<39} {:<6} {:>5} {:>5} {:<5} {:<10} {:<16} {}",
-            "TIME",
-            "IFACE",
-            "SRC",
-            "DST",
-            "PROTO",
-            "SPORT",
-            "DPORT",
-            "FLAGS",
-            "REASON",
-            "NETWORK",
-            "ACTION"
+            "{}",
+            row([
+                "TIME", "IFACE", "SRC", "DST", "PROTO", "SPORT", "DPORT", "FLAGS", "REASON",
+                "NETWORK", "ACTION",
+            ])
         )?;
     }
     for event in events {
@@ -104,29 +97,40 @@ pub fn watch(args: &WatchArgs) -> Result<()> {
             writeln!(out, "{value}")?;
         } else {
             let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            let flags = if e.tcp_flags.is_empty() {
+                "-"
+            } else {
+                &e.tcp_flags
+            };
             writeln!(
                 out,
-                "{:<30} {:<10} {:<39} {:<39} {:<6} {:>5} {:>5} {:<5} {:<10} {:<16} {}",
-                e.time,
-                e.iface,
-                show(e.src.map(|a| a.to_string())),
-                show(e.dst.map(|a| a.to_string())),
-                show(e.proto.clone()),
-                show(e.sport.map(|p| p.to_string())),
-                show(e.dport.map(|p| p.to_string())),
-                if e.tcp_flags.is_empty() {
-                    "-"
-                } else {
-                    &e.tcp_flags
-                },
-                e.reason,
-                e.network,
-                e.action
+                "{}",
+                row([
+                    &e.time,
+                    &e.iface,
+                    &show(e.src.map(|a| a.to_string())),
+                    &show(e.dst.map(|a| a.to_string())),
+                    &show(e.proto.clone()),
+                    &show(e.sport.map(|p| p.to_string())),
+                    &show(e.dport.map(|p| p.to_string())),
+                    flags,
+                    &e.reason,
+                    &e.network,
+                    &e.action,
+                ])
             )?;
         }
         out.flush()?;
     }
     Ok(())
+}
+
+/// One table row: time, iface, src, dst, proto, sport, dport, flags, reason, network, action.
+fn row(c: [&str; 11]) -> String {
+    format!(
+        "{:<30} {:<10} {:<39} {:<39} {:<6} {:>5} {:>5} {:<5} {:<10} {:<16} {}",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
+    )
 }
 
 pub fn capture(args: &CaptureArgs) -> Result<()> {

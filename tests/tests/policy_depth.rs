@@ -149,6 +149,7 @@ fn a_full_flow_table_evicts_the_least_recently_used_and_says_so() {
         mode: Mode::Enforce,
         replies: Replies::Stateful,
         flow_table_size: 256,
+        ..LoadOptions::default()
     };
     let mut prog = TestProgram::load_with(&policy, options).unwrap();
     for port in 0..2000u16 {
