@@ -13,7 +13,7 @@ pub const MAP_EVENT_COUNTS: &str = "EMIS_EVENT_COUNTS";
 /// header with extension headers and the TCP header.
 pub const EVENT_SNAP_LEN: usize = 128;
 /// Bytes of the event ring buffer (a power of two and a multiple of the page size):
-/// about 1,200 events of [`EVENT_SIZE`] bytes.
+/// about 1,500 events of [`EVENT_SIZE`] bytes (plus an 8-byte header each).
 pub const EVENT_RING_BYTES: u32 = 256 * 1024;
 /// Default of [`Config::event_rate`](crate::Config::event_rate): events a second, per CPU.
 pub const DEFAULT_EVENT_RATE: u32 = 1_000;

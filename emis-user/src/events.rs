@@ -42,6 +42,7 @@ pub struct EventLine {
     pub action: String,
     /// The frame's length; `frame` holds its first bytes (at most 128), in hex.
     pub frame_len: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub frame: String,
 }
 

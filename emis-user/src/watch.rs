@@ -87,14 +87,11 @@ pub fn watch(args: &WatchArgs) -> Result<()> {
         )?;
     }
     for event in events {
-        let e = event?;
+        let mut e = event?;
         if args.json {
-            let mut value = serde_json::to_value(&e)?;
-            if let Some(map) = value.as_object_mut() {
-                // The frame is for `emis capture`; a watcher wants the headers.
-                map.remove("frame");
-            }
-            writeln!(out, "{value}")?;
+            // The frame is for `emis capture`; a watcher wants the headers.
+            e.frame.clear();
+            writeln!(out, "{}", serde_json::to_string(&e)?)?;
         } else {
             let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             let flags = if e.tcp_flags.is_empty() {

@@ -184,8 +184,25 @@ fn denied_syns_reach_watch_and_capture_with_their_fields_and_filters_hold() {
         assert!(out.is_empty(), "{name} matches none of the SYNs: {out}");
     }
 
+    // In audit mode the SYN passes (and is refused by the host): a would-drop event.
+    let said = dirs.emis(&["mode", "audit"]).unwrap();
+    assert!(
+        said.status.success(),
+        "{}",
+        String::from_utf8_lossy(&said.stderr)
+    );
+    let audit = client(&dirs, &["watch", "--json", "--count", "1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    denied_syns(&lab, 1);
+    let (out, done) = finish(audit, Duration::from_secs(5));
+    assert!(done, "{out}");
+    let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(e["action"], "audit", "{e}");
+    assert_eq!(e["reason"], "no_rule", "{e}");
+    eprintln!("an audit event: {out}");
+
     let metrics = daemon.metrics().unwrap();
-    assert!(metric(&metrics, "emis_events_total") >= 3, "{metrics}");
+    assert!(metric(&metrics, "emis_events_total") >= 4, "{metrics}");
     assert_eq!(
         metric(&metrics, "emis_events_suppressed_total"),
         0,
