@@ -34,6 +34,9 @@ pub struct Config {
     pub events: u32,
     /// Events a second each CPU may produce; the rest are counted as suppressed.
     pub event_rate: u32,
+    /// N: one allowed packet in N, chosen at random, produces an event too; 0: none.
+    pub sample_allowed: u32,
+    pub _pad2: u32,
 }
 
 impl Config {

@@ -26,12 +26,18 @@ pub const EVENT_COUNT_SUPPRESSED: u32 = 1;
 pub const EVENT_COUNT_RING_FULL: u32 = 2;
 pub const EVENT_COUNT_SLOTS: u32 = 4;
 
-/// What an event reports.
+/// What an event reports: a denied packet, or an allowed one sampled
+/// ([`Config::sample_allowed`](crate::Config::sample_allowed)).
 pub const EVENT_KIND_DENIED: u32 = 0;
+pub const EVENT_KIND_ALLOWED: u32 = 1;
+/// `Event::rule` of a denial; `Event::action` of an allowed packet.
+pub const EVENT_NONE: u32 = u32::MAX;
 
-/// One denied packet, as the kernel saw it. `reason`, `network` and `action` are the raw
-/// values of the decision's [`DenyReason`](crate::DenyReason), network index and
-/// [`Action`](crate::Action). Addresses, protocol, ports and TCP flags are read from
+/// One denied (or sampled allowed) packet, as the kernel saw it. For a denial `reason`,
+/// `network` and `action` are the raw values of the decision's
+/// [`DenyReason`](crate::DenyReason), network index and [`Action`](crate::Action), and
+/// `rule` is [`EVENT_NONE`]; for an allowed packet `reason` is its [`Path`](crate::Path),
+/// `rule` its rule's counter slot, `network` and `action` [`EVENT_NONE`]. Addresses, protocol, ports and TCP flags are read from
 /// `frame` by the daemon: the kernel program has no stack left for a second parse.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,9 +53,9 @@ pub struct Event {
     pub reason: u32,
     pub network: u32,
     pub action: u32,
-    /// [`EVENT_KIND_DENIED`].
+    /// [`EVENT_KIND_DENIED`] or [`EVENT_KIND_ALLOWED`].
     pub kind: u32,
-    pub _pad: u32,
+    pub rule: u32,
     pub frame: [u8; EVENT_SNAP_LEN],
 }
 

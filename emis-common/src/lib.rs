@@ -63,7 +63,7 @@ mod layout {
         assert_eq!(size_of::<RuleSet>(), 8 + 24 * MAX_CANDIDATES);
         assert_eq!(
             size_of::<Config>(),
-            8 + 8 + 16 + 8 * FLOW_STATE_COUNT + 8 + 8
+            8 + 8 + 16 + 8 * FLOW_STATE_COUNT + 8 + 16
         );
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);

@@ -149,6 +149,8 @@ fn config(policy: &Policy, unset_roles: u64, count_mask: u64) -> Config {
         // The daemon turns events on while it has clients for them.
         events: 0,
         event_rate: emis_common::DEFAULT_EVENT_RATE,
+        sample_allowed: 0,
+        _pad2: 0,
     }
 }
 
