@@ -11,9 +11,12 @@ use std::{
 };
 
 use emis_common::{
-    Action, DenyReason, Event, ETH_P_IPV4, ETH_P_IPV6, NO_NETWORK, PROTO_TCP, PROTO_UDP,
+    Action, DenyReason, Event, Path as RulePath, ETH_P_IPV4, ETH_P_IPV6, EVENT_KIND_ALLOWED,
+    NO_NETWORK, PROTO_TCP, PROTO_UDP,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::stats::Labels;
 
 pub const EVENTS_SOCKET: &str = "events.sock";
 
@@ -37,9 +40,15 @@ pub struct EventLine {
     pub dport: Option<u16>,
     /// TCP flags as letters (S, A, F, R, P, U), empty for other protocols.
     pub tcp_flags: String,
+    /// Why it was denied (as `emis_denied_packets_total`'s `reason`); for a sampled
+    /// allowed packet, how it matched its rule (`forward`, `reply`, `related`).
     pub reason: String,
     pub network: String,
+    /// `drop`, `audit`, or `allow` for a sampled allowed packet.
     pub action: String,
+    /// The rule that allowed a sampled packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     /// The frame's length; `frame` holds its first bytes (at most 128), in hex.
     pub frame_len: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -48,23 +57,29 @@ pub struct EventLine {
 
 impl EventLine {
     /// `time_unix_ns` is the event's time on the wall clock.
-    pub fn from_event(
-        event: &Event,
-        time_unix_ns: i128,
-        iface: String,
-        networks: &[String],
-    ) -> Self {
+    pub fn from_event(event: &Event, time_unix_ns: i128, iface: String, labels: &Labels) -> Self {
+        let networks = &labels.networks;
+        let allowed = event.kind == EVENT_KIND_ALLOWED;
         let captured = (event.captured_len as usize).min(event.frame.len());
         let frame = &event.frame[..captured];
         let headers = Headers::parse(frame);
-        let reason = DenyReason::ALL
-            .iter()
-            .find(|r| **r as u32 == event.reason)
-            .map_or_else(|| event.reason.to_string(), |r| r.name().to_string());
-        let action = Action::ALL
-            .iter()
-            .find(|a| **a as u32 == event.action)
-            .map_or_else(|| event.action.to_string(), |a| a.name().to_string());
+        let reason = if allowed {
+            RulePath::from_raw(event.reason).name().to_string()
+        } else {
+            DenyReason::ALL
+                .iter()
+                .find(|r| **r as u32 == event.reason)
+                .map_or_else(|| event.reason.to_string(), |r| r.name().to_string())
+        };
+        let action = if allowed {
+            "allow".to_string()
+        } else {
+            Action::ALL
+                .iter()
+                .find(|a| **a as u32 == event.action)
+                .map_or_else(|| event.action.to_string(), |a| a.name().to_string())
+        };
+        let rule = allowed.then(|| rule_slug(labels, event.rule)).flatten();
         let network = match event.network {
             NO_NETWORK => "-".to_string(),
             n => networks
@@ -95,6 +110,7 @@ impl EventLine {
             reason,
             network,
             action,
+            rule,
             frame_len: event.frame_len,
             frame: hex(frame),
         }
@@ -106,6 +122,16 @@ impl EventLine {
             .filter_map(|i| u8::from_str_radix(&self.frame[2 * i..2 * i + 2], 16).ok())
             .collect()
     }
+}
+
+/// The slug of the rule counted in `slot`.
+fn rule_slug(labels: &Labels, slot: u32) -> Option<String> {
+    let index = if labels.slots.is_empty() {
+        slot as usize
+    } else {
+        labels.slots.iter().position(|s| *s == slot)?
+    };
+    labels.rules.get(index).map(|(slug, _)| slug.clone())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -221,6 +247,7 @@ pub struct Filter {
     pub reason: Option<String>,
     pub network: Option<String>,
     pub iface: Option<String>,
+    pub rule: Option<String>,
 }
 
 impl Filter {
@@ -228,6 +255,10 @@ impl Filter {
         self.reason.as_ref().is_none_or(|r| *r == line.reason)
             && self.network.as_ref().is_none_or(|n| *n == line.network)
             && self.iface.as_ref().is_none_or(|i| *i == line.iface)
+            && self
+                .rule
+                .as_ref()
+                .is_none_or(|r| Some(r) == line.rule.as_ref())
     }
 }
 

@@ -46,6 +46,8 @@ pub struct LoadOptions {
     pub events: bool,
     /// Events a second each CPU may produce.
     pub event_rate: u32,
+    /// N: one allowed packet in N produces an event; 0: none.
+    pub sample_allowed: u32,
 }
 
 impl Default for LoadOptions {
@@ -56,6 +58,7 @@ impl Default for LoadOptions {
             flow_table_size: emis_common::DEFAULT_FLOW_TABLE_SIZE,
             events: false,
             event_rate: emis_common::DEFAULT_EVENT_RATE,
+            sample_allowed: 0,
         }
     }
 }
@@ -244,6 +247,7 @@ fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, options: LoadOptions) -> Resu
         replies: options.replies.raw(),
         events: options.events as u32,
         event_rate: options.event_rate,
+        sample_allowed: options.sample_allowed,
         ..compiled.config
     };
     config

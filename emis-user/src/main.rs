@@ -208,6 +208,18 @@ struct RunArgs {
     /// second; the rest are counted in emis_events_suppressed_total.
     #[arg(long = "event-rate", value_name = "N", default_value_t = emis_common::DEFAULT_EVENT_RATE)]
     event_rate: u32,
+    /// Allowed packets produce events too, one in N chosen at random, as `1/N` (same
+    /// rate limit; `emis watch --rule SLUG` shows a rule's).
+    #[arg(long = "sample-allowed", value_name = "1/N", value_parser = parse_sample)]
+    sample_allowed: Option<u32>,
+}
+
+/// `1/N` as N.
+fn parse_sample(text: &str) -> Result<u32, String> {
+    text.strip_prefix("1/")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}` is not 1/N with N a positive whole number (e.g. 1/100)"))
 }
 
 impl RunArgs {
@@ -449,8 +461,10 @@ fn run(args: RunArgs) -> Result<()> {
         bpf_stats: args.bpf_stats,
     };
     let event_rate = args.event_rate;
+    let sample_allowed = args.sample_allowed;
     let mut settings = RunSettings::resolve(config.as_deref(), args.given())?;
     settings.event_rate = event_rate;
+    settings.sample_allowed = sample_allowed.unwrap_or(0);
     Ok(daemon::serve::run(settings, metrics)?)
 }
 

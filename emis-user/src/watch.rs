@@ -22,6 +22,9 @@ pub struct FilterArgs {
     /// Only events from frames that arrived on this interface.
     #[arg(long = "iface", value_name = "IF")]
     iface: Option<String>,
+    /// Only sampled allowed packets of this rule (slug; `emis run --sample-allowed`).
+    #[arg(long)]
+    rule: Option<String>,
     #[arg(long = "state-dir", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 }
@@ -32,6 +35,7 @@ impl FilterArgs {
             reason: self.reason.clone(),
             network: self.network.clone(),
             iface: self.iface.clone(),
+            rule: self.rule.clone(),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use emis_lab::{
     daemon::{Daemon, DaemonDirs},
-    in_netns, tcp_connects, Host, Lab, EMIS_BACKUP, SITE_ADDR,
+    in_netns, tcp_connects, Host, Lab, TcpServers, EMIS_BACKUP, EMIS_PRIMARY, SITE_ADDR,
 };
 use emis_tests::emis_bin;
 
@@ -251,6 +251,54 @@ fn the_rate_limit_suppresses_a_burst_and_counts_it() {
         sent as u64,
         "every denial is emitted or counted"
     );
+    assert!(daemon.stop().unwrap().success());
+    dirs.detach().unwrap();
+}
+
+#[test]
+fn sampled_allowed_packets_name_their_rule_and_the_rule_filter_keeps_them() {
+    let lab = Lab::create("emisevs").expect("creating the lab namespaces (run as root)");
+    let _servers = TcpServers::start(&lab.ns(Host::Emis), &[(EMIS_PRIMARY, 443)]).unwrap();
+    let dirs = dirs("events-sample", 19493);
+    let mut daemon =
+        Daemon::start(&dirs, &run_args(&lab, &["--sample-allowed", "1/1"])).expect("emis run");
+    let connect = || {
+        let ok = tcp_connects(
+            &lab.ns(Host::Site),
+            EMIS_PRIMARY,
+            443,
+            Duration::from_secs(2),
+        )
+        .expect("probing from the site");
+        assert!(ok, "tcp 443 to Table 1 is allowed");
+    };
+    let any = client(&dirs, &["watch", "--json", "--count", "1"]);
+    let no_such_rule = client(&dirs, &["watch", "--json", "--rule", "no-such-rule"]);
+    std::thread::sleep(Duration::from_millis(500));
+    connect();
+    let (out, done) = finish(any, Duration::from_secs(5));
+    assert!(done, "{out}");
+    let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(e["action"], "allow", "{e}");
+    assert_eq!(
+        e["reason"], "forward",
+        "the SYN matched its rule forward: {e}"
+    );
+    assert_eq!(e["dport"], 443, "{e}");
+    let rule = e["rule"]
+        .as_str()
+        .expect("a sampled packet names its rule")
+        .to_string();
+
+    let by_rule = client(&dirs, &["watch", "--json", "--count", "1", "--rule", &rule]);
+    std::thread::sleep(Duration::from_millis(500));
+    connect();
+    let (out, done) = finish(by_rule, Duration::from_secs(5));
+    assert!(done, "--rule {rule} sees the next connection: {out}");
+    assert!(out.contains(&format!("\"rule\":\"{rule}\"")), "{out}");
+    let (out, done) = finish(no_such_rule, Duration::from_millis(100));
+    assert!(!done && out.is_empty(), "{out}");
+
     assert!(daemon.stop().unwrap().success());
     dirs.detach().unwrap();
 }

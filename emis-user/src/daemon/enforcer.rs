@@ -206,6 +206,7 @@ fn install(
             // The daemon reads the events while it runs; see docs/DECISIONS.md.
             events: true,
             event_rate: settings.event_rate,
+            sample_allowed: settings.sample_allowed,
         },
         Some(pins.dir()),
     )?;

@@ -141,11 +141,11 @@ fn describe(event: &Event, view: &Mutex<EnforcerView>, names: &HashMap<u32, Stri
         .get(&event.ifindex)
         .cloned()
         .unwrap_or_else(|| format!("if{}", event.ifindex));
-    let networks = view
-        .lock()
-        .map(|v| v.labels.networks.clone())
-        .unwrap_or_default();
-    EventLine::from_event(event, wall_clock_ns(event.time_ns), iface, &networks)
+    let time = wall_clock_ns(event.time_ns);
+    match view.lock() {
+        Ok(view) => EventLine::from_event(event, time, iface, &view.labels),
+        Err(poisoned) => EventLine::from_event(event, time, iface, &poisoned.get_ref().labels),
+    }
 }
 
 /// A CLOCK_MONOTONIC time (what bpf_ktime_get_ns reads) on the wall clock.
