@@ -73,6 +73,8 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Write the frames the policy denies to a pcap file (the daemon must run).
     Capture(watch::CaptureArgs),
+    /// The busiest denied sources and destinations of the last minute (the daemon must run).
+    Top(watch::TopArgs),
     /// Write the policy for another enforcer: `emis export nft` prints an nftables ruleset.
     #[command(subcommand)]
     Export(ExportCommand),
@@ -345,6 +347,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats(&args),
         Command::Watch(args) => watch::watch(&args),
         Command::Capture(args) => watch::capture(&args),
+        Command::Top(args) => watch::top(&args),
         Command::Mode(args) => mode(&args),
         Command::Export(ExportCommand::Nft { policy, nft }) => load(&policy).and_then(|p| {
             print!("{}", emis_policy::nft::ruleset(&p, &nft.options())?);

@@ -1,11 +1,16 @@
-//! `emis watch` and `emis capture`: clients of the daemon's event socket.
+//! `emis watch` and `emis capture`: clients of the daemon's event socket; `emis top`:
+//! the daemon's window of recent denials, through its control socket.
 
 use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
 use emis::{
-    daemon::DEFAULT_STATE_DIR,
+    daemon::{
+        control::{self, Request},
+        top::TopReport,
+        DEFAULT_STATE_DIR,
+    },
     events::{connect, EventLine, Filter},
 };
 use emis_common::EVENT_SNAP_LEN;
@@ -132,6 +137,45 @@ fn row(c: [&str; 11]) -> String {
         "{:<30} {:<10} {:<39} {:<39} {:<6} {:>5} {:>5} {:<5} {:<10} {:<16} {}",
         c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
     )
+}
+
+#[derive(Args)]
+pub struct TopArgs {
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
+    /// How many sources and destinations to list.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    #[arg(long = "state-dir", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+pub fn top(args: &TopArgs) -> Result<()> {
+    let response = control::request(&args.state_dir, &Request::Top { limit: args.limit })?;
+    let report: TopReport = serde_json::from_value(
+        response
+            .report
+            .with_context(|| format!("the daemon gave no report: {}", response.message))?,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} denied events in the last {} s (within the event rate limit)",
+        report.events, report.window_seconds
+    );
+    for (title, rows) in [
+        ("SOURCE", &report.sources),
+        ("DESTINATION", &report.destinations),
+    ] {
+        println!("\n{title:<39} {:>8}", "EVENTS");
+        for row in rows {
+            println!("{:<39} {:>8}", row.addr, row.events);
+        }
+    }
+    Ok(())
 }
 
 pub fn capture(args: &CaptureArgs) -> Result<()> {

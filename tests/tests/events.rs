@@ -184,6 +184,27 @@ fn denied_syns_reach_watch_and_capture_with_their_fields_and_filters_hold() {
         assert!(out.is_empty(), "{name} matches none of the SYNs: {out}");
     }
 
+    let top = dirs.emis(&["top", "--json"]).unwrap();
+    assert!(
+        top.status.success(),
+        "{}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    let top: serde_json::Value = serde_json::from_slice(&top.stdout).unwrap();
+    assert_eq!(top["sources"][0]["addr"], SITE_ADDR.to_string(), "{top}");
+    assert!(top["sources"][0]["events"].as_u64().unwrap() >= 3, "{top}");
+    assert_eq!(
+        top["destinations"][0]["addr"],
+        EMIS_BACKUP.to_string(),
+        "{top}"
+    );
+    let table = dirs.emis(&["top"]).unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("SOURCE") && table.contains("192.168.10.2"),
+        "{table}"
+    );
+
     // In audit mode the SYN passes (and is refused by the host): a would-drop event.
     let said = dirs.emis(&["mode", "audit"]).unwrap();
     assert!(

@@ -17,7 +17,7 @@ use aya::maps::{MapData, RingBuf};
 use emis_common::{Event, EVENT_SIZE, MAP_EVENTS};
 use tokio::{io::unix::AsyncFd, io::AsyncWriteExt as _, sync::broadcast};
 
-use super::{error::What as _, pins::Pins, Error};
+use super::{error::What as _, pins::Pins, top::TopWindow, Error};
 use crate::{
     events::{socket_path, EventLine},
     metrics::EnforcerView,
@@ -92,6 +92,7 @@ pub async fn serve(
     view: Arc<Mutex<EnforcerView>>,
     names: HashMap<u32, String>,
     stats: Arc<FanoutStats>,
+    top: Arc<Mutex<TopWindow>>,
 ) {
     let (tx, _) = broadcast::channel::<Arc<String>>(CLIENT_BACKLOG);
     let accept_tx = tx.clone();
@@ -124,10 +125,13 @@ pub async fn serve(
             // The kernel wrote an Event; the ring buffer gives no alignment promise.
             let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             drop(item);
+            let line = describe(&event, &view, &names);
+            if let Ok(mut top) = top.lock() {
+                top.record(std::time::Instant::now(), &line);
+            }
             if tx.receiver_count() == 0 {
                 continue;
             }
-            let line = describe(&event, &view, &names);
             if let Ok(text) = serde_json::to_string(&line) {
                 let _ = tx.send(Arc::new(text));
             }

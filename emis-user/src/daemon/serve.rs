@@ -20,6 +20,7 @@ use super::{
     notify,
     pins::PinnedMaps,
     state::now,
+    top::TopWindow,
     Error,
 };
 use crate::metrics::{
@@ -122,6 +123,7 @@ fn serve(
     events_listener: std::os::unix::net::UnixListener,
 ) -> Result<(), Error> {
     let event_fanout = Arc::new(events::FanoutStats::default());
+    let top = Arc::new(Mutex::new(TopWindow::default()));
     let ring = events::open_ring(&enforcer.pins)?;
     let interface_names = events::interface_names(
         &enforcer.settings.interfaces,
@@ -166,6 +168,7 @@ fn serve(
             view.clone(),
             interface_names,
             event_fanout,
+            top.clone(),
         ));
         let mut term = signal(SignalKind::terminate()).what(|| "watching SIGTERM".into())?;
         let mut int = signal(SignalKind::interrupt()).what(|| "watching SIGINT".into())?;
@@ -188,6 +191,7 @@ fn serve(
                 Some((request, reply)) = calls.recv() => {
                     let response = match request {
                         Request::Reload => reload(&mut enforcer, &view),
+                        Request::Top { limit } => top_report(&top, limit),
                     };
                     let _ = reply.send(response);
                 }
@@ -201,6 +205,18 @@ fn serve(
         }
     }
     served
+}
+
+fn top_report(top: &Mutex<TopWindow>, limit: usize) -> Response {
+    let report = top
+        .lock()
+        .map(|mut top| top.report(std::time::Instant::now(), limit))
+        .ok();
+    Response {
+        ok: report.is_some(),
+        message: "the busiest denied addresses of the last minute".into(),
+        report: report.and_then(|r| serde_json::to_value(r).ok()),
+    }
 }
 
 /// Reloads, tells systemd, refreshes what the metrics read, and says how it went.
