@@ -16,10 +16,13 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// A bound on memory whatever the event rate.
 const MAX_KEPT: usize = 200_000;
 
+/// When a denial was read, and its source and destination.
+type Seen = (Instant, Option<IpAddr>, Option<IpAddr>);
+
 /// The denials of the last [`WINDOW`].
 #[derive(Debug, Default)]
 pub struct TopWindow {
-    seen: VecDeque<(Instant, Option<IpAddr>, Option<IpAddr>)>,
+    seen: VecDeque<Seen>,
 }
 
 /// One busy address and its denied events in the window.
@@ -58,7 +61,7 @@ impl TopWindow {
             }
             self.seen.pop_front();
         }
-        let busiest = |pick: fn(&(Instant, Option<IpAddr>, Option<IpAddr>)) -> Option<IpAddr>| {
+        let busiest = |pick: fn(&Seen) -> Option<IpAddr>| {
             let mut counts: HashMap<IpAddr, u64> = HashMap::new();
             for seen in &self.seen {
                 if let Some(addr) = pick(seen) {
