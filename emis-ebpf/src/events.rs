@@ -28,7 +28,10 @@ const ALLOWED: u32 = 0x100;
 /// Reports a final decision if it denies the packet (or samples an allowed one) and
 /// someone listens.
 #[inline(always)]
-pub fn report(ctx: &XdpContext, decision: Decision, cfg: &Config) {
+pub fn report(ctx: &XdpContext, decision: Decision) {
+    let Some(cfg) = crate::CONFIG.get(0) else {
+        return;
+    };
     if cfg.events == 0 {
         return;
     }

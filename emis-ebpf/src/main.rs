@@ -84,7 +84,7 @@ fn enforce(ctx: &XdpContext, link: Link) -> u32 {
     let link = core::hint::black_box(link);
     let decision = decide(ctx, cfg, link);
     count(ctx, decision, mode);
-    events::report(ctx, decision, cfg);
+    events::report(ctx, decision);
     if decision.drops(mode) {
         xdp_action::XDP_DROP
     } else {
