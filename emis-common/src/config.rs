@@ -30,6 +30,13 @@ pub struct Config {
     pub flow_timeouts_ns: [u64; FLOW_STATE_COUNT],
     /// How long an allowed first fragment's datagram waits for its later fragments.
     pub fragment_timeout_ns: u64,
+    /// Non-zero: denied packets produce events (the daemon sets it while it runs).
+    pub events: u32,
+    /// Events a second each CPU may produce; the rest are counted as suppressed.
+    pub event_rate: u32,
+    /// N: one allowed packet in N, chosen at random, produces an event too; 0: none.
+    pub sample_allowed: u32,
+    pub _pad2: u32,
 }
 
 impl Config {

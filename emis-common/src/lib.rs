@@ -6,6 +6,7 @@
 //! - [`icmp`]: which ICMP and ICMPv6 types are echo and which are errors.
 //! - [`flow`]: flow and fragment keys, flow-state transitions and lifetimes.
 //! - [`decision`]: decisions and their reasons, the counter layout, drop or pass by mode.
+//! - [`events`]: the drop-event record, its rate limit and counters.
 //!
 //! Everything is `no_std`, allocation-free and inlined where the kernel program calls
 //! it; map types are `#[repr(C)]` plain data with explicit padding. The reference model
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod decision;
+pub mod events;
 pub mod flow;
 pub mod icmp;
 pub mod maps;
@@ -23,6 +25,7 @@ pub mod wire;
 
 pub use config::*;
 pub use decision::*;
+pub use events::*;
 pub use flow::*;
 pub use icmp::*;
 pub use maps::*;
@@ -41,6 +44,8 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for EventBucket {}
 }
 
 #[cfg(test)]
@@ -56,7 +61,10 @@ mod layout {
         assert_eq!(size_of::<PortKey>(), 4);
         assert_eq!(size_of::<RuleEntry>(), 24);
         assert_eq!(size_of::<RuleSet>(), 8 + 24 * MAX_CANDIDATES);
-        assert_eq!(size_of::<Config>(), 8 + 8 + 16 + 8 * FLOW_STATE_COUNT + 8);
+        assert_eq!(
+            size_of::<Config>(),
+            8 + 8 + 16 + 8 * FLOW_STATE_COUNT + 8 + 16
+        );
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowValue>(), 40);

@@ -26,6 +26,7 @@ use emis_common::{
     STATS_LEN, TCP_HLEN,
 };
 
+mod events;
 mod parse;
 
 use parse::{bytes_at, parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_udp, L3, L4};
@@ -83,6 +84,7 @@ fn enforce(ctx: &XdpContext, link: Link) -> u32 {
     let link = core::hint::black_box(link);
     let decision = decide(ctx, cfg, link);
     count(ctx, decision, mode);
+    events::report(ctx, decision);
     if decision.drops(mode) {
         xdp_action::XDP_DROP
     } else {

@@ -146,6 +146,11 @@ fn config(policy: &Policy, unset_roles: u64, count_mask: u64) -> Config {
             ns(t.udp),
         ],
         fragment_timeout_ns: ns(t.fragment),
+        // The daemon turns events on while it has clients for them.
+        events: 0,
+        event_rate: emis_common::DEFAULT_EVENT_RATE,
+        sample_allowed: 0,
+        _pad2: 0,
     }
 }
 

@@ -6,6 +6,7 @@
 //! `metrics` read its counters.
 
 pub mod daemon;
+pub mod events;
 pub mod flows;
 pub mod linktype;
 pub mod loader;

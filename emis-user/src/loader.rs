@@ -26,12 +26,16 @@ pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT
 /// The maps that outlive a program: counters, flows, fragments and flow events. A program
 /// loaded with [`load_sharing`] reuses the pinned ones, so a reload keeps them. The policy
 /// maps (address tries, ports) and the config are new with every program.
-pub const SHARED_MAPS: [&str; 5] = [
+/// The event ring buffer and its counters are shared too, so `emis watch` clients keep
+/// reading across a reload.
+pub const SHARED_MAPS: [&str; 7] = [
     MAP_STATS,
     MAP_FLOWS,
     MAP_FLOWS_NEW,
     MAP_FRAGS,
     MAP_FLOW_EVENTS,
+    emis_common::MAP_EVENTS,
+    emis_common::MAP_EVENT_COUNTS,
 ];
 
 /// What a load sets besides the compiled policy.
@@ -40,6 +44,12 @@ pub struct LoadOptions {
     pub mode: Mode,
     pub replies: Replies,
     pub flow_table_size: u32,
+    /// Whether denied packets produce events (only a daemon reads them).
+    pub events: bool,
+    /// Events a second each CPU may produce.
+    pub event_rate: u32,
+    /// N: one allowed packet in N produces an event; 0: none.
+    pub sample_allowed: u32,
 }
 
 impl Default for LoadOptions {
@@ -48,6 +58,9 @@ impl Default for LoadOptions {
             mode: Mode::Enforce,
             replies: Replies::Stateful,
             flow_table_size: emis_common::DEFAULT_FLOW_TABLE_SIZE,
+            events: false,
+            event_rate: emis_common::DEFAULT_EVENT_RATE,
+            sample_allowed: 0,
         }
     }
 }
@@ -255,6 +268,9 @@ fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, options: LoadOptions) -> Resu
     let value = Config {
         mode: options.mode.raw(),
         replies: options.replies.raw(),
+        events: options.events as u32,
+        event_rate: options.event_rate,
+        sample_allowed: options.sample_allowed,
         ..compiled.config
     };
     config

@@ -2,6 +2,7 @@
 //! lifecycle lives in `emis::daemon`, the policy in `emis_policy`.
 
 mod generate;
+mod watch;
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
@@ -68,6 +69,12 @@ enum Command {
     /// Switch the attached program between enforce and audit without reloading it (the
     /// daemon need not run).
     Mode(ModeArgs),
+    /// Print what the policy denies as it happens, one line an event (the daemon must run).
+    Watch(watch::WatchArgs),
+    /// Write the frames the policy denies to a pcap file (the daemon must run).
+    Capture(watch::CaptureArgs),
+    /// The busiest denied sources and destinations of the last minute (the daemon must run).
+    Top(watch::TopArgs),
     /// Write the policy for another enforcer: `emis export nft` prints an nftables ruleset.
     #[command(subcommand)]
     Export(ExportCommand),
@@ -199,6 +206,22 @@ struct RunArgs {
     /// program's run time and run count (costs every BPF program two clock reads a run).
     #[arg(long = "bpf-stats")]
     bpf_stats: bool,
+    /// Drop events (what `emis watch` and `emis capture` see) each CPU may produce a
+    /// second; the rest are counted in emis_events_suppressed_total.
+    #[arg(long = "event-rate", value_name = "N", default_value_t = emis_common::DEFAULT_EVENT_RATE)]
+    event_rate: u32,
+    /// Allowed packets produce events too, one in N chosen at random, as `1/N` (same
+    /// rate limit; `emis watch --rule SLUG` shows a rule's).
+    #[arg(long = "sample-allowed", value_name = "1/N", value_parser = parse_sample)]
+    sample_allowed: Option<u32>,
+}
+
+/// `1/N` as N.
+fn parse_sample(text: &str) -> Result<u32, String> {
+    text.strip_prefix("1/")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}` is not 1/N with N a positive whole number (e.g. 1/100)"))
 }
 
 impl RunArgs {
@@ -322,6 +345,9 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Explain(args) => explain_cmd(&args),
         Command::Stats(args) => stats(&args),
+        Command::Watch(args) => watch::watch(&args),
+        Command::Capture(args) => watch::capture(&args),
+        Command::Top(args) => watch::top(&args),
         Command::Mode(args) => mode(&args),
         Command::Export(ExportCommand::Nft { policy, nft }) => load(&policy).and_then(|p| {
             print!("{}", emis_policy::nft::ruleset(&p, &nft.options())?);
@@ -437,7 +463,11 @@ fn run(args: RunArgs) -> Result<()> {
     let metrics = emis::metrics::MetricsOptions {
         bpf_stats: args.bpf_stats,
     };
-    let settings = RunSettings::resolve(config.as_deref(), args.given())?;
+    let event_rate = args.event_rate;
+    let sample_allowed = args.sample_allowed;
+    let mut settings = RunSettings::resolve(config.as_deref(), args.given())?;
+    settings.event_rate = event_rate;
+    settings.sample_allowed = sample_allowed.unwrap_or(0);
     Ok(daemon::serve::run(settings, metrics)?)
 }
 

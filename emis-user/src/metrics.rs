@@ -3,6 +3,7 @@
 //!
 //! - [`exposition`]: the classic text format or OpenMetrics, as the client asks.
 //! - [`endpoint`]: the HTTP listener.
+//! - [`events`]: the drop-event counters.
 //! - [`program`]: build info and the program's run-time statistics (`--bpf-stats`).
 //!
 //! Every denial series (action, reason, network) is exported from the start, at zero
@@ -10,6 +11,7 @@
 //! increase from `rate()` and `increase()`, and with it a service's first denials.
 
 pub mod endpoint;
+pub mod events;
 pub mod exposition;
 pub mod program;
 
@@ -50,6 +52,8 @@ pub struct EnforcerView {
     /// When the policy in force was installed, unix seconds.
     pub loaded_at: u64,
     pub reloads: Reloads,
+    /// What the event fan-out counts (clients, events slow clients lost).
+    pub event_fanout: Arc<crate::daemon::events::FanoutStats>,
 }
 
 /// Reloads since the daemon started, by outcome, and the last one.
@@ -98,6 +102,7 @@ struct Scrape {
     loaded_at: u64,
     reloads: Reloads,
     cost: Option<Cost>,
+    events: Option<events::EventCounts>,
 }
 
 /// A metric's labels, values not yet escaped.
@@ -455,6 +460,11 @@ impl EnforcerCollector {
             loaded_at: view.loaded_at,
             reloads: view.reloads,
             cost: self.cost.as_ref().and_then(ProgramCost::read),
+            events: view
+                .maps
+                .event_counts
+                .as_ref()
+                .map(|counts| events::EventCounts::read(counts, &view.event_fanout)),
         })
     }
 }
@@ -478,6 +488,9 @@ impl Collector for EnforcerCollector {
         encode_reloads(&mut encoder, scrape.loaded_at, scrape.reloads)?;
         if let Some(cost) = scrape.cost {
             encode_cost(&mut encoder, cost)?;
+        }
+        if let Some(counts) = scrape.events {
+            events::encode(&mut encoder, counts)?;
         }
         Ok(())
     }

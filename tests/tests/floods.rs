@@ -25,6 +25,7 @@ fn harness(policy: &Policy) -> Harness<'_> {
         mode: Mode::Enforce,
         replies: Replies::Stateful,
         flow_table_size: TABLE,
+        ..LoadOptions::default()
     };
     Harness {
         prog: TestProgram::load_with(policy, options)

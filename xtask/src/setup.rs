@@ -22,7 +22,7 @@ pub const PACKAGING_PACKAGES: [(&str, &str); 3] = [
 ];
 
 /// Debian packages needed at run time, with a binary each provides.
-pub const APT_PACKAGES: [(&str, &str); 6] = [
+pub const APT_PACKAGES: [(&str, &str); 7] = [
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
@@ -33,6 +33,8 @@ pub const APT_PACKAGES: [(&str, &str); 6] = [
     // alerting rules (tests/tests/prometheus.rs); promtool lints the scrape and unit-tests
     // the rules. On a host with systemd the package also starts its own service on :9090.
     ("prometheus", "promtool"),
+    // Reads the pcap `emis capture` writes (tests/tests/events.rs).
+    ("tcpdump", "tcpdump"),
 ];
 
 pub fn setup() -> Result<()> {

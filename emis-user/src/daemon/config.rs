@@ -90,6 +90,10 @@ pub struct RunSettings {
     pub netns: Option<String>,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// Drop events a second each CPU may produce (`--event-rate`).
+    pub event_rate: u32,
+    /// N: one allowed packet in N produces an event (`--sample-allowed 1/N`); 0: none.
+    pub sample_allowed: u32,
 }
 
 impl RunSettings {
@@ -131,6 +135,8 @@ impl RunSettings {
             netns: given.netns,
             pin_dir: given.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
             state_dir: given.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            event_rate: emis_common::DEFAULT_EVENT_RATE,
+            sample_allowed: 0,
         })
     }
 }

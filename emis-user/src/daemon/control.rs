@@ -23,6 +23,10 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum Request {
     Reload,
+    /// The busiest denied sources and destinations of the last minute.
+    Top {
+        limit: usize,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -212,6 +212,10 @@ fn install(
             mode: settings.mode,
             replies: settings.replies,
             flow_table_size: settings.flow_table_size,
+            // The daemon reads the events while it runs; see docs/DECISIONS.md.
+            events: true,
+            event_rate: settings.event_rate,
+            sample_allowed: settings.sample_allowed,
         },
         Some(pins.dir()),
     )?;

@@ -13,6 +13,7 @@
 //! - [`diff`]: what a reload changed.
 //! - [`config`]: the daemon config file.
 //! - [`control`]: the control socket (`emis reload`); [`serve`]: the daemon's main loop.
+//! - [`events`]: the drop-event fan-out; [`top`]: the busiest denied addresses.
 //! - [`status`]: `emis status`; [`detach`]: `emis detach`; [`notify`]: systemd readiness.
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod detach;
 pub mod diff;
 pub mod enforcer;
 mod error;
+pub mod events;
 pub mod links;
 pub mod lock;
 pub mod notify;
@@ -29,6 +31,7 @@ pub mod serve;
 pub mod slots;
 pub mod state;
 pub mod status;
+pub mod top;
 
 pub use error::{chain, Error};
 

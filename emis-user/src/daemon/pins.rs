@@ -149,6 +149,8 @@ pub struct PinnedMaps {
     pub new_flow_capacity: u32,
     /// The flow table's max_entries, as the kernel has it.
     pub flow_capacity: u32,
+    /// The drop-event counters; absent under pins of an emis without events.
+    pub event_counts: Option<PerCpuArray<MapData, u64>>,
 }
 
 impl PinnedMaps {
@@ -187,6 +189,10 @@ impl PinnedMaps {
             flow_events: PerCpuArray::try_from(pins.open_map(MAP_FLOW_EVENTS)?)
                 .map_err(typed(MAP_FLOW_EVENTS))?,
             flow_capacity,
+            event_counts: pins
+                .open_map(emis_common::MAP_EVENT_COUNTS)
+                .ok()
+                .and_then(|map| PerCpuArray::try_from(map).ok()),
         })
     }
 
@@ -218,6 +224,18 @@ impl PinnedMaps {
     pub fn new_flow_stats(&self) -> Result<NewFlowStats, Error> {
         NewFlowStats::from_maps(&self.new_flows, &self.flow_events, self.new_flow_capacity)
             .what(|| "reading the new-flow table".into())
+    }
+
+    /// Turns drop events on or off in the config in force.
+    pub fn set_events(&mut self, on: bool) -> Result<(), Error> {
+        let mut value = self
+            .config
+            .get(&0, 0)
+            .what(|| format!("reading {MAP_CONFIG}"))?;
+        value.events = on as u32;
+        self.config
+            .set(0, value, 0)
+            .what(|| format!("writing {MAP_CONFIG}"))
     }
 
     pub fn flow_stats(&self) -> Result<FlowTableStats, Error> {

@@ -15,11 +15,12 @@ use super::{
     control::{self, Call, Request, Response},
     enforcer::{read_policy, Enforcer},
     error::What as _,
-    links,
+    events, links,
     lock::StateLock,
     notify,
     pins::PinnedMaps,
     state::now,
+    top::TopWindow,
     Error,
 };
 use crate::metrics::{
@@ -44,12 +45,17 @@ pub fn run(settings: RunSettings, metrics_options: MetricsOptions) -> Result<(),
         .transpose()
         .map_err(metrics::MetricsError::from)?;
     let control_listener = control::bind(&settings.state_dir)?;
+    let events_listener = events::bind(&settings.state_dir)?;
     let state_dir = settings.state_dir.clone();
+    let remove_sockets = || {
+        let _ = std::fs::remove_file(control::socket_path(&state_dir));
+        let _ = std::fs::remove_file(crate::events::socket_path(&state_dir));
+    };
 
     let enforcer = match Enforcer::start(settings, policy, since) {
         Ok(enforcer) => enforcer,
         Err(e) => {
-            let _ = std::fs::remove_file(control::socket_path(&state_dir));
+            remove_sockets();
             return Err(e);
         }
     };
@@ -79,9 +85,10 @@ pub fn run(settings: RunSettings, metrics_options: MetricsOptions) -> Result<(),
         metrics_options,
         metrics_listener,
         control_listener,
+        events_listener,
     );
     notify::stopping();
-    let _ = std::fs::remove_file(control::socket_path(&state_dir));
+    remove_sockets();
     tracing::info!(
         "exiting; the program stays attached and enforcing the last policy (`emis detach` removes it)"
     );
@@ -113,13 +120,22 @@ fn serve(
     metrics_options: MetricsOptions,
     metrics_listener: std::net::TcpListener,
     control_listener: std::os::unix::net::UnixListener,
+    events_listener: std::os::unix::net::UnixListener,
 ) -> Result<(), Error> {
+    let event_fanout = Arc::new(events::FanoutStats::default());
+    let top = Arc::new(Mutex::new(TopWindow::default()));
+    let ring = events::open_ring(&enforcer.pins)?;
+    let interface_names = events::interface_names(
+        &enforcer.settings.interfaces,
+        enforcer.settings.netns.as_deref(),
+    );
     let view = Arc::new(Mutex::new(EnforcerView {
         maps: PinnedMaps::open(&enforcer.pins)?,
         labels: enforcer.labels().clone(),
         spec_sha256: enforcer.policy.sha256.clone(),
         loaded_at: enforcer.state.loaded_at,
         reloads: Reloads::default(),
+        event_fanout: event_fanout.clone(),
     }));
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(EnforcerCollector {
@@ -133,7 +149,7 @@ fn serve(
         .enable_all()
         .build()
         .what(|| "starting the runtime".into())?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(metrics_listener)
             .what(|| "registering the metrics listener".into())?;
         let control_listener = tokio::net::UnixListener::from_std(control_listener)
@@ -144,6 +160,16 @@ fn serve(
         tracing::info!("metrics on http://{address}/metrics");
         let (calls_tx, mut calls) = mpsc::channel::<Call>(4);
         tokio::spawn(control::serve(control_listener, calls_tx));
+        let events_listener = tokio::net::UnixListener::from_std(events_listener)
+            .what(|| "registering the event socket".into())?;
+        tokio::spawn(events::serve(
+            ring,
+            events_listener,
+            view.clone(),
+            interface_names,
+            event_fanout,
+            top.clone(),
+        ));
         let mut term = signal(SignalKind::terminate()).what(|| "watching SIGTERM".into())?;
         let mut int = signal(SignalKind::interrupt()).what(|| "watching SIGINT".into())?;
         let mut hup = signal(SignalKind::hangup()).what(|| "watching SIGHUP".into())?;
@@ -165,12 +191,32 @@ fn serve(
                 Some((request, reply)) = calls.recv() => {
                     let response = match request {
                         Request::Reload => reload(&mut enforcer, &view),
+                        Request::Top { limit } => top_report(&top, limit),
                     };
                     let _ = reply.send(response);
                 }
             }
         }
-    })
+    });
+    // Nobody reads the ring buffer once the daemon is gone.
+    if let Ok(mut view) = view.lock() {
+        if let Err(e) = view.maps.set_events(false) {
+            tracing::warn!(error = %super::chain(&e), "turning drop events off");
+        }
+    }
+    served
+}
+
+fn top_report(top: &Mutex<TopWindow>, limit: usize) -> Response {
+    let report = top
+        .lock()
+        .map(|mut top| top.report(std::time::Instant::now(), limit))
+        .ok();
+    Response {
+        ok: report.is_some(),
+        message: "the busiest denied addresses of the last minute".into(),
+        report: report.and_then(|r| serde_json::to_value(r).ok()),
+    }
 }
 
 /// Reloads, tells systemd, refreshes what the metrics read, and says how it went.
