@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::topology::{Host, Lab, GW_EMIS_IFACE, GW_SITE_IFACE, SITE_NET};
+
 /// Where one daemon keeps its things: its pins, its state dir and its metrics address.
 #[derive(Clone, Debug)]
 pub struct DaemonDirs {
@@ -32,6 +34,15 @@ impl DaemonDirs {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/emis-test-{name}")),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
         }
+    }
+
+    /// [`DaemonDirs::named`], with whatever an earlier failed run left detached and its
+    /// state dir removed, so a test starts from nothing.
+    pub fn fresh(bin: &Path, name: &str, metrics_port: u16) -> Result<DaemonDirs> {
+        let dirs = DaemonDirs::named(bin, name, metrics_port);
+        dirs.detach().context("emis detach before the test")?;
+        let _ = std::fs::remove_dir_all(&dirs.state_dir);
+        Ok(dirs)
     }
 
     /// The flags that point `emis run` at these dirs and this address.
@@ -253,6 +264,26 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// `emis run` flags for the lab's gateway: its namespace, both veths, the site LAN as the
+/// `lan` role, then `extra`.
+pub fn gateway_run_args(lab: &Lab, extra: &[&str]) -> Vec<String> {
+    let gateway = lab.ns(Host::Gateway);
+    let mut args: Vec<String> = [
+        "--netns",
+        gateway.as_str(),
+        "--iface",
+        GW_SITE_IFACE,
+        "--iface",
+        GW_EMIS_IFACE,
+        "--site-net",
+        &format!("lan={SITE_NET}"),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// An HTTP/1.0 GET with std only; returns the status code and the body.

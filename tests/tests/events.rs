@@ -11,33 +11,17 @@ use std::{
 };
 
 use emis_lab::{
-    daemon::{Daemon, DaemonDirs},
+    daemon::{gateway_run_args, Daemon, DaemonDirs},
     in_netns, tcp_connects, Host, Lab, TcpServers, EMIS_BACKUP, EMIS_PRIMARY, SITE_ADDR,
 };
 use emis_tests::emis_bin;
 
-fn run_args(lab: &Lab, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--netns",
-        &lab.ns(Host::Gateway),
-        "--iface",
-        "gw-site",
-        "--iface",
-        "gw-emis",
-        "--site-net",
-        "lan=192.168.10.0/24",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+fn dirs(name: &str, port: u16) -> DaemonDirs {
+    DaemonDirs::fresh(&emis_bin(), name, port).expect("a fresh pin dir and state dir")
 }
 
-fn dirs(name: &str, port: u16) -> DaemonDirs {
-    let dirs = DaemonDirs::named(&emis_bin(), name, port);
-    dirs.detach().expect("emis detach before the test");
-    let _ = std::fs::remove_dir_all(&dirs.state_dir);
-    dirs
+fn run_args(lab: &Lab, extra: &[&str]) -> Vec<String> {
+    gateway_run_args(lab, extra)
 }
 
 /// `emis ARGS --state-dir DIR` running in the background, its stdout piped.

@@ -5,7 +5,7 @@
 use std::{net::Ipv4Addr, process::Command, time::Duration};
 
 use emis_lab::{
-    daemon::{Daemon, DaemonDirs},
+    daemon::{gateway_run_args, Daemon, DaemonDirs},
     tcp_connects, Host, Lab, TcpServers, EMIS_INTERNET, EMIS_PRIMARY, OUT_OF_SCOPE,
 };
 use emis_tests::emis_bin;
@@ -22,20 +22,7 @@ impl Enforcer {
         let dirs = DaemonDirs::named(&emis_bin(), name, metrics_port);
         // A run that died earlier may have left pins behind.
         dirs.detach().expect("emis detach before the test");
-        let mut args: Vec<String> = [
-            "--netns",
-            &lab.ns(Host::Gateway),
-            "--iface",
-            "gw-site",
-            "--iface",
-            "gw-emis",
-            "--site-net",
-            "lan=192.168.10.0/24",
-            "--site-net",
-            "clinical-server=192.168.10.5/32",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args = gateway_run_args(lab, &["--site-net", "clinical-server=192.168.10.5/32"]);
         args.extend(extra.iter().map(|s| s.to_string()));
         Enforcer {
             daemon: Daemon::start(&dirs, &args).expect("emis run serves /metrics"),

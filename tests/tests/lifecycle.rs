@@ -17,7 +17,7 @@ use std::{
 
 use emis::daemon::pins::{PinnedMaps, Pins};
 use emis_lab::{
-    daemon::{Daemon, DaemonDirs},
+    daemon::{gateway_run_args, Daemon, DaemonDirs},
     in_netns, tcp_connects, Host, Lab, TcpServers, EMIS_BACKUP, EMIS_IFACE, EMIS_PRIMARY,
     SITE_ADDR, SITE_IFACE,
 };
@@ -53,30 +53,12 @@ fn embedded_spec() -> String {
     emis_policy::spec::DEFAULT_SPEC.to_string()
 }
 
-/// The lab's gateway interfaces and site roles, plus `extra`.
-fn run_args(lab: &Lab, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--netns",
-        &lab.ns(Host::Gateway),
-        "--iface",
-        "gw-site",
-        "--iface",
-        "gw-emis",
-        "--site-net",
-        "lan=192.168.10.0/24",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+fn dirs(name: &str, port: u16) -> DaemonDirs {
+    DaemonDirs::fresh(&emis_bin(), name, port).expect("a fresh pin dir and state dir")
 }
 
-/// Dirs for one test, with whatever an earlier failed run left detached first.
-fn dirs(name: &str, port: u16) -> DaemonDirs {
-    let dirs = DaemonDirs::named(&emis_bin(), name, port);
-    dirs.detach().expect("emis detach before the test");
-    let _ = std::fs::remove_dir_all(&dirs.state_dir);
-    dirs
+fn run_args(lab: &Lab, extra: &[&str]) -> Vec<String> {
+    gateway_run_args(lab, extra)
 }
 
 fn connects(lab: &Lab, addr: Ipv4Addr, port: u16) -> bool {
