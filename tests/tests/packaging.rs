@@ -17,21 +17,7 @@ use std::{
 use emis_tests::emis_bin;
 
 /// The keys `emis run --config FILE` reads, exactly.
-const CONFIG_KEYS: [&str; 13] = [
-    "interfaces",
-    "spec",
-    "site",
-    "site_nets",
-    "aws_ip_ranges",
-    "mode",
-    "replies",
-    "flow_table_size",
-    "metrics_addr",
-    "xdp_mode",
-    "netns",
-    "pin_dir",
-    "state_dir",
-];
+const CONFIG_KEYS: [&str; 13] = emis::daemon::config::KEYS;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -46,11 +46,19 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 
 /// Binds the socket; the caller holds the state lock, so a socket file there is stale.
 pub fn bind(state_dir: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
-    let path = socket_path(state_dir);
-    let _ = std::fs::remove_file(&path);
-    let listener = std::os::unix::net::UnixListener::bind(&path)
-        .what(|| format!("binding the control socket {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+    bind_private_socket(&socket_path(state_dir), "the control socket")
+}
+
+/// Binds a unix socket only root can use, replacing a stale file (the caller holds the
+/// state lock), non-blocking for tokio. The control and event sockets both come here.
+pub fn bind_private_socket(
+    path: &Path,
+    what: &str,
+) -> Result<std::os::unix::net::UnixListener, Error> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .what(|| format!("binding {what} {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .what(|| format!("restricting {}", path.display()))?;
     listener
         .set_nonblocking(true)

@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashMap,
-    os::unix::fs::PermissionsExt as _,
     path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -26,18 +25,9 @@ use crate::{
 /// Events a client may be behind before it loses the oldest.
 const CLIENT_BACKLOG: usize = 4096;
 
-/// Binds the socket; the caller holds the state lock, so a socket file there is stale.
+/// Binds the event socket; the caller holds the state lock, so a socket file there is stale.
 pub fn bind(state_dir: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
-    let path = socket_path(state_dir);
-    let _ = std::fs::remove_file(&path);
-    let listener = std::os::unix::net::UnixListener::bind(&path)
-        .what(|| format!("binding the event socket {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .what(|| format!("restricting {}", path.display()))?;
-    listener
-        .set_nonblocking(true)
-        .what(|| format!("configuring {}", path.display()))?;
-    Ok(listener)
+    super::control::bind_private_socket(&socket_path(state_dir), "the event socket")
 }
 
 /// Opens the pinned ring buffer.
