@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::topology::{Host, Lab, GW_EMIS_IFACE, GW_SITE_IFACE, SITE_NET};
+use crate::topology::{isolated, Host, Lab, GW_EMIS_IFACE, GW_SITE_IFACE, SITE_NET};
 
 /// Where one daemon keeps its things: its pins, its state dir and its metrics address.
 #[derive(Clone, Debug)]
@@ -26,8 +26,10 @@ pub struct DaemonDirs {
 }
 
 impl DaemonDirs {
-    /// Dirs named after `name` (a temp state dir, a pin dir under /sys/fs/bpf).
+    /// Dirs named after `name` (a temp state dir, a pin dir under /sys/fs/bpf), made
+    /// [`isolated`] like lab names.
     pub fn named(bin: &Path, name: &str, metrics_port: u16) -> DaemonDirs {
+        let name = isolated(name);
         DaemonDirs {
             bin: bin.to_path_buf(),
             state_dir: std::env::temp_dir().join(format!("emis-test-{name}")),

@@ -82,6 +82,16 @@ impl Host {
     }
 }
 
+/// `name`, followed by `-TAG` when the environment sets `EMIS_LAB_TAG`: labs, pin
+/// dirs and state dirs of test runs from different checkouts on one machine then never
+/// share a name, so the runs can go on side by side.
+pub fn isolated(name: &str) -> String {
+    match std::env::var("EMIS_LAB_TAG") {
+        Ok(tag) if !tag.is_empty() => format!("{name}-{tag}"),
+        _ => name.to_string(),
+    }
+}
+
 /// The namespace name of `host` in the lab with `prefix` (`<prefix>-<suffix>`).
 pub fn ns_name(prefix: &str, host: Host) -> String {
     format!("{prefix}-{}", host.suffix())
@@ -103,7 +113,9 @@ impl Lab {
     /// Creates the lab, after removing leftovers with the same prefix (namespaces of
     /// a lab that was not torn down). Needs root. An error names the failing `ip`
     /// command and its stderr; whatever was created by then is removed again.
+    /// With `EMIS_LAB_TAG` set, the prefix carries the tag (see [`isolated`]).
     pub fn create(prefix: &str) -> Result<Lab> {
+        let prefix = &isolated(prefix);
         validate_prefix(prefix)?;
         require_root_and_tools()?;
         Lab::remove(prefix).context("removing a leftover lab with the same prefix")?;

@@ -28,8 +28,12 @@ use emis_policy::{
 use emis_testkit::TestProgram;
 use emis_tests::default_policy;
 
-const SITE_NS: &str = "emisenc-site";
-const EMIS_NS: &str = "emisenc-emis";
+fn site_ns() -> String {
+    emis_lab::isolated("emisenc-site")
+}
+fn emis_ns() -> String {
+    emis_lab::isolated("emisenc-emis")
+}
 const SITE: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 2);
 const EMIS: Ipv4Addr = Ipv4Addr::new(10, 207, 116, 10);
 
@@ -108,12 +112,15 @@ struct Tunnel {
 impl Tunnel {
     fn create() -> Tunnel {
         Tunnel::remove();
-        sh(&["netns", "add", SITE_NS]);
-        sh(&["netns", "add", EMIS_NS]);
-        let site = emis_lab::in_netns(SITE_NS, || open_tun("tun0")).unwrap();
-        let emis = emis_lab::in_netns(EMIS_NS, || open_tun("tun1")).unwrap();
-        for (ns, dev, addr, peer) in [(SITE_NS, "tun0", SITE, EMIS), (EMIS_NS, "tun1", EMIS, SITE)]
-        {
+        let (site_ns, emis_ns) = (site_ns(), emis_ns());
+        sh(&["netns", "add", &site_ns]);
+        sh(&["netns", "add", &emis_ns]);
+        let site = emis_lab::in_netns(&site_ns, || open_tun("tun0")).unwrap();
+        let emis = emis_lab::in_netns(&emis_ns, || open_tun("tun1")).unwrap();
+        for (ns, dev, addr, peer) in [
+            (&site_ns, "tun0", SITE, EMIS),
+            (&emis_ns, "tun1", EMIS, SITE),
+        ] {
             sh(&["-n", ns, "link", "set", "lo", "up"]);
             sh(&[
                 "-n",
@@ -141,8 +148,8 @@ impl Tunnel {
     }
 
     fn remove() {
-        for ns in [SITE_NS, EMIS_NS] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        for ns in [site_ns(), emis_ns()] {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         }
     }
 }
@@ -162,7 +169,7 @@ fn emis_l3_on_a_tun_link_decides_real_tcp_connections() {
     let policy = default_policy(TEST_SITE, false);
     let _tunnel = Tunnel::create();
     // The loader's choice: the tun device takes emis_l3; loopback is refused.
-    let (tun, under) = in_netns_scoped(EMIS_NS, || {
+    let (tun, under) = in_netns_scoped(&emis_ns(), || {
         (linktype::link_of("tun1").unwrap(), linktype::link_of("lo"))
     })
     .unwrap();
@@ -179,20 +186,20 @@ fn emis_l3_on_a_tun_link_decides_real_tcp_connections() {
     )
     .unwrap();
     let program = prog.program_l3().unwrap();
-    in_netns_scoped(EMIS_NS, || {
+    in_netns_scoped(&emis_ns(), || {
         let index = emis_lab::ifindex("tun1").unwrap();
         program.attach_to_if_index(index, XdpMode::Skb).unwrap()
     })
     .unwrap();
 
-    let _servers = TcpServers::start(EMIS_NS, &[(EMIS, 443), (EMIS, 444)]).unwrap();
+    let _servers = TcpServers::start(&emis_ns(), &[(EMIS, 443), (EMIS, 444)]).unwrap();
     let timeout = Duration::from_secs(2);
     assert!(
-        tcp_connects(SITE_NS, EMIS, 443, timeout).unwrap(),
+        tcp_connects(&site_ns(), EMIS, 443, timeout).unwrap(),
         "an allowed port through the tunnel connects"
     );
     assert!(
-        !tcp_connects(SITE_NS, EMIS, 444, timeout).unwrap(),
+        !tcp_connects(&site_ns(), EMIS, 444, timeout).unwrap(),
         "a denied port through the tunnel does not: emis_l3 reads the inner IP header"
     );
 

@@ -306,7 +306,8 @@ fn started_in_audit_mode_nothing_is_dropped_but_everything_is_counted() {
 #[test]
 fn run_refuses_an_unknown_interface_and_leaves_nothing_behind() {
     let lab = Lab::create("emisbad").expect("creating the lab namespaces (run as root)");
-    let state_dir = std::env::temp_dir().join("emis-test-badiface");
+    let state_dir = std::env::temp_dir().join(emis_lab::isolated("emis-test-badiface"));
+    let pin_dir = format!("/sys/fs/bpf/{}", emis_lab::isolated("emis-test-badiface"));
     let out = Command::new(emis_bin())
         .args([
             "run",
@@ -317,12 +318,7 @@ fn run_refuses_an_unknown_interface_and_leaves_nothing_behind() {
             "--iface",
             "nosuch0",
         ])
-        .args([
-            "--metrics-addr",
-            "127.0.0.1:19471",
-            "--pin-dir",
-            "/sys/fs/bpf/emis-test-badiface",
-        ])
+        .args(["--metrics-addr", "127.0.0.1:19471", "--pin-dir", &pin_dir])
         .arg("--state-dir")
         .arg(&state_dir)
         .output()
@@ -336,7 +332,7 @@ fn run_refuses_an_unknown_interface_and_leaves_nothing_behind() {
     );
     assert!(!state_dir.join("state.json").exists());
     assert!(
-        !std::path::Path::new("/sys/fs/bpf/emis-test-badiface/EMIS_STATS").exists(),
+        !std::path::Path::new(&pin_dir).join("EMIS_STATS").exists(),
         "a failed start leaves no pins"
     );
 }
