@@ -128,8 +128,9 @@ pub const DIR_REPLY: usize = 1;
 /// loss on a fast link, narrow enough that a blind guess lands with odds of 2^-13.
 pub const TCP_SEQ_SLACK: u32 = 1 << 18;
 
-/// Bits of [`FlowValue::tcp`]: a side was seen (its `end` is known), it acknowledged
-/// something (its `acked` is known), it sent a FIN within its window.
+/// Bits of [`FlowValue::tcp`]: a side was seen (for TCP, its `end` is known; UDP keeps
+/// only these), it acknowledged something (its `acked` is known), it sent a FIN within
+/// its window.
 const fn seen_bit(dir: usize) -> u32 {
     1 << dir
 }
@@ -264,8 +265,8 @@ impl FlowValue {
     /// the established table, so new and half-open flows cannot push them out.
     #[inline(always)]
     pub const fn assured(&self) -> bool {
-        self.state == FLOW_UDP
-            || (self.has(seen_bit(DIR_REPLY)) && self.has(acked_bit(DIR_FORWARD)))
+        self.has(seen_bit(DIR_REPLY))
+            && (self.state == FLOW_UDP || self.has(acked_bit(DIR_FORWARD)))
     }
 
     /// Whether sequence number `seq` from side `dir` lies in that side's window: no lower
@@ -298,6 +299,8 @@ impl FlowValue {
 pub fn track(flow: &mut FlowValue, dir: usize, proto: u8, seg: &Segment, now_ns: u64) -> Tracked {
     if proto != PROTO_TCP {
         flow.state = FLOW_UDP;
+        // Only the seen bits: a forward packet alone, however many, must not assure a flow.
+        flow.tcp |= seen_bit(dir);
         flow.last_seen_ns = now_ns;
         return Tracked::Updated;
     }
@@ -643,8 +646,11 @@ mod tests {
         assert_eq!(f.state, FLOW_TCP_ESTABLISHED);
         let mut u = FlowValue::new(2);
         track(&mut u, DIR_FORWARD, 17, &Segment::default(), 1);
+        track(&mut u, DIR_FORWARD, 17, &Segment::default(), 2);
         assert_eq!(u.state, FLOW_UDP);
-        assert!(u.assured());
+        assert!(!u.assured(), "unanswered UDP stays a new flow");
+        track(&mut u, DIR_REPLY, 17, &Segment::default(), 3);
+        assert!(u.assured(), "the first reply assures it");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use emis_lab::site::TEST_SITE;
 use emis_policy::{
     model::Model,
     packet::{PacketSpec, TCP_ACK, TCP_PSH, TCP_SYN},
-    policy::{Mode, Policy, Replies},
+    policy::{Mode, Policy, PortRange, Protocol, Replies},
 };
 use emis_testkit::TestProgram;
 use emis_tests::{default_policy, ip, Harness};
@@ -273,4 +273,57 @@ fn established_flows_are_pushed_out_only_by_established_flows() {
             .unwrap(),
         Decision::Deny { .. }
     ));
+}
+
+#[test]
+fn unanswered_udp_in_scope_never_reaches_the_established_table() {
+    // The embedded spec has no UDP rule into enforce scope: add one (site to N3, udp 5000).
+    let mut policy = default_policy(TEST_SITE, false);
+    let mut udp_rule = policy.rules[SPINE as usize].clone();
+    udp_rule.slug = "test-udp-5000".into();
+    udp_rule.protocol = Protocol::Udp;
+    udp_rule.ports = vec![PortRange {
+        first: 5000,
+        last: 5000,
+    }];
+    policy.rules.push(udp_rule);
+    let mut h = harness(&policy);
+    let mut conn = Connection::open(&mut h);
+
+    // Every datagram twice: a second forward packet is not an answer.
+    let flood = 15 * TABLE;
+    for i in 0..flood {
+        let p = PacketSpec::udp(ip(SITE), ip(N3), 1024 + i as u16, 5000).build();
+        for _ in 0..2 {
+            assert!(matches!(
+                h.check(&p).unwrap(),
+                Decision::Allow {
+                    path: Path::Forward,
+                    ..
+                }
+            ));
+        }
+    }
+    let stats = h.prog.flow_stats().unwrap();
+    assert_eq!(
+        (stats.entries, stats.created, stats.evicted),
+        (1, 1, 0),
+        "unanswered UDP stays in the new-flow table; {stats:?}"
+    );
+    assert_eq!(h.model.established_flows(), 1);
+    conn.exchange(&mut h, "after the UDP flood");
+
+    // The newest datagram's answer assures its flow, which then moves over.
+    let last = 1024 + (flood - 1) as u16;
+    let answer = PacketSpec::udp(ip(N3), ip(SITE), 5000, last).build();
+    assert!(matches!(
+        h.check(&answer).unwrap(),
+        Decision::Allow {
+            path: Path::Reply,
+            ..
+        }
+    ));
+    let stats = h.prog.flow_stats().unwrap();
+    assert_eq!((stats.entries, stats.created), (2, 2), "{stats:?}");
+    assert_eq!(h.model.established_flows(), 2);
 }
