@@ -23,9 +23,12 @@ fn the_emis_binary_embeds_exactly_the_enforcer() {
         found,
         BTreeSet::from([
             emis_common::PROGRAM_NAME.to_string(),
-            emis_common::PROGRAM_NAME_L3.to_string()
+            emis_common::PROGRAM_NAME_L3.to_string(),
+            emis_common::PROGRAM_NAME_EGRESS.to_string(),
+            emis_common::PROGRAM_NAME_EGRESS_L3.to_string(),
         ]),
-        "the object the emis binary embeds must hold the enforcer's two entries (Ethernet, IP)"
+        "the object the emis binary embeds must hold the enforcer's XDP entries (Ethernet, IP) \
+         and its TC egress entries (Ethernet, IP)"
     );
 }
 
