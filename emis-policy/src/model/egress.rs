@@ -13,6 +13,11 @@ use emis_common::{
 use super::{classify, first_rule, flow_key, parse_link, Frame, Model};
 
 impl<'p> Model<'p> {
+    /// Whether the flow under `key` is in the established table (else new, or absent).
+    pub fn established(&self, key: &FlowKey) -> bool {
+        self.flows.peek(key).is_some()
+    }
+
     /// An Ethernet frame leaving through an interface the egress program is attached to.
     pub fn egress(&mut self, frame: &[u8]) {
         self.egress_link(Link::Ethernet, frame)
