@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use emis_testkit::programs::{ALL, TEST_OBJECT};
+use emis_testkit::programs::{ALL, TC_ALL, TEST_OBJECT};
 
 fn programs(object: &[u8], what: &str) -> BTreeSet<String> {
     assert!(
@@ -35,6 +35,6 @@ fn the_emis_binary_embeds_exactly_the_enforcer() {
 #[test]
 fn the_test_object_holds_the_benchmark_programs() {
     let found = programs(TEST_OBJECT, "test-program");
-    let expected: BTreeSet<String> = ALL.iter().map(|s| s.to_string()).collect();
+    let expected: BTreeSet<String> = ALL.iter().chain(&TC_ALL).map(|s| s.to_string()).collect();
     assert_eq!(found, expected);
 }
