@@ -45,8 +45,10 @@ fn tcp(
     p.build()
 }
 
-/// The classes, each with the ingress frames that set its flow table up first.
-fn classes() -> Vec<(&'static str, Vec<Vec<u8>>, Vec<u8>)> {
+/// A class's name, the ingress frames that set its flow table up first, and its frame.
+type Class = (&'static str, Vec<Vec<u8>>, Vec<u8>);
+
+fn classes() -> Vec<Class> {
     let (lan, emis) = (SITE_HOST, EMIS_PRIMARY);
     vec![
         (
