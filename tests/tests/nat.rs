@@ -121,6 +121,20 @@ fn tc_egress_attached(lab: &Lab, iface: &str) -> bool {
     .expect("entering the gateway namespace")
 }
 
+/// The id of the egress program on `iface`'s tcx egress chain.
+fn egress_program_id(lab: &Lab, iface: &str) -> u32 {
+    let iface = iface.to_string();
+    emis_lab::in_netns_scoped(&lab.ns(Host::Gateway), move || {
+        let (_, programs) = SchedClassifier::query_tcx(&iface, TcAttachType::Egress).unwrap();
+        programs
+            .iter()
+            .find(|p| p.name_as_str() == Some(emis_common::PROGRAM_NAME_EGRESS))
+            .map(|p| p.id())
+            .expect("an egress program")
+    })
+    .unwrap()
+}
+
 #[test]
 fn masqueraded_and_gateway_opened_connections_get_their_replies() {
     let lab = Lab::create("emisnat").expect("creating the lab namespaces (run as root)");
@@ -230,6 +244,20 @@ fn masqueraded_and_gateway_opened_connections_get_their_replies() {
     let mut daemon = Daemon::start(&dirs, &args).expect("a new emis run adopts the pins");
     assert!(tc_egress_attached(&lab, "gw-emis"));
     assert!(connects_from(&lab, Host::Site, EMIS_PRIMARY, 443));
+    // A reload swaps a new egress program in behind the same pinned links.
+    let before = egress_program_id(&lab, "gw-emis");
+    let out = dirs.emis(&["reload"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        egress_program_id(&lab, "gw-emis"),
+        before,
+        "the reload swapped egress"
+    );
+    assert!(connects_from(&lab, Host::Site, EMIS_INTERNET, 443));
     assert!(daemon.stop().unwrap().success());
 
     let said = dirs.detach().unwrap();

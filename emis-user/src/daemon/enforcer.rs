@@ -244,9 +244,10 @@ fn install(
     };
     set_program_mode(&mut ebpf, mode)?;
     let modes_before = previous.map(|s| s.attach_modes.clone()).unwrap_or_default();
-    let swap_started = Instant::now();
-    // The egress program first: if it cannot attach, no XDP link has changed yet.
+    // The egress program first: if it cannot attach, no XDP link has changed yet. It
+    // decides no packet, so it stays out of the timed swap (its verification would not).
     let egress_on = install_egress(pins, settings, &mut ebpf, &link_types)?;
+    let swap_started = Instant::now();
     let mut installed = links::install(
         loader::program_mut(&mut ebpf)?,
         pins,
