@@ -8,8 +8,10 @@
 //! itself opens, which never crosses XDP at all. TC egress runs after POSTROUTING, so it
 //! sees the tuple the replies answer. For each outgoing TCP or UDP packet:
 //!
+//! - both ends out of enforce scope: nothing to do (no program records such a flow);
 //! - its key is in a flow table, recorded by the XDP program: nothing to do (without NAT,
-//!   the common case, this costs the port lookup and one or two flow lookups);
+//!   the common case, this costs the port lookup, the destination's address lookup and
+//!   one or two flow lookups);
 //! - recorded by egress: track it forward (the TCP window tracker needs the forward
 //!   direction's segments; lifetimes are refreshed), and promote it once assured;
 //! - absent: if the destination side of a rule listing its protocol and destination port
@@ -26,7 +28,7 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext,
 };
 use emis_common::{
-    tcp_header_len, track, Config, FlowKey, FlowValue, Link, PortKey, RuleSet, Segment,
+    tcp_header_len, track, AddrInfo, Config, FlowKey, FlowValue, Link, PortKey, RuleSet, Segment,
     DIR_FORWARD, FLOW_EVENT_EGRESS_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_NEW_CREATED,
     FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED, FLOW_ORIGIN_EGRESS, MAX_CANDIDATES,
     MAX_L4_OFFSET, NO_NETWORK, PROTO_TCP, PROTO_UDP, TCP_HLEN,
@@ -82,6 +84,12 @@ fn egress(ctx: &TcContext, link: Link) {
     let Some(set) = (unsafe { PORTS.get(PortKey::new(l3.proto, l4.dport)) }) else {
         return;
     };
+    // Neither program records a flow whose ends are both out of enforce scope, so such a
+    // packet (the LAN's web traffic, on ports the rules list too) needs no flow lookup.
+    let dst_info = lookup(&l3.dst, l3.v6);
+    if dst_info.network == NO_NETWORK && lookup(&l3.src, l3.v6).network == NO_NETWORK {
+        return;
+    }
     let key = FlowKey::new(l3.src, l3.dst, l3.v6, l3.proto, l4.sport, l4.dport);
     let seg = segment(ctx, &l3, &l4);
     let now = unsafe { bpf_ktime_get_ns() };
@@ -104,7 +112,7 @@ fn egress(ctx: &TcContext, link: Link) {
         }
         return;
     }
-    let Some(rule) = destination_match(set, &l3, cfg) else {
+    let Some(rule) = destination_match(set, &l3, dst_info, cfg) else {
         return;
     };
     let mut fresh = FlowValue::new(rule);
@@ -129,15 +137,10 @@ fn track_egress(flow: &mut FlowValue, proto: u8, seg: &Segment, now: u64) {
     }
 }
 
-/// The first rule of `set` whose destination side holds the packet's destination, the
-/// source side counting as matched; `None` also when both ends are outside the enforce
-/// scope (the replies pass anyway, as for the XDP program's flows).
+/// The first rule of `set` whose destination side holds the packet's destination
+/// (`dst_info`), the source side counting as matched.
 #[inline(always)]
-fn destination_match(set: &RuleSet, l3: &L3, cfg: &Config) -> Option<u32> {
-    let dst_info = lookup(&l3.dst, l3.v6);
-    if dst_info.network == NO_NETWORK && lookup(&l3.src, l3.v6).network == NO_NETWORK {
-        return None;
-    }
+fn destination_match(set: &RuleSet, l3: &L3, dst_info: AddrInfo, cfg: &Config) -> Option<u32> {
     let mut dst = dst_info.classes_with(cfg.unset_roles);
     let mut with_count = false;
     let len = set.len as usize;

@@ -50,6 +50,11 @@ impl<'p> Model<'p> {
         if !listed {
             return;
         }
+        // No flow is recorded whose ends are both out of enforce scope.
+        let (dst_classes, dst_network) = classify(self.policy, facts.dst);
+        if dst_network == NO_NETWORK && classify(self.policy, facts.src).1 == NO_NETWORK {
+            return;
+        }
         let key = flow_key(facts.src, facts.dst, facts.proto, l4.sport, l4.dport);
         let seg = l4.segment();
         if let Some(flow) = self.live_flow(&key, true) {
@@ -70,7 +75,8 @@ impl<'p> Model<'p> {
             }
             return;
         }
-        let Some(rule) = self.destination_match(&facts.src, &facts.dst, facts.proto, l4.dport)
+        // The first rule whose destinations hold the destination, any source matching.
+        let Some(rule) = first_rule(self.policy, facts.proto, l4.dport, u64::MAX, dst_classes)
         else {
             return;
         };
@@ -86,22 +92,6 @@ impl<'p> Model<'p> {
         self.events.tracked(tracked);
         flow.origin = FLOW_ORIGIN_EGRESS;
         flow
-    }
-
-    /// The first rule for `proto`/`port` whose destinations hold `dst`, any source
-    /// matching; none when both ends are out of enforce scope (the replies pass anyway).
-    fn destination_match(
-        &self,
-        src: &std::net::IpAddr,
-        dst: &std::net::IpAddr,
-        proto: u8,
-        port: u16,
-    ) -> Option<u32> {
-        let (dst_classes, dst_network) = classify(self.policy, *dst);
-        if dst_network == NO_NETWORK && classify(self.policy, *src).1 == NO_NETWORK {
-            return None;
-        }
-        first_rule(self.policy, proto, port, u64::MAX, dst_classes)
     }
 
     fn insert_new(&mut self, key: FlowKey, flow: FlowValue) {
