@@ -304,3 +304,27 @@ fn an_interface_of_an_unsupported_link_type_is_refused_before_anything_is_attach
     );
     assert!(!tc_egress_attached(&lab, "gw-site"));
 }
+
+#[test]
+fn stateless_replies_attach_no_egress_program_and_remove_one_an_earlier_run_left() {
+    let lab = Lab::create("emisnatsl").expect("creating the lab namespaces (run as root)");
+    let dirs = DaemonDirs::fresh(&emis_bin(), "natsl", 19493).expect("fresh dirs");
+    let mut daemon = Daemon::start(&dirs, &gateway_run_args(&lab, &[])).expect("emis run");
+    assert!(tc_egress_attached(&lab, "gw-emis"));
+    assert!(daemon.stop().unwrap().success());
+    let args = gateway_run_args(&lab, &["--replies", "stateless"]);
+    let mut daemon = Daemon::start(&dirs, &args).expect("emis run --replies stateless");
+    assert!(!tc_egress_attached(&lab, "gw-emis") && !tc_egress_attached(&lab, "gw-site"));
+    assert!(
+        !dirs.pin_dir.join("egress-gw-emis").exists(),
+        "{:?}",
+        dirs.pins_left()
+    );
+    assert!(
+        dirs.pin_dir.join("link-gw-emis").exists(),
+        "the XDP link stays"
+    );
+    assert!(daemon.stop().unwrap().success());
+    dirs.detach().unwrap();
+    assert!(dirs.pins_left().is_empty(), "{:?}", dirs.pins_left());
+}
