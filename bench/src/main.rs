@@ -13,6 +13,7 @@
 
 mod chart;
 mod cost;
+mod egress;
 mod loadchild;
 mod report;
 mod synth;
@@ -56,12 +57,15 @@ enum Child {
     /// (internal) Compile and load the policy with this ip-ranges.json; print time and memory.
     #[command(hide = true)]
     LoadChild { ip_ranges: PathBuf },
+    /// Only the TC egress program's per-packet cost (egress-cost.json).
+    EgressCost,
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.child {
         Some(Child::LoadChild { ip_ranges }) => loadchild::child(ip_ranges),
+        Some(Child::EgressCost) => egress_only(&cli),
         None => run(&cli),
     };
     if let Err(e) = result {
@@ -102,6 +106,7 @@ fn run(cli: &Cli) -> Result<()> {
     let policy = cost::policy(None)?;
     let classes = cost::classes();
     let cost = per_packet_cost(&programs, &policy, &classes, &settings)?;
+    egress_cost(&programs, &policy, &settings, &cli.out)?;
     let scaling = scaling(&programs, &classes, &settings)?;
     let samples = throughput_samples(&mut programs, &policy, &settings, cli.quick)?;
 
@@ -116,6 +121,19 @@ fn run(cli: &Cli) -> Result<()> {
     };
     report.targets = targets::targets(&report);
     write_report(&report, &cli.out)
+}
+
+/// `emis-bench egress-cost`: the egress program's step alone.
+fn egress_only(cli: &Cli) -> Result<()> {
+    emis_lab::require_root("the benchmark loads BPF programs")?;
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    let machine = Machine::read();
+    eprintln!(
+        "emis egress cost on {} (kernel {})",
+        machine.cpu_model, machine.kernel
+    );
+    let programs = BenchPrograms::load()?;
+    egress_cost(&programs, &cost::policy(None)?, &settings(cli), &cli.out)
 }
 
 /// How long and how often each step measures: the full run, or the short one CI makes.
@@ -156,6 +174,18 @@ fn per_packet_cost(
     )?;
     pb.finish_and_clear();
     Ok(rows)
+}
+
+/// Step 1b, the TC egress program against a no-op TC program.
+fn egress_cost(
+    programs: &BenchPrograms,
+    policy: &Policy,
+    settings: &Settings,
+    out: &Path,
+) -> Result<()> {
+    step("egress program cost (BPF_PROG_TEST_RUN): no-op TC and emis_egress side by side");
+    let rows = egress::measure(programs, policy, settings.cost_reps, settings.cost_repeat)?;
+    egress::report(&rows, out)
 }
 
 /// Step 2, scaling: each size of synthetic ip-ranges.json is compiled and loaded in a

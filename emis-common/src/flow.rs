@@ -236,8 +236,17 @@ pub struct FlowValue {
     pub sides: [TcpSide; 2],
     /// TCP only: which sides were seen, acknowledged, and sent a FIN.
     pub tcp: u32,
-    pub _pad: u32,
+    /// Which program recorded the flow: [`FLOW_ORIGIN_INGRESS`] (the XDP program, on the
+    /// packet's way in) or [`FLOW_ORIGIN_EGRESS`] (the egress program, under the tuple the
+    /// packet left with: after source NAT, or opened by the router itself).
+    pub origin: u32,
 }
+
+/// [`FlowValue::origin`]: recorded by the XDP program as the packet came in.
+pub const FLOW_ORIGIN_INGRESS: u32 = 0;
+/// [`FlowValue::origin`]: recorded by the egress program as the packet left, so the egress
+/// program tracks its forward direction (the XDP program never sees it under this key).
+pub const FLOW_ORIGIN_EGRESS: u32 = 1;
 
 impl FlowValue {
     /// A flow no packet has touched yet.
@@ -249,7 +258,7 @@ impl FlowValue {
             state: FLOW_NEW,
             sides: [TcpSide { end: 0, acked: 0 }; 2],
             tcp: 0,
-            _pad: 0,
+            origin: FLOW_ORIGIN_INGRESS,
         }
     }
 

@@ -35,6 +35,11 @@ pub const MAP_FRAGS: &str = "EMIS_FRAGS";
 pub const MAP_FLOW_EVENTS: &str = "EMIS_FLOW_EVENTS";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "emis";
+/// Name of the TC egress program (Ethernet devices) that records flows under the tuple
+/// they leave with, so replies match behind source NAT and for flows the router opens.
+pub const PROGRAM_NAME_EGRESS: &str = "emis_egress";
+/// Name of the TC egress program for devices without a link header.
+pub const PROGRAM_NAME_EGRESS_L3: &str = "emis_egress_l3";
 
 /// Flow-table entries unless `emis run --flow-table-size` says otherwise.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 131_072;
@@ -186,6 +191,11 @@ pub const FLOW_EVENT_UNTRACKED: u32 = 7;
 pub const FLOW_EVENT_TCP_RST_HONOURED: u32 = 8;
 pub const FLOW_EVENT_TCP_RST_IGNORED: u32 = 9;
 pub const FLOW_EVENT_TCP_FIN_IGNORED: u32 = 10;
+/// The egress program recorded a flow under the tuple it left with (after source NAT, or
+/// opened by the router itself) in the new-flow table; that insert is also counted as
+/// [`FLOW_EVENT_NEW_CREATED`] (or [`FLOW_EVENT_NEW_INSERT_FAILED`]), so the table's
+/// evictions stay `created - expired - promoted - entries`.
+pub const FLOW_EVENT_EGRESS_CREATED: u32 = 11;
 pub const FLOW_EVENT_COUNT: u32 = 12;
 
 /// Packets and bytes of one decision.

@@ -26,6 +26,7 @@ use emis_common::{
     STATS_LEN, TCP_HLEN,
 };
 
+mod egress;
 mod events;
 mod parse;
 

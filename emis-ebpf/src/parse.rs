@@ -3,7 +3,7 @@
 //! options, IPv6 with a bounded extension-header walk, TCP, UDP, and the packet an ICMP
 //! error quotes. Every read is bounds-checked; no parser looks anything up.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use emis_common::{
     ip_version, ipv4_header_len, ipv6_ext_header_len, is_bare_syn, is_ipv6_ext_header, is_vlan,
     non_ip_reason, ppp_protocol, tcp_header_len, Addr, Link, PassReason, ETH_HLEN, ETH_P_IPV4,
@@ -14,9 +14,40 @@ use emis_common::{
     VLAN_HLEN,
 };
 
+/// What the parsers read of a program's context: where the frame starts and ends. XDP
+/// and TC (the egress program) both hand over a linear window of the packet.
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
 /// A fixed-size window of the frame at `offset`, or `None` if the frame is shorter.
 #[inline(always)]
-pub fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<&[u8; N]> {
+pub fn bytes_at<const N: usize>(ctx: &impl Frame, offset: usize) -> Option<&[u8; N]> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + N > end {
@@ -90,7 +121,7 @@ pub type Parsed = Result<(), PassReason>;
 /// The frame as `link` hands it over: Ethernet (with VLAN tags and PPPoE) or bare IP,
 /// its IP header read into `l3`.
 #[inline(always)]
-pub fn parse_frame(ctx: &XdpContext, link: Link, l3: &mut L3) -> Parsed {
+pub fn parse_frame(ctx: &impl Frame, link: Link, l3: &mut L3) -> Parsed {
     match link {
         Link::Ethernet => parse_ethernet(ctx, l3),
         Link::Ip => parse_ip(ctx, 0, l3),
@@ -101,7 +132,7 @@ pub fn parse_frame(ctx: &XdpContext, link: Link, l3: &mut L3) -> Parsed {
 /// IP header it is unparsed (the window is that size, as the verifier learns the bound
 /// only from a read that ends past the header's first byte).
 #[inline(always)]
-fn parse_ip(ctx: &XdpContext, offset: usize, l3: &mut L3) -> Parsed {
+fn parse_ip(ctx: &impl Frame, offset: usize, l3: &mut L3) -> Parsed {
     let Some(first) = bytes_at::<IPV4_HLEN>(ctx, offset) else {
         return Err(PassReason::Unparsed);
     };
@@ -114,7 +145,7 @@ fn parse_ip(ctx: &XdpContext, offset: usize, l3: &mut L3) -> Parsed {
 
 /// Ethernet and up to two VLAN tags, then a PPPoE session header or the IP header.
 #[inline(always)]
-fn parse_ethernet(ctx: &XdpContext, l3: &mut L3) -> Parsed {
+fn parse_ethernet(ctx: &impl Frame, l3: &mut L3) -> Parsed {
     let Some(eth) = bytes_at::<ETH_HLEN>(ctx, 0) else {
         return Err(PassReason::Unparsed);
     };
@@ -147,7 +178,7 @@ fn parse_ethernet(ctx: &XdpContext, l3: &mut L3) -> Parsed {
 /// After a PPPoE session header and the PPP protocol field (two bytes, or one
 /// compressed): whether the IP packet is IPv6, and where it starts.
 #[inline(always)]
-fn pppoe_payload(ctx: &XdpContext, offset: usize) -> Result<(bool, usize), PassReason> {
+fn pppoe_payload(ctx: &impl Frame, offset: usize) -> Result<(bool, usize), PassReason> {
     let Some(ppp) = bytes_at::<{ PPPOE_HLEN + PPP_PROTO_LEN }>(ctx, offset) else {
         return Err(PassReason::Unparsed);
     };
@@ -162,7 +193,7 @@ fn pppoe_payload(ctx: &XdpContext, offset: usize) -> Result<(bool, usize), PassR
 
 /// IPv4 with options (through IHL); lengths are checked against the frame.
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize, l3: &mut L3) -> Parsed {
+fn parse_ipv4(ctx: &impl Frame, offset: usize, l3: &mut L3) -> Parsed {
     let Some(ip) = bytes_at::<IPV4_HLEN>(ctx, offset) else {
         return Err(PassReason::Unparsed);
     };
@@ -192,7 +223,7 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, l3: &mut L3) -> Parsed {
 
 /// IPv6, walking at most `MAX_IPV6_EXT_HEADERS` extension headers.
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize, l3: &mut L3) -> Parsed {
+fn parse_ipv6(ctx: &impl Frame, offset: usize, l3: &mut L3) -> Parsed {
     let Some(ip) = bytes_at::<IPV6_HLEN>(ctx, offset) else {
         return Err(PassReason::Unparsed);
     };
@@ -258,7 +289,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, l3: &mut L3) -> Parsed {
 /// header after it; `None` once the next header is not an extension header, or the
 /// extension header is cut short (then `l3.malformed` is set).
 #[inline(always)]
-fn step_ipv6_ext_header(ctx: &XdpContext, l3: &mut L3) -> Option<usize> {
+fn step_ipv6_ext_header(ctx: &impl Frame, l3: &mut L3) -> Option<usize> {
     if !is_ipv6_ext_header(l3.proto) {
         return None;
     }
@@ -298,7 +329,7 @@ impl L4 {
 
 /// TCP: ports and flags, with the data offset checked against the IP payload.
 #[inline(always)]
-pub fn parse_tcp(ctx: &XdpContext, offset: usize, l4_len: usize) -> Option<L4> {
+pub fn parse_tcp(ctx: &impl Frame, offset: usize, l4_len: usize) -> Option<L4> {
     if offset > MAX_L4_OFFSET || l4_len < TCP_HLEN {
         return None;
     }
@@ -317,7 +348,7 @@ pub fn parse_tcp(ctx: &XdpContext, offset: usize, l4_len: usize) -> Option<L4> {
 /// UDP: ports, with the UDP length checked against the IP payload when the datagram is
 /// `whole` (a first fragment holds only part of it).
 #[inline(always)]
-pub fn parse_udp(ctx: &XdpContext, offset: usize, l4_len: usize, whole: bool) -> Option<L4> {
+pub fn parse_udp(ctx: &impl Frame, offset: usize, l4_len: usize, whole: bool) -> Option<L4> {
     if offset > MAX_L4_OFFSET || l4_len < UDP_HLEN {
         return None;
     }
@@ -335,7 +366,7 @@ pub fn parse_udp(ctx: &XdpContext, offset: usize, l4_len: usize, whole: bool) ->
 
 /// The ICMP or ICMPv6 type and code.
 #[inline(always)]
-pub fn parse_icmp(ctx: &XdpContext, offset: usize, l4_len: usize) -> Option<(u8, u8)> {
+pub fn parse_icmp(ctx: &impl Frame, offset: usize, l4_len: usize) -> Option<(u8, u8)> {
     if offset > MAX_L4_OFFSET || l4_len < ICMP_HLEN {
         return None;
     }
@@ -355,7 +386,7 @@ pub struct Quoted {
 /// The TCP or UDP packet quoted after the 8-byte ICMP header at `offset`; `None` when the
 /// quote is cut short, of another family, or not TCP/UDP straight after the IP header.
 #[inline(always)]
-pub fn parse_quoted(ctx: &XdpContext, offset: usize, l4_len: usize, v6: bool) -> Option<Quoted> {
+pub fn parse_quoted(ctx: &impl Frame, offset: usize, l4_len: usize, v6: bool) -> Option<Quoted> {
     let inner = offset + ICMP_HLEN;
     if inner > MAX_L4_OFFSET {
         return None;

@@ -28,6 +28,7 @@ use emis_common::{
     PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_HLEN, UDP_HLEN, VLAN_HLEN,
 };
 
+mod egress;
 mod flows;
 mod lru;
 

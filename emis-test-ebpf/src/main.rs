@@ -9,10 +9,16 @@
 //!   nothing else: no map lookup, no decision, no counter.
 //! - `emis_tx`: the live-frames packet generator; every frame goes back out (XDP_TX) of
 //!   the interface named in the test run's context.
+//! - `emis_noop_tc`: a TC classifier that returns TCX_NEXT at once: the floor the egress
+//!   program (`emis_egress`) is measured against.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_UNSPEC},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use emis_common::{Link, PROTO_TCP, PROTO_UDP};
 
 // The enforcer's parser itself, not a copy: what `emis_parse_only` measures is what the
@@ -31,6 +37,11 @@ pub fn emis_noop_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn emis_noop_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
+}
+
+#[classifier]
+pub fn emis_noop_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }
 
 #[xdp]

@@ -5,12 +5,12 @@
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::Xdp,
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use emis_common::{
-    Config, Counter, FlowKey, FlowValue, Link, MAP_CONFIG, MAP_FLOWS, MAP_FLOW_EVENTS, MAP_STATS,
-    PROGRAM_NAME_L3,
+    Config, Counter, FlowKey, FlowValue, Link, MAP_CONFIG, MAP_FLOWS, MAP_FLOWS_NEW,
+    MAP_FLOW_EVENTS, MAP_STATS, PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
@@ -87,6 +87,61 @@ impl TestProgram {
                 .context("the kernel verifier rejected emis_l3")?;
         }
         Ok(program)
+    }
+
+    /// The TC egress program for `link` (`emis_egress`, `emis_egress_l3`), loaded on first
+    /// use and sharing every map with the XDP programs.
+    pub fn program_egress(&mut self, link: Link) -> Result<&mut SchedClassifier> {
+        Ok(loader::program_egress_mut(&mut self.ebpf, link)?)
+    }
+
+    /// Runs the Ethernet egress program `repeat` times on `frame`, as if it left an
+    /// interface; returns what it returned (TCX_NEXT, -1, always) and the mean time.
+    pub fn run_egress_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
+        let result = self
+            .program_egress(Link::Ethernet)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::new()
+            })
+            .with_context(|| {
+                format!(
+                    "BPF_PROG_TEST_RUN of emis_egress on a {}-byte frame",
+                    frame.len()
+                )
+            })?;
+        Ok(RunResult {
+            action: result.return_value,
+            ns_per_run: result.duration.as_nanos() as u64,
+        })
+    }
+
+    /// Runs the Ethernet egress program once on `frame`.
+    pub fn run_egress(&mut self, frame: &[u8]) -> Result<u32> {
+        Ok(self.run_egress_repeat(frame, 1)?.action)
+    }
+
+    /// The flow under `key` and whether it is in the established table (else the new one).
+    pub fn flow(&mut self, key: &FlowKey) -> Result<Option<(FlowValue, bool)>> {
+        for (name, established) in [(MAP_FLOWS, true), (MAP_FLOWS_NEW, false)] {
+            let table: HashMap<&MapData, FlowKey, FlowValue> =
+                HashMap::try_from(self.ebpf.map(name).context("no flow map")?)?;
+            if let Ok(value) = table.get(key, 0) {
+                return Ok(Some((value, established)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One flow-event slot (`FLOW_EVENT_*`), summed over CPUs.
+    pub fn flow_event(&mut self, slot: u32) -> Result<u64> {
+        let events: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(MAP_FLOW_EVENTS)
+                .context("no flow event map")?,
+        )?;
+        Ok(events.get(&slot, 0)?.iter().sum())
     }
 
     pub fn stats_map(&mut self) -> Result<PerCpuArray<&mut MapData, Counter>> {

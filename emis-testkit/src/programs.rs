@@ -3,7 +3,10 @@
 //! live-frames packet generator, and attached inside network namespaces.
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use aya::{
+    programs::{SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
 use emis::loader;
 
 /// The test programs, built by build.rs (aya-build) from emis-test-ebpf and embedded here.
@@ -18,6 +21,10 @@ pub const PARSE_ONLY: &str = "emis_parse_only";
 /// XDP_TX on every frame: the live-frames generator.
 pub const TX: &str = "emis_tx";
 pub const ALL: [&str; 4] = [NOOP_PASS, NOOP_DROP, PARSE_ONLY, TX];
+/// TCX_NEXT on every packet: the floor the TC egress program is measured against.
+pub const NOOP_TC: &str = "emis_noop_tc";
+/// The TC programs of the object.
+pub const TC_ALL: [&str; 1] = [NOOP_TC];
 
 /// The test programs, loaded through the verifier, not attached anywhere.
 pub struct BenchPrograms {
@@ -42,6 +49,16 @@ impl BenchPrograms {
                 .load()
                 .with_context(|| format!("the kernel verifier rejected {name}"))?;
         }
+        for name in TC_ALL {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the test-program object has no program named {name}"))?
+                .try_into()
+                .with_context(|| format!("{name} is not a TC program"))?;
+            program
+                .load()
+                .with_context(|| format!("the kernel verifier rejected {name}"))?;
+        }
         Ok(BenchPrograms { ebpf })
     }
 
@@ -51,6 +68,15 @@ impl BenchPrograms {
             .ok_or_else(|| anyhow!("the test-program object has no program named {name}"))?
             .try_into()
             .with_context(|| format!("{name} is not an XDP program"))
+    }
+
+    /// A TC program of the object ([`TC_ALL`]).
+    pub fn tc_program(&self, name: &str) -> Result<&SchedClassifier> {
+        self.ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("the test-program object has no program named {name}"))?
+            .try_into()
+            .with_context(|| format!("{name} is not a TC program"))
     }
 
     pub fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use emis_testkit::programs::{ALL, TEST_OBJECT};
+use emis_testkit::programs::{ALL, TC_ALL, TEST_OBJECT};
 
 fn programs(object: &[u8], what: &str) -> BTreeSet<String> {
     assert!(
@@ -23,15 +23,18 @@ fn the_emis_binary_embeds_exactly_the_enforcer() {
         found,
         BTreeSet::from([
             emis_common::PROGRAM_NAME.to_string(),
-            emis_common::PROGRAM_NAME_L3.to_string()
+            emis_common::PROGRAM_NAME_L3.to_string(),
+            emis_common::PROGRAM_NAME_EGRESS.to_string(),
+            emis_common::PROGRAM_NAME_EGRESS_L3.to_string(),
         ]),
-        "the object the emis binary embeds must hold the enforcer's two entries (Ethernet, IP)"
+        "the object the emis binary embeds must hold the enforcer's XDP entries (Ethernet, IP) \
+         and its TC egress entries (Ethernet, IP)"
     );
 }
 
 #[test]
 fn the_test_object_holds_the_benchmark_programs() {
     let found = programs(TEST_OBJECT, "test-program");
-    let expected: BTreeSet<String> = ALL.iter().map(|s| s.to_string()).collect();
+    let expected: BTreeSet<String> = ALL.iter().chain(&TC_ALL).map(|s| s.to_string()).collect();
     assert_eq!(found, expected);
 }

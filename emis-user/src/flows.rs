@@ -5,10 +5,10 @@ use std::borrow::Borrow;
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use emis_common::{
-    FlowKey, FlowValue, FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED,
-    FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED,
-    FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_TCP_FIN_IGNORED, FLOW_EVENT_TCP_RST_HONOURED,
-    FLOW_EVENT_TCP_RST_IGNORED, FLOW_EVENT_UNTRACKED,
+    FlowKey, FlowValue, FLOW_EVENT_CREATED, FLOW_EVENT_EGRESS_CREATED, FLOW_EVENT_EXPIRED,
+    FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED,
+    FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_TCP_FIN_IGNORED,
+    FLOW_EVENT_TCP_RST_HONOURED, FLOW_EVENT_TCP_RST_IGNORED, FLOW_EVENT_UNTRACKED,
 };
 use serde::Serialize;
 
@@ -76,6 +76,9 @@ pub struct NewFlowStats {
     pub tcp_resets_honoured: u64,
     pub tcp_resets_ignored: u64,
     pub tcp_fins_ignored: u64,
+    /// Of `created`, flows the egress program recorded under the tuple they left with
+    /// (masqueraded, or opened by the router itself).
+    pub egress_created: u64,
 }
 
 impl NewFlowStats {
@@ -104,6 +107,7 @@ impl NewFlowStats {
             tcp_resets_honoured: event(FLOW_EVENT_TCP_RST_HONOURED)?,
             tcp_resets_ignored: event(FLOW_EVENT_TCP_RST_IGNORED)?,
             tcp_fins_ignored: event(FLOW_EVENT_TCP_FIN_IGNORED)?,
+            egress_created: event(FLOW_EVENT_EGRESS_CREATED)?,
         })
     }
 }

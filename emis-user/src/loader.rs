@@ -6,13 +6,13 @@ use std::{os::fd::AsRawFd, path::Path};
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError},
-    programs::{ProgramError, Xdp},
+    programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use emis_common::{
     new_flow_table_size, Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG,
     MAP_COUNT_V4, MAP_COUNT_V6, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS,
-    MAP_STATS, PROGRAM_NAME, PROGRAM_NAME_L3,
+    MAP_STATS, PROGRAM_NAME, PROGRAM_NAME_EGRESS, PROGRAM_NAME_EGRESS_L3, PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
@@ -92,6 +92,8 @@ pub enum LoadError {
     Missing { kind: &'static str, name: String },
     #[error("the emis program is not an XDP program")]
     NotXdp(#[source] ProgramError),
+    #[error("the emis egress program is not a TC classifier")]
+    NotTc(#[source] ProgramError),
     #[error("{what}")]
     Map {
         what: String,
@@ -188,6 +190,31 @@ pub fn program_l3_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
         })?
         .try_into()
         .map_err(LoadError::NotXdp)?;
+    if program.fd().is_err() {
+        program.load().map_err(LoadError::Verifier)?;
+    }
+    Ok(program)
+}
+
+/// The TC egress program for `link` (`emis_egress`, or `emis_egress_l3` for devices without
+/// a link header), loaded on first use. It shares every map with the XDP programs and
+/// records allowed flows under the tuple they leave with (docs/DECISIONS.md, NAT).
+pub fn program_egress_mut(
+    ebpf: &mut Ebpf,
+    link: emis_common::Link,
+) -> Result<&mut SchedClassifier, LoadError> {
+    let name = match link {
+        emis_common::Link::Ethernet => PROGRAM_NAME_EGRESS,
+        emis_common::Link::Ip => PROGRAM_NAME_EGRESS_L3,
+    };
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or_else(|| LoadError::Missing {
+            kind: "program",
+            name: name.into(),
+        })?
+        .try_into()
+        .map_err(LoadError::NotTc)?;
     if program.fd().is_err() {
         program.load().map_err(LoadError::Verifier)?;
     }

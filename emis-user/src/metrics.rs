@@ -330,6 +330,11 @@ fn encode_new_flows(
             "TCP FINs outside the flow's window, which changed nothing",
             flows.tcp_fins_ignored,
         ),
+        (
+            "emis_egress_flows_created",
+            "New flows the egress program recorded under the tuple they left with (after source NAT, or opened by the router)",
+            flows.egress_created,
+        ),
     ] {
         let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         ConstCounter::new(value).encode(metric)?;

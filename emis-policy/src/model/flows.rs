@@ -22,6 +22,8 @@ pub struct FlowEvents {
     pub rst_honoured: u64,
     pub rst_ignored: u64,
     pub fin_ignored: u64,
+    /// Of `new_created`, flows the egress step recorded (after NAT, or opened by the router).
+    pub egress_created: u64,
     /// Entries each LRU pushed out: established, new.
     pub evicted: u64,
     pub new_evicted: u64,
@@ -88,7 +90,7 @@ impl<'p> Model<'p> {
 
     /// The live flow under `key` in the established (`established`) or new table; an
     /// expired one is removed.
-    fn live_flow(&mut self, key: &FlowKey, established: bool) -> Option<FlowValue> {
+    pub(super) fn live_flow(&mut self, key: &FlowKey, established: bool) -> Option<FlowValue> {
         let table = if established {
             &self.flows
         } else {
@@ -136,7 +138,7 @@ impl<'p> Model<'p> {
     }
 
     /// An assured flow leaves the new-flow table for the established one.
-    fn promote(&mut self, key: FlowKey, flow: FlowValue) {
+    pub(super) fn promote(&mut self, key: FlowKey, flow: FlowValue) {
         if self.flows.insert(key, flow) {
             self.events.evicted += 1;
         }

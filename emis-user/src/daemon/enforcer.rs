@@ -24,6 +24,7 @@ use serde::Serialize;
 use super::{
     config::{policy_inputs, RunSettings},
     diff::PolicyDiff,
+    egress,
     error::What as _,
     links::{self, AttachMode, Installed},
     lock::ModeLock,
@@ -43,6 +44,8 @@ pub struct Enforcer {
     pub policy: Policy,
     pub state: State,
     pub installed: Vec<Installed>,
+    /// Interfaces the TC egress program runs on (stateful replies behind NAT).
+    pub egress: Vec<String>,
     /// Interfaces an earlier run attached that are no longer listed (detached at start).
     pub dropped: Vec<String>,
     /// Kept open so the program lives while the daemon runs; the pins keep it after.
@@ -82,6 +85,7 @@ struct Install {
     ebpf: Ebpf,
     state: State,
     installed: Vec<Installed>,
+    egress: Vec<String>,
     swap: Duration,
 }
 
@@ -117,6 +121,7 @@ impl Enforcer {
             ebpf,
             state,
             installed,
+            egress,
             swap: _,
         } = install;
         state.write(&settings.state_dir)?;
@@ -126,6 +131,7 @@ impl Enforcer {
             policy,
             state,
             installed,
+            egress,
             dropped,
             _ebpf: ebpf,
         })
@@ -165,6 +171,7 @@ impl Enforcer {
         };
         self._ebpf = install.ebpf;
         self.installed = install.installed;
+        self.egress = install.egress;
         self.policy = policy;
         self.state = install.state;
         self.state.last_reload = Some(LastReload {
@@ -237,6 +244,9 @@ fn install(
     };
     set_program_mode(&mut ebpf, mode)?;
     let modes_before = previous.map(|s| s.attach_modes.clone()).unwrap_or_default();
+    // The egress program first: if it cannot attach, no XDP link has changed yet. It
+    // decides no packet, so it stays out of the timed swap (its verification would not).
+    let egress_on = install_egress(pins, settings, &mut ebpf, &link_types)?;
     let swap_started = Instant::now();
     let mut installed = links::install(
         loader::program_mut(&mut ebpf)?,
@@ -259,6 +269,7 @@ fn install(
         )?);
     }
     let swap = swap_started.elapsed();
+    egress::detach_except(pins, &egress_on)?;
     pin_program_and_config(pins, &mut ebpf)?;
     drop(mode_lock);
 
@@ -289,8 +300,31 @@ fn install(
         ebpf,
         state,
         installed,
+        egress: egress_on,
         swap,
     })
+}
+
+/// Attaches or swaps the TC egress program on every interface when replies are stateful
+/// and the kernel has tcx; returns the interfaces it runs on.
+fn install_egress(
+    pins: &Pins,
+    settings: &RunSettings,
+    ebpf: &mut Ebpf,
+    link_types: &std::collections::BTreeMap<String, Link>,
+) -> Result<Vec<String>, Error> {
+    if settings.replies != emis_policy::policy::Replies::Stateful {
+        return Ok(Vec::new());
+    }
+    if !egress::tcx_supported() {
+        tracing::warn!(
+            "this kernel has no tcx (Linux 6.6+), so the egress program is not attached: \
+             stateful replies behind source NAT and of flows the router opens are denied; \
+             use --replies stateless on such a router"
+        );
+        return Ok(Vec::new());
+    }
+    egress::install(ebpf, pins, link_types, settings.netns.as_deref())
 }
 
 /// The pinned flow table's size: a reused table keeps the size it was made with.

@@ -9,6 +9,7 @@
 //! - [`lock`]: one daemon per state dir (flock), and the short lock around mode changes.
 //! - [`slots`]: stable counter slots for rules across reloads.
 //! - [`links`]: attaching, adopting (bpf_link_update) and detaching XDP links.
+//! - [`egress`]: the same for the TC egress links (NAT replies, flows the router opens).
 //! - [`enforcer`]: loading a policy into a program and swapping it in, at start and on reload.
 //! - [`diff`]: what a reload changed.
 //! - [`config`]: the daemon config file.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod detach;
 pub mod diff;
+pub mod egress;
 pub mod enforcer;
 mod error;
 pub mod events;

@@ -5,6 +5,7 @@
 //! <pin dir>/EMIS_CONFIG                                         the current program's config
 //! <pin dir>/emis                                                the current program
 //! <pin dir>/link-<iface>                                        one XDP link per interface
+//! <pin dir>/egress-<iface>                                      one TC egress link per interface
 //! ```
 //! A pinned link keeps its program attached after every process has closed it; removing
 //! the pin detaches it.
@@ -27,6 +28,7 @@ use crate::{
 /// The name of the program's pin.
 pub const PROGRAM_PIN: &str = "emis";
 const LINK_PREFIX: &str = "link-";
+const EGRESS_PREFIX: &str = "egress-";
 /// statfs(2)'s f_type of a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -59,12 +61,27 @@ impl Pins {
             .join(format!("{LINK_PREFIX}{}", iface.replace('.', ":")))
     }
 
+    /// The TC egress link of `iface` (named as [`Pins::link`] names the XDP one).
+    pub fn egress_link(&self, iface: &str) -> PathBuf {
+        self.dir
+            .join(format!("{EGRESS_PREFIX}{}", iface.replace('.', ":")))
+    }
+
     /// The interfaces with a pinned link, sorted.
     pub fn linked_interfaces(&self) -> Vec<String> {
+        self.interfaces_with(LINK_PREFIX)
+    }
+
+    /// The interfaces with a pinned TC egress link, sorted.
+    pub fn egress_interfaces(&self) -> Vec<String> {
+        self.interfaces_with(EGRESS_PREFIX)
+    }
+
+    fn interfaces_with(&self, prefix: &str) -> Vec<String> {
         let mut ifaces: Vec<String> = self
             .entries()
             .iter()
-            .filter_map(|name| name.strip_prefix(LINK_PREFIX).map(|i| i.replace(':', ".")))
+            .filter_map(|name| name.strip_prefix(prefix).map(|i| i.replace(':', ".")))
             .collect();
         ifaces.sort();
         ifaces

@@ -68,6 +68,12 @@ pub fn run(settings: RunSettings, metrics_options: MetricsOptions) -> Result<(),
             if i.adopted { "adopted the pinned link" } else { "attached" }
         );
     }
+    if !enforcer.egress.is_empty() {
+        tracing::info!(
+            ifaces = %enforcer.egress.join(","),
+            "egress program attached (stateful replies behind NAT, flows the router opens)"
+        );
+    }
     for iface in &enforcer.dropped {
         tracing::info!(%iface, "detached: no longer listed");
     }

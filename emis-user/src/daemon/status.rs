@@ -25,6 +25,8 @@ pub struct Interface {
     pub name: String,
     /// native, skb, or unknown.
     pub mode: String,
+    /// The TC egress program runs there too (stateful replies behind NAT, flows the router opens).
+    pub egress: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -55,6 +57,7 @@ impl Status {
             .unwrap_or_else(|| DEFAULT_PIN_DIR.into());
         let pins = Pins::new(&pin_dir);
         let linked = pins.linked_interfaces();
+        let egress = pins.egress_interfaces();
         let daemon = StateLock::holder(state_dir).map(|pid| Daemon {
             pid,
             since: state
@@ -74,6 +77,7 @@ impl Status {
                     .as_ref()
                     .and_then(|s| s.attach_modes.get(name).cloned())
                     .unwrap_or_else(|| "unknown".into()),
+                egress: egress.contains(name),
             })
             .collect();
         let enforcing = !linked.is_empty();
@@ -131,7 +135,10 @@ impl Status {
         } else {
             self.interfaces
                 .iter()
-                .map(|i| format!("{} ({})", i.name, i.mode))
+                .map(|i| match i.egress {
+                    true => format!("{} ({}, egress)", i.name, i.mode),
+                    false => format!("{} ({})", i.name, i.mode),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
