@@ -370,3 +370,22 @@ fn kernel_agrees_with_the_reference_model_on_ten_thousand_random_frames() {
         );
     }
 }
+
+/// The verifier's processed-instruction count of both programs (bpf_prog_info's
+/// verified_insns), printed for the record (`-- --nocapture`): the `emis` program sits
+/// close to the verifier's 1,000,000-instruction budget, so every kernel change reports
+/// it. The load itself is the real check; the bound here says how close it came.
+#[test]
+fn both_programs_load_within_the_verifier_budget() {
+    let mut program =
+        emis_testkit::TestProgram::load(&default_policy(TEST_SITE, true), Mode::Enforce).expect("load emis");
+    let emis = program.program_mut().unwrap().info().unwrap();
+    let l3 = program.program_l3().unwrap().info().unwrap();
+    for (name, info) in [("emis", emis), ("emis_l3", l3)] {
+        let processed = info
+            .verified_instruction_count()
+            .expect("the kernel reports verified_insns");
+        println!("verifier: {name} processed {processed} instructions");
+        assert!(processed < 1_000_000, "{name}: {processed}");
+    }
+}
