@@ -7,6 +7,7 @@
 //! - [`flow`]: flow and fragment keys, flow-state transitions and lifetimes.
 //! - [`decision`]: decisions and their reasons, the counter layout, drop or pass by mode.
 //! - [`events`]: the drop-event record, its rate limit and counters.
+//! - [`iface`]: the per-interface counters' layout and overflow slot.
 //!
 //! Everything is `no_std`, allocation-free and inlined where the kernel program calls
 //! it; map types are `#[repr(C)]` plain data with explicit padding. The reference model
@@ -20,6 +21,7 @@ pub mod decision;
 pub mod events;
 pub mod flow;
 pub mod icmp;
+pub mod iface;
 pub mod maps;
 pub mod wire;
 
@@ -28,6 +30,7 @@ pub use decision::*;
 pub use events::*;
 pub use flow::*;
 pub use icmp::*;
+pub use iface::*;
 pub use maps::*;
 pub use wire::*;
 

@@ -28,7 +28,7 @@ pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT
 /// maps (address tries, ports) and the config are new with every program.
 /// The event ring buffer and its counters are shared too, so `emis watch` clients keep
 /// reading across a reload.
-pub const SHARED_MAPS: [&str; 7] = [
+pub const SHARED_MAPS: [&str; 8] = [
     MAP_STATS,
     MAP_FLOWS,
     MAP_FLOWS_NEW,
@@ -36,6 +36,7 @@ pub const SHARED_MAPS: [&str; 7] = [
     MAP_FLOW_EVENTS,
     emis_common::MAP_EVENTS,
     emis_common::MAP_EVENT_COUNTS,
+    emis_common::MAP_IFACE_STATS,
 ];
 
 /// What a load sets besides the compiled policy.

@@ -378,7 +378,8 @@ fn kernel_agrees_with_the_reference_model_on_ten_thousand_random_frames() {
 #[test]
 fn both_programs_load_within_the_verifier_budget() {
     let mut program =
-        emis_testkit::TestProgram::load(&default_policy(TEST_SITE, true), Mode::Enforce).expect("load emis");
+        emis_testkit::TestProgram::load(&default_policy(TEST_SITE, true), Mode::Enforce)
+            .expect("load emis");
     let emis = program.program_mut().unwrap().info().unwrap();
     let l3 = program.program_l3().unwrap().info().unwrap();
     for (name, info) in [("emis", emis), ("emis_l3", l3)] {
@@ -388,4 +389,44 @@ fn both_programs_load_within_the_verifier_budget() {
         println!("verifier: {name} processed {processed} instructions");
         assert!(processed < 1_000_000, "{name}: {processed}");
     }
+}
+
+/// Every packet is counted once more under the interface it arrived on and what became
+/// of it. BPF_PROG_TEST_RUN delivers frames on the loopback device (ifindex 1).
+#[test]
+fn packets_are_counted_by_ingress_interface_and_action() {
+    use emis_common::IfaceAction;
+    const LO: u32 = 1;
+    let policy = default_policy(TEST_SITE, false);
+    let mut h = Harness::new(&policy, Mode::Enforce, Replies::Stateful);
+    let denied =
+        PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 444, TCP_SYN).build();
+    let allowed =
+        PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 443, TCP_SYN).build();
+    let outside = PacketSpec::tcp(ip("192.0.2.1"), ip("198.51.100.1"), 1, 2, TCP_SYN).build();
+    for _ in 0..3 {
+        assert_eq!(h.prog.run(&denied).unwrap(), XDP_DROP);
+    }
+    for _ in 0..2 {
+        assert_eq!(h.prog.run(&allowed).unwrap(), XDP_PASS);
+    }
+    assert_eq!(h.prog.run(&outside).unwrap(), XDP_PASS);
+    let count = |h: &mut Harness, action| h.prog.iface_counter(LO, action).unwrap();
+    let drop = count(&mut h, IfaceAction::Drop);
+    assert_eq!((drop.packets, drop.bytes), (3, 3 * denied.len() as u64));
+    assert_eq!(count(&mut h, IfaceAction::Allow).packets, 2);
+    assert_eq!(count(&mut h, IfaceAction::Pass).packets, 1);
+    assert_eq!(count(&mut h, IfaceAction::Audit).packets, 0);
+    h.set_mode(Mode::Audit);
+    assert_eq!(h.prog.run(&denied).unwrap(), XDP_PASS);
+    assert_eq!(count(&mut h, IfaceAction::Audit).packets, 1);
+    assert_eq!(count(&mut h, IfaceAction::Drop).packets, 3);
+    // Nothing arrived on another interface, nor in the overflow slot.
+    assert_eq!(
+        h.prog
+            .iface_counter(emis_common::IFACE_OVERFLOW_SLOT, IfaceAction::Drop)
+            .unwrap()
+            .packets,
+        0
+    );
 }

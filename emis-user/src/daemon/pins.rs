@@ -151,6 +151,8 @@ pub struct PinnedMaps {
     pub flow_capacity: u32,
     /// The drop-event counters; absent under pins of an emis without events.
     pub event_counts: Option<PerCpuArray<MapData, u64>>,
+    /// The per-interface counters; absent under pins of an emis without them.
+    pub iface_stats: Option<PerCpuArray<MapData, Counter>>,
 }
 
 impl PinnedMaps {
@@ -191,6 +193,10 @@ impl PinnedMaps {
             flow_capacity,
             event_counts: pins
                 .open_map(emis_common::MAP_EVENT_COUNTS)
+                .ok()
+                .and_then(|map| PerCpuArray::try_from(map).ok()),
+            iface_stats: pins
+                .open_map(emis_common::MAP_IFACE_STATS)
                 .ok()
                 .and_then(|map| PerCpuArray::try_from(map).ok()),
         })

@@ -136,6 +136,7 @@ fn serve(
         loaded_at: enforcer.state.loaded_at,
         reloads: Reloads::default(),
         event_fanout: event_fanout.clone(),
+        interface_slots: metrics::interfaces::slots(&interface_names),
     }));
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(EnforcerCollector {
