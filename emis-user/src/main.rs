@@ -207,21 +207,13 @@ struct RunArgs {
     #[arg(long = "bpf-stats")]
     bpf_stats: bool,
     /// Drop events (what `emis watch` and `emis capture` see) each CPU may produce a
-    /// second; the rest are counted in emis_events_suppressed_total.
-    #[arg(long = "event-rate", value_name = "N", default_value_t = emis_common::DEFAULT_EVENT_RATE)]
-    event_rate: u32,
+    /// second; the rest are counted in emis_events_suppressed_total [default: 1000].
+    #[arg(long = "event-rate", value_name = "N")]
+    event_rate: Option<u32>,
     /// Allowed packets produce events too, one in N chosen at random, as `1/N` (same
     /// rate limit; `emis watch --rule SLUG` shows a rule's).
-    #[arg(long = "sample-allowed", value_name = "1/N", value_parser = parse_sample)]
+    #[arg(long = "sample-allowed", value_name = "1/N", value_parser = daemon::config::parse_sample)]
     sample_allowed: Option<u32>,
-}
-
-/// `1/N` as N.
-fn parse_sample(text: &str) -> Result<u32, String> {
-    text.strip_prefix("1/")
-        .and_then(|n| n.parse::<u32>().ok())
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("`{text}` is not 1/N with N a positive whole number (e.g. 1/100)"))
 }
 
 impl RunArgs {
@@ -241,6 +233,9 @@ impl RunArgs {
             netns: self.netns,
             pin_dir: self.pin_dir,
             state_dir: self.state_dir,
+            event_rate: self.event_rate,
+            sample_allowed: self.sample_allowed,
+            bpf_stats: self.bpf_stats.then_some(true),
         }
     }
 }
@@ -460,14 +455,10 @@ fn mode(args: &ModeArgs) -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     let config = args.config.clone();
+    let settings = RunSettings::resolve(config.as_deref(), args.given())?;
     let metrics = emis::metrics::MetricsOptions {
-        bpf_stats: args.bpf_stats,
+        bpf_stats: settings.bpf_stats,
     };
-    let event_rate = args.event_rate;
-    let sample_allowed = args.sample_allowed;
-    let mut settings = RunSettings::resolve(config.as_deref(), args.given())?;
-    settings.event_rate = event_rate;
-    settings.sample_allowed = sample_allowed.unwrap_or(0);
     Ok(daemon::serve::run(settings, metrics)?)
 }
 

@@ -24,6 +24,26 @@ pub struct Sources {
     pub site: Option<PathBuf>,
     pub site_nets: Option<Vec<String>>,
     pub aws_ip_ranges: Option<PathBuf>,
+    /// `--event-rate`, `--sample-allowed`, `--bpf-stats` as given: a reload keeps them over
+    /// the config file's keys.
+    #[serde(default)]
+    pub event_rate: Option<u32>,
+    #[serde(default)]
+    pub sample_allowed: Option<u32>,
+    #[serde(default)]
+    pub bpf_stats: Option<bool>,
+}
+
+impl Sources {
+    /// The flags `emis run` was given that a reload re-applies over the config file.
+    pub fn flags(&self) -> super::config::Given {
+        super::config::Given {
+            event_rate: self.event_rate,
+            sample_allowed: self.sample_allowed,
+            bpf_stats: self.bpf_stats,
+            ..Default::default()
+        }
+    }
 }
 
 /// The outcome of the last reload, for `emis status`.
