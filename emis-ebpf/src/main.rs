@@ -29,6 +29,7 @@ use emis_common::{
 mod events;
 mod iface;
 mod parse;
+mod trace;
 
 use parse::{bytes_at, parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_udp, L3, L4};
 
