@@ -117,6 +117,15 @@ impl TestProgram {
         Ok(sum_cpus(&map.get(&iface_index(ifindex, action), 0)?))
     }
 
+    /// The kernel log's reader (load with `LoadOptions::trace` for the program to write
+    /// to it); `flush` hands what arrived to `logger`.
+    pub fn kernel_log<T: log::Log>(&mut self, logger: T) -> Result<aya_log::EbpfLogger<T>> {
+        Ok(aya_log::EbpfLogger::init_with_logger(
+            &mut self.ebpf,
+            logger,
+        )?)
+    }
+
     /// The flow table's fill and events.
     pub fn flow_stats(&mut self) -> Result<FlowTableStats> {
         let flows: HashMap<&MapData, FlowKey, FlowValue> =

@@ -19,6 +19,7 @@ use emis::daemon::{
     status::Status,
     DEFAULT_STATE_DIR,
 };
+use emis::kernel_log::KernelLog;
 use emis_policy::{
     compile::compile,
     explain::{explain, ExplainRequest},
@@ -214,6 +215,21 @@ struct RunArgs {
     /// rate limit; `emis watch --rule SLUG` shows a rule's).
     #[arg(long = "sample-allowed", value_name = "1/N", value_parser = daemon::config::parse_sample)]
     sample_allowed: Option<u32>,
+    /// The kernel log: `debug` writes the program's trace of each allowed or denied
+    /// packet (interface, addresses, protocol, rule or reason, action) to emis's log. A
+    /// diagnostic: while it is on, the program writes no drop events [default: off].
+    #[arg(long = "kernel-log", value_name = "LEVEL", value_parser = kernel_log_parser())]
+    kernel_log: Option<KernelLog>,
+    /// Trace only packets from or to this address or prefix (ADDR or ADDR/LEN)
+    /// [default: every packet].
+    #[arg(long = "kernel-log-match", value_name = "ADDR[/LEN]", value_parser = emis::kernel_log::parse_match)]
+    kernel_log_match: Option<ipnet::IpNet>,
+}
+
+fn kernel_log_parser() -> impl clap::builder::TypedValueParser<Value = KernelLog> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(KernelLog::ALL.map(KernelLog::name))
+        .map(|s| s.parse::<KernelLog>().expect("a listed choice parses"))
 }
 
 impl RunArgs {
@@ -236,6 +252,8 @@ impl RunArgs {
             event_rate: self.event_rate,
             sample_allowed: self.sample_allowed,
             bpf_stats: self.bpf_stats.then_some(true),
+            kernel_log: self.kernel_log,
+            kernel_log_match: self.kernel_log_match,
         }
     }
 }

@@ -430,3 +430,56 @@ fn packets_are_counted_by_ingress_interface_and_action() {
         0
     );
 }
+
+/// `--kernel-log debug` with a match: the program writes one aya-log line for a packet
+/// from or to the matched address, allowed or denied, and none for another host's.
+#[test]
+fn the_kernel_log_traces_the_decisions_of_matching_packets_only() {
+    use emis::kernel_log::{parse_match, Collect, TraceFilter, TraceLine};
+    use emis_common::TRACE_CODE_ALLOWED;
+    let policy = default_policy(TEST_SITE, false);
+    let denied =
+        |src: &str| PacketSpec::tcp(ip(src), ip("10.207.116.10"), 40000, 444, TCP_SYN).build();
+    let allowed =
+        PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 443, TCP_SYN).build();
+
+    let filter = TraceFilter {
+        prefix: Some(parse_match("192.168.10.2").unwrap()),
+    };
+    let mut prog = emis_testkit::TestProgram::load_with(
+        &policy,
+        emis::loader::LoadOptions {
+            trace: Some(filter.to_kernel([])),
+            ..Default::default()
+        },
+    )
+    .expect("the program with its trace loads");
+    let lines = Collect::default();
+    let mut log = prog.kernel_log(lines.clone()).unwrap();
+    assert_eq!(prog.run(&denied("192.168.10.2")).unwrap(), XDP_DROP);
+    assert_eq!(prog.run(&denied("192.168.10.3")).unwrap(), XDP_DROP);
+    assert_eq!(prog.run(&allowed).unwrap(), XDP_PASS);
+    log.flush();
+    let got = lines.0.lock().unwrap().clone();
+    let traced: Vec<TraceLine> = got
+        .iter()
+        .map(|l| TraceLine::parse(l).unwrap_or_else(|| panic!("not a trace line: {l}")))
+        .collect();
+    assert_eq!(traced.len(), 2, "the matching packets only: {got:?}");
+    assert!(
+        traced.iter().all(|t| t.src == ip("192.168.10.2")),
+        "{got:?}"
+    );
+    assert_eq!(traced[0].code, DenyReason::NoRule as u32, "{got:?}");
+    assert_eq!((traced[0].proto, traced[0].mode), (PROTO_TCP, 0));
+    assert_eq!(traced[0].dst, ip("10.207.116.10"));
+    assert_ne!(traced[1].code & TRACE_CODE_ALLOWED, 0, "{got:?}");
+
+    // Off (the default), nothing is written.
+    let mut quiet = emis_testkit::TestProgram::load(&policy, Mode::Enforce).unwrap();
+    let lines = Collect::default();
+    let mut log = quiet.kernel_log(lines.clone()).unwrap();
+    quiet.run(&denied("192.168.10.2")).unwrap();
+    log.flush();
+    assert!(lines.0.lock().unwrap().is_empty());
+}

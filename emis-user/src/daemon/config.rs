@@ -19,9 +19,10 @@ use emis_policy::{
 };
 
 use super::{links::AttachMode, state::Sources, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
+use crate::kernel_log::{parse_match, KernelLog, TraceFilter};
 
 /// Every key the file may hold.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 18] = [
     "interfaces",
     "spec",
     "site",
@@ -38,6 +39,8 @@ pub const KEYS: [&str; 16] = [
     "event_rate",
     "sample_allowed",
     "bpf_stats",
+    "kernel_log",
+    "kernel_log_match",
 ];
 
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9469";
@@ -64,6 +67,8 @@ pub struct Given {
     pub event_rate: Option<u32>,
     pub sample_allowed: Option<u32>,
     pub bpf_stats: Option<bool>,
+    pub kernel_log: Option<KernelLog>,
+    pub kernel_log_match: Option<ipnet::IpNet>,
 }
 
 impl Given {
@@ -86,6 +91,8 @@ impl Given {
             event_rate: self.event_rate.or(under.event_rate),
             sample_allowed: self.sample_allowed.or(under.sample_allowed),
             bpf_stats: self.bpf_stats.or(under.bpf_stats),
+            kernel_log: self.kernel_log.or(under.kernel_log),
+            kernel_log_match: self.kernel_log_match.or(under.kernel_log_match),
         }
     }
 }
@@ -110,6 +117,9 @@ pub struct RunSettings {
     pub sample_allowed: u32,
     /// The kernel's BPF run-time statistics on while the daemon runs (`--bpf-stats`).
     pub bpf_stats: bool,
+    /// The kernel log's per-decision trace (`--kernel-log debug`), for the packets this
+    /// selects (`--kernel-log-match`); `None`: off.
+    pub kernel_log: Option<TraceFilter>,
 }
 
 /// The drop-event settings, which a reload re-reads and applies.
@@ -174,6 +184,18 @@ pub fn restart_keys_changed(settings: &RunSettings) -> Vec<&'static str> {
     if flags.bpf_stats.is_none() && file.bpf_stats.unwrap_or(false) != settings.bpf_stats {
         changed.push("bpf_stats");
     }
+    if flags.kernel_log.is_none()
+        && (file.kernel_log.unwrap_or_default() == KernelLog::Debug)
+            != settings.kernel_log.is_some()
+    {
+        changed.push("kernel_log");
+    }
+    if flags.kernel_log_match.is_none()
+        && settings.kernel_log.is_some()
+        && file.kernel_log_match != settings.kernel_log.and_then(|f| f.prefix)
+    {
+        changed.push("kernel_log_match");
+    }
     changed
 }
 
@@ -190,6 +212,8 @@ impl RunSettings {
             event_rate: flags.event_rate,
             sample_allowed: flags.sample_allowed,
             bpf_stats: flags.bpf_stats,
+            kernel_log: flags.kernel_log,
+            kernel_log_match: flags.kernel_log_match,
         };
         let given = flags.over(file);
         let events = EventSettings::of(&given);
@@ -223,6 +247,11 @@ impl RunSettings {
             event_rate: events.event_rate,
             sample_allowed: events.sample_allowed,
             bpf_stats: given.bpf_stats.unwrap_or(false),
+            kernel_log: (given.kernel_log.unwrap_or_default() == KernelLog::Debug).then_some(
+                TraceFilter {
+                    prefix: given.kernel_log_match,
+                },
+            ),
         })
     }
 }
@@ -409,6 +438,13 @@ pub fn parse(source: &Source, base: &Path) -> Result<Given, SpecError> {
             err,
         )?,
         bpf_stats: boolean("bpf_stats")?,
+        kernel_log: parsed("kernel_log", string("kernel_log")?, str::parse, err)?,
+        kernel_log_match: parsed(
+            "kernel_log_match",
+            string("kernel_log_match")?,
+            parse_match,
+            err,
+        )?,
     })
 }
 
@@ -460,6 +496,8 @@ state_dir = "/run/x"
 event_rate = 50
 sample_allowed = "1/100"
 bpf_stats = true
+kernel_log = "debug"
+kernel_log_match = "192.168.10.0/24"
 "#,
         )
         .unwrap();
@@ -474,6 +512,15 @@ bpf_stats = true
         assert_eq!(given.event_rate, Some(50));
         assert_eq!(given.sample_allowed, Some(100));
         assert_eq!(given.bpf_stats, Some(true));
+        assert_eq!(given.kernel_log, Some(KernelLog::Debug));
+        assert_eq!(
+            given.kernel_log_match.unwrap().to_string(),
+            "192.168.10.0/24"
+        );
+        let e = parse_text("kernel_log = \"trace\"\n").unwrap_err();
+        assert!(e.to_string().contains("off or debug"), "{e}");
+        let e = parse_text("kernel_log_match = \"lan\"\n").unwrap_err();
+        assert!(e.to_string().contains("not an address"), "{e}");
     }
 
     #[test]

