@@ -411,3 +411,70 @@ fn event_keys_in_the_config_file_apply_at_start_and_on_reload() {
     assert!(daemon.stop().unwrap().success());
     dirs.detach().unwrap();
 }
+
+/// `emis run --kernel-log debug --kernel-log-match ADDR`: the daemon's log names each
+/// traced decision of a packet to or from ADDR, none of another host's, and keeps
+/// following the trace across a reload.
+#[test]
+fn the_kernel_log_names_traced_decisions_in_the_daemon_log_across_a_reload() {
+    let lab = Lab::create("emisevk").expect("creating the lab namespaces (run as root)");
+    let dirs = dirs("events-kernel-log", 19495);
+    let log = dirs.state_dir.join("emis.log");
+    let args = run_args(
+        &lab,
+        &[
+            "--kernel-log",
+            "debug",
+            "--kernel-log-match",
+            "10.207.112.0/24",
+        ],
+    );
+    let mut daemon = Daemon::spawn(&dirs, &args, Some(&log)).unwrap();
+    daemon.wait_ready(Duration::from_secs(30)).unwrap();
+    let traced = |to: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&format!("gw-site {SITE_ADDR} -> {to} tcp: deny no_rule")))
+            .count()
+    };
+    let wait_for = |to: &str, at_least: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while traced(to) < at_least && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        traced(to)
+    };
+
+    denied_syns(&lab, 1);
+    assert!(!tcp_connects(
+        &lab.ns(Host::Site),
+        EMIS_PRIMARY,
+        444,
+        Duration::from_millis(300)
+    )
+    .unwrap());
+    let before = wait_for("10.207.112.10", 1);
+    assert!(before >= 1, "{}", daemon.log_tail(20));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("(drop)") && text.contains("network "),
+        "the line names the network and the action:\n{text}"
+    );
+    assert_eq!(
+        traced("10.207.116.10"),
+        0,
+        "another host is not traced:\n{text}"
+    );
+
+    let said = dirs.emis(&["reload"]).unwrap();
+    assert!(said.status.success());
+    denied_syns(&lab, 1);
+    assert!(
+        wait_for("10.207.112.10", before + 1) > before,
+        "the trace goes on after a reload: {}",
+        daemon.log_tail(20)
+    );
+    assert!(daemon.stop().unwrap().success());
+    dirs.detach().unwrap();
+}
