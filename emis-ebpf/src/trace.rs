@@ -3,12 +3,12 @@
 //! (`EMIS_TRACE_MATCH`, see `emis_common::trace`) holds.
 //!
 //! `events::report` calls it, under the config flag it already reads for the events
-//! (which the daemon sets while it runs): off, the trace costs the packet path one more
-//! load and compare of the config it has in hand. On, it runs in one out-of-line (global)
-//! function whose frame must fit
-//! beside the program's own in the 512 bytes of stack a call chain may use: it reads the
-//! addresses straight from the frame (no copy on the stack) and leaves their formatting
-//! and the names of rules, reasons and interfaces to the daemon.
+//! (which the daemon sets while it runs), in place of writing an event: off, the trace
+//! costs the packet path one more load and compare of the config it has in hand. On, it
+//! runs in one out-of-line (global) function whose frame must fit beside the program's
+//! own in the 512 bytes of stack a call chain may use: it reads the addresses straight
+//! from the frame (no copy on the stack) and leaves their formatting and the names of
+//! rules, reasons and interfaces to the daemon. See docs/DECISIONS.md, The kernel log.
 
 use aya_ebpf::{bindings::xdp_md, macros::map, maps::Array, programs::XdpContext};
 use aya_log_ebpf::debug;
