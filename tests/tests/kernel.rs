@@ -475,6 +475,30 @@ fn the_kernel_log_traces_the_decisions_of_matching_packets_only() {
     assert_eq!(traced[0].dst, ip("10.207.116.10"));
     assert_ne!(traced[1].code & TRACE_CODE_ALLOWED, 0, "{got:?}");
 
+    // On an interface marked as bare IP (the daemon marks emis_l3's), the trace reads the
+    // addresses from the first byte: BPF_PROG_TEST_RUN's frames arrive on ifindex 1.
+    let mut l3 = emis_testkit::TestProgram::load_with(
+        &policy,
+        emis::loader::LoadOptions {
+            trace: Some(filter.to_kernel([1])),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let lines = Collect::default();
+    let mut log = l3.kernel_log(lines.clone()).unwrap();
+    let bare =
+        PacketSpec::tcp(ip("192.168.10.2"), ip("10.207.116.10"), 40000, 444, TCP_SYN).build_ip();
+    assert_eq!(l3.run_link(emis_common::Link::Ip, &bare).unwrap(), XDP_DROP);
+    log.flush();
+    let got = lines.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let line = TraceLine::parse(&got[0]).unwrap();
+    assert_eq!(
+        (line.src, line.dst),
+        (ip("192.168.10.2"), ip("10.207.116.10"))
+    );
+
     // Off (the default), nothing is written.
     let mut quiet = emis_testkit::TestProgram::load(&policy, Mode::Enforce).unwrap();
     let lines = Collect::default();
