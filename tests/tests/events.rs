@@ -466,6 +466,12 @@ fn the_kernel_log_names_traced_decisions_in_the_daemon_log_across_a_reload() {
         0,
         "another host is not traced:\n{text}"
     );
+    let metrics = daemon.metrics().unwrap();
+    assert_eq!(
+        metric(&metrics, "emis_events_total"),
+        0,
+        "the trace takes the events' place while on"
+    );
 
     let said = dirs.emis(&["reload"]).unwrap();
     assert!(said.status.success());

@@ -499,6 +499,46 @@ fn the_kernel_log_traces_the_decisions_of_matching_packets_only() {
         (ip("192.168.10.2"), ip("10.207.116.10"))
     );
 
+    // IPv6: a /48 holds the site's address; the v4 packet of another family is not traced.
+    let policy6 = default_policy(TEST_SITE, true);
+    let v6 = PacketSpec::tcp(
+        ip("2001:db8:10::2"),
+        ip("2a05:d01c::10"),
+        40000,
+        443,
+        TCP_SYN,
+    )
+    .build();
+    assert!(
+        !matches!(model::decide(&policy6, &v6), Decision::Pass { .. }),
+        "the IPv6 packet is decided by a rule or denied"
+    );
+    let mut p6 = emis_testkit::TestProgram::load_with(
+        &policy6,
+        emis::loader::LoadOptions {
+            trace: Some(
+                TraceFilter {
+                    prefix: Some(parse_match("2001:db8:10::/48").unwrap()),
+                }
+                .to_kernel([]),
+            ),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let lines = Collect::default();
+    let mut log = p6.kernel_log(lines.clone()).unwrap();
+    p6.run(&v6).unwrap();
+    p6.run(&denied("192.168.10.2")).unwrap();
+    log.flush();
+    let got = lines.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let line = TraceLine::parse(&got[0]).unwrap();
+    assert_eq!(
+        (line.src, line.dst),
+        (ip("2001:db8:10::2"), ip("2a05:d01c::10"))
+    );
+
     // Off (the default), nothing is written.
     let mut quiet = emis_testkit::TestProgram::load(&policy, Mode::Enforce).unwrap();
     let lines = Collect::default();

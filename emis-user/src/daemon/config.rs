@@ -568,6 +568,23 @@ kernel_log_match = "192.168.10.0/24"
             "a key removed from the file is back at its default"
         );
         assert_eq!(restart_keys_changed(&started), ["bpf_stats"]);
+        std::fs::write(
+            &path,
+            "interfaces = [\"eth0\"]\nkernel_log = \"debug\"\nkernel_log_match = \"10.0.0.0/8\"\n",
+        )
+        .unwrap();
+        assert_eq!(restart_keys_changed(&started), ["kernel_log"]);
+        let tracing = RunSettings::resolve(Some(&path), Given::default()).unwrap();
+        assert_eq!(
+            tracing.kernel_log.unwrap().prefix.unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        std::fs::write(
+            &path,
+            "interfaces = [\"eth0\"]\nkernel_log = \"debug\"\nkernel_log_match = \"10.1.0.0/16\"\n",
+        )
+        .unwrap();
+        assert_eq!(restart_keys_changed(&tracing), ["kernel_log_match"]);
 
         let flags = Given {
             event_rate: Some(7),
