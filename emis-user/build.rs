@@ -30,5 +30,35 @@ fn main() -> anyhow::Result<()> {
         root_dir: ebpf_dir,
         ..Default::default()
     };
-    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+    aya_build::build_ebpf([package], aya_build::Toolchain::default())?;
+    let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
+    sanitize_btf_names(&std::path::Path::new(&out_dir).join("emis"))
+}
+
+/// aya-log-ebpf's `AYA_LOG_LEVEL` (a `Global<u8>`) brings the union `MaybeUninit<u8>`
+/// into the object's BTF, and bpf-linker 0.10 leaves that name as it is. The kernel
+/// refuses BTF with `<` in a type name, and aya then loads the program without BTF,
+/// which turns the trace's global function into a static one the verifier walks on
+/// every path. Renamed in place (`MaybeUninit_u8_`, same length, so no offset moves).
+fn sanitize_btf_names(object: &std::path::Path) -> anyhow::Result<()> {
+    const PREFIX: &[u8] = b"MaybeUninit<";
+    let mut bytes =
+        std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    let mut i = 0;
+    let mut changed = false;
+    while let Some(at) = bytes[i..].windows(PREFIX.len()).position(|w| w == PREFIX) {
+        let start = i + at;
+        let end = start + bytes[start..].iter().position(|b| *b == 0).unwrap_or(0);
+        for b in &mut bytes[start..end] {
+            if matches!(*b, b'<' | b'>' | b',' | b' ') {
+                *b = b'_';
+                changed = true;
+            }
+        }
+        i = end.max(start + 1);
+    }
+    if changed {
+        std::fs::write(object, bytes).with_context(|| format!("writing {}", object.display()))?;
+    }
+    Ok(())
 }

@@ -36,7 +36,9 @@ pub struct Config {
     pub event_rate: u32,
     /// N: one allowed packet in N, chosen at random, produces an event too; 0: none.
     pub sample_allowed: u32,
-    pub _pad2: u32,
+    /// Non-zero: the kernel log's per-decision trace is on (`emis run --kernel-log
+    /// debug`) for packets [`TraceMatch`](crate::TraceMatch) selects.
+    pub trace: u32,
 }
 
 impl Config {

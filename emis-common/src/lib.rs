@@ -7,6 +7,8 @@
 //! - [`flow`]: flow and fragment keys, flow-state transitions and lifetimes.
 //! - [`decision`]: decisions and their reasons, the counter layout, drop or pass by mode.
 //! - [`events`]: the drop-event record, its rate limit and counters.
+//! - [`iface`]: the per-interface counters' layout and overflow slot.
+//! - [`trace`]: which packets the kernel log's per-decision trace reports.
 //!
 //! Everything is `no_std`, allocation-free and inlined where the kernel program calls
 //! it; map types are `#[repr(C)]` plain data with explicit padding. The reference model
@@ -20,7 +22,9 @@ pub mod decision;
 pub mod events;
 pub mod flow;
 pub mod icmp;
+pub mod iface;
 pub mod maps;
+pub mod trace;
 pub mod wire;
 
 pub use config::*;
@@ -28,7 +32,9 @@ pub use decision::*;
 pub use events::*;
 pub use flow::*;
 pub use icmp::*;
+pub use iface::*;
 pub use maps::*;
+pub use trace::*;
 pub use wire::*;
 
 #[cfg(feature = "user")]
@@ -46,6 +52,7 @@ mod pod {
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for EventBucket {}
+    unsafe impl aya::Pod for TraceMatch {}
 }
 
 #[cfg(test)]

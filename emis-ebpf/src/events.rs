@@ -12,7 +12,7 @@ use aya_ebpf::{
 use emis_common::{
     Action, Config, Decision, Event, EventBucket, EVENT_COUNT_EMITTED, EVENT_COUNT_RING_FULL,
     EVENT_COUNT_SLOTS, EVENT_COUNT_SUPPRESSED, EVENT_KIND_ALLOWED, EVENT_KIND_DENIED, EVENT_NONE,
-    EVENT_RING_BYTES, EVENT_SNAP_LEN, NO_NETWORK,
+    EVENT_RING_BYTES, EVENT_SNAP_LEN, NO_NETWORK, TRACE_CODE_ALLOWED,
 };
 
 #[map(name = "EMIS_EVENTS")]
@@ -23,10 +23,12 @@ static BUCKET: PerCpuArray<EventBucket> = PerCpuArray::with_max_entries(1, 0);
 static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT_SLOTS, 0);
 
 /// `emit`'s `code` for an allowed packet: this bit, plus its path.
-const ALLOWED: u32 = 0x100;
+const ALLOWED: u32 = TRACE_CODE_ALLOWED;
 
 /// Reports a final decision if it denies the packet (or samples an allowed one) and
-/// someone listens.
+/// someone listens; with the kernel log's trace on, traces it instead (one branch on the
+/// config in hand: writing both made the verifier walk `emit` twice on every path, past
+/// its budget).
 #[inline(always)]
 pub fn report(ctx: &XdpContext, decision: Decision) {
     // Looked up again rather than passed in: the caller then keeps no config pointer live
@@ -45,7 +47,11 @@ pub fn report(ctx: &XdpContext, decision: Decision) {
         Decision::Allow { rule, path } => (ALLOWED | path as u32, rule),
         Decision::Pass { .. } => return,
     };
-    emit(ctx, cfg, code, id);
+    if cfg.trace != 0 {
+        crate::trace::emis_trace_decision(ctx.ctx, code, id);
+    } else {
+        emit(ctx, cfg, code, id);
+    }
 }
 
 #[inline(always)]

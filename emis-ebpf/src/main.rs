@@ -28,7 +28,9 @@ use emis_common::{
 
 mod egress;
 mod events;
+mod iface;
 mod parse;
+mod trace;
 
 use parse::{bytes_at, parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_udp, L3, L4};
 
@@ -84,9 +86,12 @@ fn enforce(ctx: &XdpContext, link: Link) -> u32 {
     // once the flow tracker's frame is added.
     let link = core::hint::black_box(link);
     let decision = decide(ctx, cfg, link);
-    count(ctx, decision, mode);
+    // The event first: from here on only scalars are live (the counter slots and the
+    // verdict), so counting in two arrays takes no more of the 512-byte stack than one.
     events::report(ctx, decision);
-    if decision.drops(mode) {
+    let drop = decision.drops(mode);
+    count(ctx, decision, mode);
+    if drop {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -95,14 +100,10 @@ fn enforce(ctx: &XdpContext, link: Link) -> u32 {
 
 #[inline(always)]
 fn count(ctx: &XdpContext, decision: Decision, mode: u32) {
-    if let Some(counter) = STATS.get_ptr_mut(stats_index(decision, mode)) {
-        let bytes = (ctx.data_end() - ctx.data()) as u64;
-        // Per-CPU slot: no other writer, so plain adds are exact.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += bytes;
-        }
-    }
+    let slot = stats_index(decision, mode);
+    let iface_slot = iface::slot(ctx, decision, mode);
+    iface::add(&STATS, slot, ctx);
+    iface::add(iface::stats(), iface_slot, ctx);
 }
 
 #[inline(always)]

@@ -150,7 +150,7 @@ fn config(policy: &Policy, unset_roles: u64, count_mask: u64) -> Config {
         events: 0,
         event_rate: emis_common::DEFAULT_EVENT_RATE,
         sample_allowed: 0,
-        _pad2: 0,
+        trace: 0,
     }
 }
 

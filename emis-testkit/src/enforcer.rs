@@ -9,8 +9,8 @@ use aya::{
     Ebpf,
 };
 use emis_common::{
-    Config, Counter, FlowKey, FlowValue, Link, MAP_CONFIG, MAP_FLOWS, MAP_FLOWS_NEW,
-    MAP_FLOW_EVENTS, MAP_STATS, PROGRAM_NAME_L3,
+    iface_index, Config, Counter, FlowKey, FlowValue, IfaceAction, Link, MAP_CONFIG, MAP_FLOWS,
+    MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_IFACE_STATS, MAP_STATS, PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
@@ -159,6 +159,26 @@ impl TestProgram {
     pub fn counter(&mut self, index: u32) -> Result<Counter> {
         let map = self.stats_map()?;
         Ok(sum_cpus(&map.get(&index, 0)?))
+    }
+
+    /// The per-interface counter of `ifindex` (or of the overflow slot it falls in) and
+    /// `action`, summed over CPUs.
+    pub fn iface_counter(&mut self, ifindex: u32, action: IfaceAction) -> Result<Counter> {
+        let map: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(
+            self.ebpf
+                .map(MAP_IFACE_STATS)
+                .context("no per-interface counter map")?,
+        )?;
+        Ok(sum_cpus(&map.get(&iface_index(ifindex, action), 0)?))
+    }
+
+    /// The kernel log's reader (load with `LoadOptions::trace` for the program to write
+    /// to it); `flush` hands what arrived to `logger`.
+    pub fn kernel_log<T: log::Log>(&mut self, logger: T) -> Result<aya_log::EbpfLogger<T>> {
+        Ok(aya_log::EbpfLogger::init_with_logger(
+            &mut self.ebpf,
+            logger,
+        )?)
     }
 
     /// The flow table's fill and events.

@@ -38,3 +38,16 @@ fn the_test_object_holds_the_benchmark_programs() {
     let expected: BTreeSet<String> = ALL.iter().chain(&TC_ALL).map(|s| s.to_string()).collect();
     assert_eq!(found, expected);
 }
+
+/// The kernel refuses BTF with `<` in a type name, and aya then loads the program
+/// without BTF (the trace's global function becomes static: see emis-user/build.rs).
+#[test]
+fn the_emis_object_has_btf_the_kernel_accepts() {
+    let object = emis::loader::PROGRAM_OBJECT;
+    let parsed = aya_obj::Object::parse(object).expect("parsing the emis object");
+    assert!(parsed.btf.is_some(), "the emis object carries BTF");
+    assert!(
+        !object.windows(12).any(|w| w == b"MaybeUninit<"),
+        "a BTF type name with `<` is left in the object"
+    );
+}

@@ -125,7 +125,7 @@ impl EventLine {
 }
 
 /// The slug of the rule counted in `slot`.
-fn rule_slug(labels: &Labels, slot: u32) -> Option<String> {
+pub(crate) fn rule_slug(labels: &Labels, slot: u32) -> Option<String> {
     let index = if labels.slots.is_empty() {
         slot as usize
     } else {
@@ -138,7 +138,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn proto_name(proto: u8) -> String {
+pub(crate) fn proto_name(proto: u8) -> String {
     match proto {
         6 => "tcp".into(),
         17 => "udp".into(),

@@ -10,9 +10,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use emis_common::{
-    new_flow_table_size, Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG,
-    MAP_COUNT_V4, MAP_COUNT_V6, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS,
-    MAP_STATS, PROGRAM_NAME, PROGRAM_NAME_EGRESS, PROGRAM_NAME_EGRESS_L3, PROGRAM_NAME_L3,
+    new_flow_table_size, Config, PortKey, RuleSet, TraceMatch, MAP_ADDR_V4, MAP_ADDR_V6,
+    MAP_CONFIG, MAP_COUNT_V4, MAP_COUNT_V6, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS,
+    MAP_PORTS, MAP_STATS, MAP_TRACE_MATCH, PROGRAM_NAME, PROGRAM_NAME_EGRESS,
+    PROGRAM_NAME_EGRESS_L3, PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
@@ -28,7 +29,7 @@ pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT
 /// maps (address tries, ports) and the config are new with every program.
 /// The event ring buffer and its counters are shared too, so `emis watch` clients keep
 /// reading across a reload.
-pub const SHARED_MAPS: [&str; 7] = [
+pub const SHARED_MAPS: [&str; 9] = [
     MAP_STATS,
     MAP_FLOWS,
     MAP_FLOWS_NEW,
@@ -36,6 +37,9 @@ pub const SHARED_MAPS: [&str; 7] = [
     MAP_FLOW_EVENTS,
     emis_common::MAP_EVENTS,
     emis_common::MAP_EVENT_COUNTS,
+    emis_common::MAP_IFACE_STATS,
+    // The kernel log's ring buffer: one reader follows it across reloads.
+    emis_common::MAP_KERNEL_LOG,
 ];
 
 /// What a load sets besides the compiled policy.
@@ -50,6 +54,9 @@ pub struct LoadOptions {
     pub event_rate: u32,
     /// N: one allowed packet in N produces an event; 0: none.
     pub sample_allowed: u32,
+    /// The kernel log's per-decision trace, for the packets this selects; `None`: off.
+    /// It takes the place of the events while on (see docs/DECISIONS.md).
+    pub trace: Option<TraceMatch>,
 }
 
 impl Default for LoadOptions {
@@ -61,6 +68,7 @@ impl Default for LoadOptions {
             events: false,
             event_rate: emis_common::DEFAULT_EVENT_RATE,
             sample_allowed: 0,
+            trace: None,
         }
     }
 }
@@ -295,14 +303,23 @@ fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, options: LoadOptions) -> Resu
     let value = Config {
         mode: options.mode.raw(),
         replies: options.replies.raw(),
-        events: options.events as u32,
+        // The trace runs under the events' flag (one check on the packet path for both).
+        events: (options.events || options.trace.is_some()) as u32,
         event_rate: options.event_rate,
         sample_allowed: options.sample_allowed,
+        trace: options.trace.is_some() as u32,
         ..compiled.config
     };
     config
         .set(0, value, 0)
         .map_err(map_error(format!("writing {MAP_CONFIG}")))?;
+    if let Some(filter) = options.trace {
+        let mut trace: Array<_, TraceMatch> = Array::try_from(map_mut(ebpf, MAP_TRACE_MATCH)?)
+            .map_err(map_error(format!("opening {MAP_TRACE_MATCH}")))?;
+        trace
+            .set(0, filter, 0)
+            .map_err(map_error(format!("writing {MAP_TRACE_MATCH}")))?;
+    }
     Ok(())
 }
 

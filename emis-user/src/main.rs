@@ -19,6 +19,7 @@ use emis::daemon::{
     status::Status,
     DEFAULT_STATE_DIR,
 };
+use emis::kernel_log::KernelLog;
 use emis_policy::{
     compile::compile,
     explain::{explain, ExplainRequest},
@@ -207,21 +208,28 @@ struct RunArgs {
     #[arg(long = "bpf-stats")]
     bpf_stats: bool,
     /// Drop events (what `emis watch` and `emis capture` see) each CPU may produce a
-    /// second; the rest are counted in emis_events_suppressed_total.
-    #[arg(long = "event-rate", value_name = "N", default_value_t = emis_common::DEFAULT_EVENT_RATE)]
-    event_rate: u32,
+    /// second; the rest are counted in emis_events_suppressed_total [default: 1000].
+    #[arg(long = "event-rate", value_name = "N")]
+    event_rate: Option<u32>,
     /// Allowed packets produce events too, one in N chosen at random, as `1/N` (same
     /// rate limit; `emis watch --rule SLUG` shows a rule's).
-    #[arg(long = "sample-allowed", value_name = "1/N", value_parser = parse_sample)]
+    #[arg(long = "sample-allowed", value_name = "1/N", value_parser = daemon::config::parse_sample)]
     sample_allowed: Option<u32>,
+    /// The kernel log: `debug` writes the program's trace of each allowed or denied
+    /// packet (interface, addresses, protocol, rule or reason, action) to emis's log. A
+    /// diagnostic: while it is on, the program writes no drop events [default: off].
+    #[arg(long = "kernel-log", value_name = "LEVEL", value_parser = kernel_log_parser())]
+    kernel_log: Option<KernelLog>,
+    /// Trace only packets from or to this address or prefix (ADDR or ADDR/LEN)
+    /// [default: every packet].
+    #[arg(long = "kernel-log-match", value_name = "ADDR[/LEN]", value_parser = emis::kernel_log::parse_match)]
+    kernel_log_match: Option<ipnet::IpNet>,
 }
 
-/// `1/N` as N.
-fn parse_sample(text: &str) -> Result<u32, String> {
-    text.strip_prefix("1/")
-        .and_then(|n| n.parse::<u32>().ok())
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("`{text}` is not 1/N with N a positive whole number (e.g. 1/100)"))
+fn kernel_log_parser() -> impl clap::builder::TypedValueParser<Value = KernelLog> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(KernelLog::ALL.map(KernelLog::name))
+        .map(|s| s.parse::<KernelLog>().expect("a listed choice parses"))
 }
 
 impl RunArgs {
@@ -241,6 +249,11 @@ impl RunArgs {
             netns: self.netns,
             pin_dir: self.pin_dir,
             state_dir: self.state_dir,
+            event_rate: self.event_rate,
+            sample_allowed: self.sample_allowed,
+            bpf_stats: self.bpf_stats.then_some(true),
+            kernel_log: self.kernel_log,
+            kernel_log_match: self.kernel_log_match,
         }
     }
 }
@@ -460,14 +473,10 @@ fn mode(args: &ModeArgs) -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     let config = args.config.clone();
+    let settings = RunSettings::resolve(config.as_deref(), args.given())?;
     let metrics = emis::metrics::MetricsOptions {
-        bpf_stats: args.bpf_stats,
+        bpf_stats: settings.bpf_stats,
     };
-    let event_rate = args.event_rate;
-    let sample_allowed = args.sample_allowed;
-    let mut settings = RunSettings::resolve(config.as_deref(), args.given())?;
-    settings.event_rate = event_rate;
-    settings.sample_allowed = sample_allowed.unwrap_or(0);
     Ok(daemon::serve::run(settings, metrics)?)
 }
 

@@ -4,6 +4,7 @@
 //! - [`exposition`]: the classic text format or OpenMetrics, as the client asks.
 //! - [`endpoint`]: the HTTP listener.
 //! - [`events`]: the drop-event counters.
+//! - [`interfaces`]: packets and bytes by interface and action.
 //! - [`program`]: build info and the program's run-time statistics (`--bpf-stats`).
 //!
 //! Every denial series (action, reason, network) is exported from the start, at zero
@@ -13,6 +14,7 @@
 pub mod endpoint;
 pub mod events;
 pub mod exposition;
+pub mod interfaces;
 pub mod program;
 
 use std::sync::{Arc, Mutex};
@@ -54,6 +56,8 @@ pub struct EnforcerView {
     pub reloads: Reloads,
     /// What the event fan-out counts (clients, events slow clients lost).
     pub event_fanout: Arc<crate::daemon::events::FanoutStats>,
+    /// The per-interface counter slots exported, and their `iface` labels.
+    pub interface_slots: Vec<(u32, String)>,
 }
 
 /// Reloads since the daemon started, by outcome, and the last one.
@@ -103,6 +107,7 @@ struct Scrape {
     reloads: Reloads,
     cost: Option<Cost>,
     events: Option<events::EventCounts>,
+    interfaces: Vec<interfaces::Row>,
 }
 
 /// A metric's labels, values not yet escaped.
@@ -470,6 +475,12 @@ impl EnforcerCollector {
                 .event_counts
                 .as_ref()
                 .map(|counts| events::EventCounts::read(counts, &view.event_fanout)),
+            interfaces: view
+                .maps
+                .iface_stats
+                .as_ref()
+                .map(|map| interfaces::read(map, &view.interface_slots))
+                .unwrap_or_default(),
         })
     }
 }
@@ -483,6 +494,9 @@ impl Collector for EnforcerCollector {
         encode_rules(&mut encoder, &scrape.report)?;
         encode_denied(&mut encoder, &scrape.denied)?;
         encode_passed(&mut encoder, &scrape.report)?;
+        if !scrape.interfaces.is_empty() {
+            interfaces::encode(&mut encoder, &scrape.interfaces)?;
+        }
         if let Some(flows) = &scrape.flows {
             encode_flows(&mut encoder, flows)?;
         }

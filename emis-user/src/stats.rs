@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use emis_policy::policy::{Mode, Policy};
 
 /// Names for the counter slots: rule slugs and directions, network names.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Labels {
     pub rules: Vec<(String, String)>,
     pub networks: Vec<String>,

@@ -307,3 +307,180 @@ fn sampled_allowed_packets_name_their_rule_and_the_rule_filter_keeps_them() {
     assert!(daemon.stop().unwrap().success());
     dirs.detach().unwrap();
 }
+
+/// UDP datagrams to Table 1's port 5999 (no rule), each denied.
+fn denied_burst(lab: &Lab, sent: usize) {
+    in_netns(&lab.ns(Host::Site), move || {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        for _ in 0..sent {
+            socket.send_to(b"burst", (EMIS_BACKUP, 5999)).unwrap();
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// `event_rate` and `sample_allowed` in the config file: read at the start, re-read and
+/// applied by a reload (which says so); a broken value refuses the reload and changes
+/// nothing; `bpf_stats` changed waits for a restart, and the reload says that too.
+#[test]
+fn event_keys_in_the_config_file_apply_at_start_and_on_reload() {
+    let lab = Lab::create("emisevc").expect("creating the lab namespaces (run as root)");
+    let _servers = TcpServers::start(&lab.ns(Host::Emis), &[(EMIS_PRIMARY, 443)]).unwrap();
+    let dirs = dirs("events-config", 19494);
+    let config = dirs.state_dir.join("emis.toml");
+    std::fs::create_dir_all(&dirs.state_dir).unwrap();
+    std::fs::write(&config, "event_rate = 5\n").unwrap();
+    let mut daemon = Daemon::start(
+        &dirs,
+        &run_args(&lab, &["--config", config.to_str().unwrap()]),
+    )
+    .expect("emis run");
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    let counts = |daemon: &Daemon| {
+        let metrics = daemon.metrics().unwrap();
+        (
+            metric(&metrics, "emis_events_total") + metric(&metrics, "emis_events_ring_full_total"),
+            metric(&metrics, "emis_events_suppressed_total"),
+        )
+    };
+
+    denied_burst(&lab, 300);
+    let (emitted, suppressed) = counts(&daemon);
+    assert!(emitted <= cpus * 10, "event_rate = 5 holds: {emitted}");
+    assert_eq!(emitted + suppressed, 300);
+
+    std::fs::write(
+        &config,
+        "event_rate = 100000\nsample_allowed = \"1/1\"\nbpf_stats = true\n",
+    )
+    .unwrap();
+    let said = dirs.emis(&["reload"]).unwrap();
+    let out = String::from_utf8_lossy(&said.stdout);
+    assert!(said.status.success(), "{out}");
+    assert!(
+        out.contains("drop events now: rate 100000/s a CPU, allowed sampling 1/1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not applied: bpf_stats changed in the config file"),
+        "{out}"
+    );
+    denied_burst(&lab, 300);
+    let (emitted_after, suppressed_after) = counts(&daemon);
+    assert_eq!(
+        suppressed_after, suppressed,
+        "the new rate suppresses nothing"
+    );
+    assert_eq!(emitted_after - emitted, 300);
+    // Allowed packets are sampled now.
+    let allowed = client(
+        &dirs,
+        &[
+            "watch",
+            "--json",
+            "--count",
+            "1",
+            "--rule",
+            "client-spine-messaging",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(tcp_connects(
+        &lab.ns(Host::Site),
+        EMIS_PRIMARY,
+        443,
+        Duration::from_secs(2)
+    )
+    .unwrap());
+    let (out, done) = finish(allowed, Duration::from_secs(5));
+    assert!(done && out.contains("\"action\":\"allow\""), "{out}");
+
+    // A broken key refuses the reload, and the settings in force stay.
+    std::fs::write(&config, "event_rate = \"fast\"\n").unwrap();
+    let said = dirs.emis(&["reload"]).unwrap();
+    let err = String::from_utf8_lossy(&said.stderr);
+    assert!(!said.status.success());
+    assert!(
+        err.contains("reload refused") && err.contains("emis.toml:1:14: in `event_rate`"),
+        "{err}"
+    );
+    denied_burst(&lab, 100);
+    assert_eq!(counts(&daemon).1, suppressed, "still 100000 a second");
+
+    assert!(daemon.stop().unwrap().success());
+    dirs.detach().unwrap();
+}
+
+/// `emis run --kernel-log debug --kernel-log-match ADDR`: the daemon's log names each
+/// traced decision of a packet to or from ADDR, none of another host's, and keeps
+/// following the trace across a reload.
+#[test]
+fn the_kernel_log_names_traced_decisions_in_the_daemon_log_across_a_reload() {
+    let lab = Lab::create("emisevk").expect("creating the lab namespaces (run as root)");
+    let dirs = dirs("events-kernel-log", 19495);
+    let log = dirs.state_dir.join("emis.log");
+    let args = run_args(
+        &lab,
+        &[
+            "--kernel-log",
+            "debug",
+            "--kernel-log-match",
+            "10.207.112.0/24",
+        ],
+    );
+    let mut daemon = Daemon::spawn(&dirs, &args, Some(&log)).unwrap();
+    daemon.wait_ready(Duration::from_secs(30)).unwrap();
+    let traced = |to: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&format!("gw-site {SITE_ADDR} -> {to} tcp: deny no_rule")))
+            .count()
+    };
+    let wait_for = |to: &str, at_least: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while traced(to) < at_least && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        traced(to)
+    };
+
+    denied_syns(&lab, 1);
+    assert!(!tcp_connects(
+        &lab.ns(Host::Site),
+        EMIS_PRIMARY,
+        444,
+        Duration::from_millis(300)
+    )
+    .unwrap());
+    let before = wait_for("10.207.112.10", 1);
+    assert!(before >= 1, "{}", daemon.log_tail(20));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("(drop)") && text.contains("network "),
+        "the line names the network and the action:\n{text}"
+    );
+    assert_eq!(
+        traced("10.207.116.10"),
+        0,
+        "another host is not traced:\n{text}"
+    );
+    let metrics = daemon.metrics().unwrap();
+    assert_eq!(
+        metric(&metrics, "emis_events_total"),
+        0,
+        "the trace takes the events' place while on"
+    );
+
+    let said = dirs.emis(&["reload"]).unwrap();
+    assert!(said.status.success());
+    denied_syns(&lab, 1);
+    assert!(
+        wait_for("10.207.112.10", before + 1) > before,
+        "the trace goes on after a reload: {}",
+        daemon.log_tail(20)
+    );
+    assert!(daemon.stop().unwrap().success());
+    dirs.detach().unwrap();
+}

@@ -175,6 +175,39 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
         ],
     );
     assert!(dropped >= 1, "{metrics}");
+    // The same packets by interface: the SYNs arrive on the site side, the replies of the
+    // allowed connections on the EMIS side, and every drop is a SYN from the site.
+    let on = |iface: &str, action: &str| {
+        sample(
+            &metrics,
+            "emis_interface_packets_total",
+            &[
+                &format!("iface=\"{iface}\""),
+                &format!("action=\"{action}\""),
+            ],
+        )
+    };
+    assert_eq!(
+        on("gw-site", "drop"),
+        sample(&metrics, "emis_denied_packets_total", &["action=\"drop\""]),
+        "{metrics}"
+    );
+    assert_eq!(on("gw-emis", "drop"), 0, "{metrics}");
+    assert!(on("gw-site", "allow") >= 2, "{metrics}");
+    assert!(on("gw-emis", "allow") >= 2, "{metrics}");
+    assert!(on("gw-site", "pass") >= 1, "{metrics}");
+    assert!(
+        metrics.contains("emis_interface_packets_total{iface=\"other\",action=\"drop\"} 0"),
+        "the overflow slot is exported, empty: {metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "emis_interface_bytes_total",
+            &["iface=\"gw-site\"", "action=\"drop\""]
+        ) >= 54 * on("gw-site", "drop"),
+        "{metrics}"
+    );
     assert!(
         sample(
             &metrics,
@@ -242,6 +275,18 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
         metrics.contains("emis_policy_info{mode=\"audit\""),
         "{metrics}"
     );
+    // Would-be drops both ways now: the SYN on the site side, the server's answer on the
+    // EMIS side.
+    for iface in ["gw-site", "gw-emis"] {
+        assert!(
+            sample(
+                &metrics,
+                "emis_interface_packets_total",
+                &[&format!("iface=\"{iface}\""), "action=\"audit\""]
+            ) >= 1,
+            "{iface}: {metrics}"
+        );
+    }
 
     enforcer.stop();
     assert!(

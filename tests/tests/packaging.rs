@@ -17,7 +17,7 @@ use std::{
 use emis_tests::emis_bin;
 
 /// The keys `emis run --config FILE` reads, exactly.
-const CONFIG_KEYS: [&str; 13] = emis::daemon::config::KEYS;
+const CONFIG_KEYS: [&str; emis::daemon::config::KEYS.len()] = emis::daemon::config::KEYS;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -227,6 +227,11 @@ fn example_config_is_toml_with_only_the_daemon_keys() {
     );
     assert_eq!(value("pin_dir").as_str(), Some("/sys/fs/bpf/emis"));
     assert_eq!(value("state_dir").as_str(), Some("/run/emis"));
+    assert_eq!(
+        value("event_rate").as_integer(),
+        Some(emis_common::DEFAULT_EVENT_RATE.into())
+    );
+    assert_eq!(value("bpf_stats").as_bool(), Some(false));
     let help = stdout_of(
         Command::new(emis_bin()).args(["run", "--help"]),
         "build emis",

@@ -8,7 +8,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -16,7 +16,7 @@ use std::{
 
 use emis_lab::{
     daemon::{Daemon, DaemonDirs},
-    tcp_connects, Host, Lab, TcpServers, EMIS_PRIMARY,
+    in_netns, tcp_connects, Host, Lab, TcpServers, EMIS_PRIMARY,
 };
 use emis_tests::emis_bin;
 use serde_json::Value;
@@ -26,11 +26,13 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// instance, and a rate window that holds many of the 1 s scrapes.
 const DASHBOARD_VARIABLES: [(&str, &str); 2] = [("$__rate_interval", "1m"), ("$instance", ".*")];
 /// Panels that must show more than zero after the traffic this test sends.
-const PANELS_WITH_TRAFFIC: [&str; 6] = [
+const PANELS_WITH_TRAFFIC: [&str; 8] = [
     "Allowed packets by rule",
     "Denied packets by reason and network",
     "Audit: would-be drops",
+    "Packets by interface and action",
     "Flow table fill",
+    "Events suppressed",
     "Runs per second",
     "Time per run",
 ];
@@ -417,6 +419,9 @@ fn a_real_prometheus_evaluates_every_panel_and_alert() {
         "--spec",
         &spec.display().to_string(),
         "--bpf-stats",
+        // One event a second per CPU, so the burst below spends the rate limit.
+        "--event-rate",
+        "1",
         "--log-format",
         "json",
     ]
@@ -440,6 +445,14 @@ fn a_real_prometheus_evaluates_every_panel_and_alert() {
         assert!(connects(&lab, 443), "tcp 443 to Table 1 is allowed");
         assert!(!connects(&lab, 444), "tcp 444 to Table 1 is dropped");
     }
+    // A burst of denied datagrams (UDP 5999 has no rule): most events are suppressed.
+    in_netns(&lab.ns(Host::Site), || {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        for _ in 0..200 {
+            socket.send_to(b"burst", (EMIS_PRIMARY, 5999)).unwrap();
+        }
+    })
+    .unwrap();
     assert!(emis_ok(&dirs, &["mode", "audit"]).contains("audit"));
     assert!(connects(&lab, 444), "audit mode passes tcp 444");
     assert!(emis_ok(&dirs, &["mode", "enforce"]).contains("enforce"));
@@ -460,7 +473,7 @@ fn a_real_prometheus_evaluates_every_panel_and_alert() {
     std::thread::sleep(Duration::from_secs(3));
 
     let queries = dashboard_queries();
-    assert!(queries.len() >= 15, "{queries:?}");
+    assert!(queries.len() >= 20, "{queries:?}");
     let mut empty = Vec::new();
     for (title, expr) in &queries {
         let result = prometheus.query(expr);

@@ -2,6 +2,11 @@
 //! with the command line: a flag given overrides the file's key, a key absent from both
 //! takes the default. Relative paths in the file resolve against the file's directory.
 //! Errors carry file:line:column and the key, like spec errors.
+//!
+//! A reload re-reads the file for the policy inputs (`spec`, `site`, `site_nets`,
+//! `aws_ip_ranges`) and the drop-event settings (`event_rate`, `sample_allowed`), and
+//! applies them; the other keys take effect when `emis run` restarts, and a reload that
+//! finds one of them changed says so ([`restart_keys_changed`]).
 
 use std::{
     net::SocketAddr,
@@ -14,9 +19,10 @@ use emis_policy::{
 };
 
 use super::{links::AttachMode, state::Sources, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
+use crate::kernel_log::{parse_match, KernelLog, TraceFilter};
 
 /// Every key the file may hold.
-pub const KEYS: [&str; 13] = [
+pub const KEYS: [&str; 18] = [
     "interfaces",
     "spec",
     "site",
@@ -30,6 +36,11 @@ pub const KEYS: [&str; 13] = [
     "netns",
     "pin_dir",
     "state_dir",
+    "event_rate",
+    "sample_allowed",
+    "bpf_stats",
+    "kernel_log",
+    "kernel_log_match",
 ];
 
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9469";
@@ -53,6 +64,11 @@ pub struct Given {
     pub netns: Option<String>,
     pub pin_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    pub event_rate: Option<u32>,
+    pub sample_allowed: Option<u32>,
+    pub bpf_stats: Option<bool>,
+    pub kernel_log: Option<KernelLog>,
+    pub kernel_log_match: Option<ipnet::IpNet>,
 }
 
 impl Given {
@@ -72,6 +88,11 @@ impl Given {
             netns: self.netns.or(under.netns),
             pin_dir: self.pin_dir.or(under.pin_dir),
             state_dir: self.state_dir.or(under.state_dir),
+            event_rate: self.event_rate.or(under.event_rate),
+            sample_allowed: self.sample_allowed.or(under.sample_allowed),
+            bpf_stats: self.bpf_stats.or(under.bpf_stats),
+            kernel_log: self.kernel_log.or(under.kernel_log),
+            kernel_log_match: self.kernel_log_match.or(under.kernel_log_match),
         }
     }
 }
@@ -94,6 +115,88 @@ pub struct RunSettings {
     pub event_rate: u32,
     /// N: one allowed packet in N produces an event (`--sample-allowed 1/N`); 0: none.
     pub sample_allowed: u32,
+    /// The kernel's BPF run-time statistics on while the daemon runs (`--bpf-stats`).
+    pub bpf_stats: bool,
+    /// The kernel log's per-decision trace (`--kernel-log debug`), for the packets this
+    /// selects (`--kernel-log-match`); `None`: off.
+    pub kernel_log: Option<TraceFilter>,
+}
+
+/// The drop-event settings, which a reload re-reads and applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventSettings {
+    pub event_rate: u32,
+    pub sample_allowed: u32,
+}
+
+impl EventSettings {
+    fn of(given: &Given) -> EventSettings {
+        EventSettings {
+            event_rate: given.event_rate.unwrap_or(emis_common::DEFAULT_EVENT_RATE),
+            sample_allowed: given.sample_allowed.unwrap_or(0),
+        }
+    }
+
+    /// The settings as a reload finds them: the flags `emis run` was given (kept in
+    /// `sources`) over the config file as it is now, over the defaults.
+    pub fn reread(sources: &Sources) -> Result<EventSettings, SpecError> {
+        let file = sources
+            .config
+            .as_deref()
+            .map(read)
+            .transpose()?
+            .unwrap_or_default();
+        Ok(EventSettings::of(&sources.flags().over(file)))
+    }
+
+    /// `1/N`, or `off`.
+    pub fn sampling(&self) -> String {
+        match self.sample_allowed {
+            0 => "off".into(),
+            n => format!("1/{n}"),
+        }
+    }
+}
+
+impl RunSettings {
+    pub fn events(&self) -> EventSettings {
+        EventSettings {
+            event_rate: self.event_rate,
+            sample_allowed: self.sample_allowed,
+        }
+    }
+}
+
+/// The keys that take effect only at a restart whose value in the config file now
+/// differs from the running daemon's, for a reload to report.
+pub fn restart_keys_changed(settings: &RunSettings) -> Vec<&'static str> {
+    let Some(file) = settings
+        .sources
+        .config
+        .as_deref()
+        .and_then(|p| read(p).ok())
+    else {
+        return Vec::new();
+    };
+    // A key a flag overrides cannot change through the file.
+    let flags = &settings.sources;
+    let mut changed = Vec::new();
+    if flags.bpf_stats.is_none() && file.bpf_stats.unwrap_or(false) != settings.bpf_stats {
+        changed.push("bpf_stats");
+    }
+    if flags.kernel_log.is_none()
+        && (file.kernel_log.unwrap_or_default() == KernelLog::Debug)
+            != settings.kernel_log.is_some()
+    {
+        changed.push("kernel_log");
+    }
+    if flags.kernel_log_match.is_none()
+        && settings.kernel_log.is_some()
+        && file.kernel_log_match != settings.kernel_log.and_then(|f| f.prefix)
+    {
+        changed.push("kernel_log_match");
+    }
+    changed
 }
 
 impl RunSettings {
@@ -106,8 +209,14 @@ impl RunSettings {
             site: flags.site.clone(),
             site_nets: flags.site_nets.clone(),
             aws_ip_ranges: flags.aws_ip_ranges.clone(),
+            event_rate: flags.event_rate,
+            sample_allowed: flags.sample_allowed,
+            bpf_stats: flags.bpf_stats,
+            kernel_log: flags.kernel_log,
+            kernel_log_match: flags.kernel_log_match,
         };
         let given = flags.over(file);
+        let events = EventSettings::of(&given);
         let interfaces = given.interfaces.unwrap_or_default();
         if interfaces.is_empty() {
             let mut err = SpecError::new(
@@ -135,8 +244,14 @@ impl RunSettings {
             netns: given.netns,
             pin_dir: given.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
             state_dir: given.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            event_rate: emis_common::DEFAULT_EVENT_RATE,
-            sample_allowed: 0,
+            event_rate: events.event_rate,
+            sample_allowed: events.sample_allowed,
+            bpf_stats: given.bpf_stats.unwrap_or(false),
+            kernel_log: (given.kernel_log.unwrap_or_default() == KernelLog::Debug).then_some(
+                TraceFilter {
+                    prefix: given.kernel_log_match,
+                },
+            ),
         })
     }
 }
@@ -253,23 +368,35 @@ pub fn parse(source: &Source, base: &Path) -> Result<Given, SpecError> {
             .map(|(s, span)| parse(&s).map_err(|m| err(key, span, m)))
             .transpose()
     }
-    let flow_table_size = match table.get("flow_table_size") {
-        None => None,
-        Some(_) => match value("flow_table_size") {
-            Some((toml_edit::Value::Integer(n), span)) => {
-                let n = *n.value();
-                if !(1..=u32::MAX as i64).contains(&n) {
-                    return Err(err(
-                        "flow_table_size",
-                        span,
-                        format!("`flow_table_size` must be between 1 and {}", u32::MAX),
-                    ));
+    let integer = |key: &str, min: i64| -> Result<Option<u32>, SpecError> {
+        match table.get(key) {
+            None => Ok(None),
+            Some(_) => match value(key) {
+                Some((toml_edit::Value::Integer(n), span)) => {
+                    let n = *n.value();
+                    if !(min..=u32::MAX as i64).contains(&n) {
+                        return Err(err(
+                            key,
+                            span,
+                            format!("`{key}` must be between {min} and {}", u32::MAX),
+                        ));
+                    }
+                    Ok(Some(n as u32))
                 }
-                Some(n as u32)
-            }
-            _ => return Err(wrong_type("flow_table_size", "an integer")),
-        },
+                _ => Err(wrong_type(key, "an integer")),
+            },
+        }
     };
+    let boolean = |key: &str| -> Result<Option<bool>, SpecError> {
+        match table.get(key) {
+            None => Ok(None),
+            Some(_) => match value(key) {
+                Some((toml_edit::Value::Boolean(b), _)) => Ok(Some(*b.value())),
+                _ => Err(wrong_type(key, "true or false")),
+            },
+        }
+    };
+    let flow_table_size = integer("flow_table_size", 1)?;
     Ok(Given {
         interfaces: strings("interfaces")?,
         spec: path("spec")?,
@@ -303,7 +430,30 @@ pub fn parse(source: &Source, base: &Path) -> Result<Given, SpecError> {
         netns: string("netns")?.map(|(s, _)| s),
         pin_dir: path("pin_dir")?,
         state_dir: path("state_dir")?,
+        event_rate: integer("event_rate", 0)?,
+        sample_allowed: parsed(
+            "sample_allowed",
+            string("sample_allowed")?,
+            parse_sample,
+            err,
+        )?,
+        bpf_stats: boolean("bpf_stats")?,
+        kernel_log: parsed("kernel_log", string("kernel_log")?, str::parse, err)?,
+        kernel_log_match: parsed(
+            "kernel_log_match",
+            string("kernel_log_match")?,
+            parse_match,
+            err,
+        )?,
     })
+}
+
+/// `1/N` as N, for `--sample-allowed` and the `sample_allowed` key.
+pub fn parse_sample(text: &str) -> Result<u32, String> {
+    text.strip_prefix("1/")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}` is not 1/N with N a positive whole number (e.g. 1/100)"))
 }
 
 fn locate(err: &mut SpecError, text: &str, offset: usize) {
@@ -343,6 +493,11 @@ xdp_mode = "skb"
 netns = "gw"
 pin_dir = "/sys/fs/bpf/x"
 state_dir = "/run/x"
+event_rate = 50
+sample_allowed = "1/100"
+bpf_stats = true
+kernel_log = "debug"
+kernel_log_match = "192.168.10.0/24"
 "#,
         )
         .unwrap();
@@ -354,6 +509,100 @@ state_dir = "/run/x"
         assert_eq!(given.flow_table_size, Some(1024));
         assert_eq!(given.xdp_mode, Some(AttachMode::Skb));
         assert_eq!(given.netns.as_deref(), Some("gw"));
+        assert_eq!(given.event_rate, Some(50));
+        assert_eq!(given.sample_allowed, Some(100));
+        assert_eq!(given.bpf_stats, Some(true));
+        assert_eq!(given.kernel_log, Some(KernelLog::Debug));
+        assert_eq!(
+            given.kernel_log_match.unwrap().to_string(),
+            "192.168.10.0/24"
+        );
+        let e = parse_text("kernel_log = \"trace\"\n").unwrap_err();
+        assert!(e.to_string().contains("off or debug"), "{e}");
+        let e = parse_text("kernel_log_match = \"lan\"\n").unwrap_err();
+        assert!(e.to_string().contains("not an address"), "{e}");
+    }
+
+    #[test]
+    fn event_keys_are_checked_like_their_flags() {
+        let e = parse_text("event_rate = -1\n").unwrap_err();
+        assert!(e.to_string().contains("between 0 and"), "{e}");
+        let e = parse_text("event_rate = \"fast\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("`event_rate` must be an integer"),
+            "{e}"
+        );
+        let e = parse_text("\nsample_allowed = \"1/0\"\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(2), Some("sample_allowed"))
+        );
+        assert!(e.to_string().contains("not 1/N"), "{e}");
+        let e = parse_text("bpf_stats = \"yes\"\n").unwrap_err();
+        assert!(e.to_string().contains("true or false"), "{e}");
+        assert_eq!(parse_text("event_rate = 0\n").unwrap().event_rate, Some(0));
+    }
+
+    #[test]
+    fn a_reload_rereads_the_event_keys_under_the_flags_it_was_started_with() {
+        let dir = std::env::temp_dir().join(format!("emis-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("emis.toml");
+        std::fs::write(&path, "interfaces = [\"eth0\"]\nevent_rate = 5\n").unwrap();
+        let started = RunSettings::resolve(Some(&path), Given::default()).unwrap();
+        assert_eq!((started.event_rate, started.sample_allowed), (5, 0));
+        assert!(!started.bpf_stats);
+
+        std::fs::write(
+            &path,
+            "interfaces = [\"eth0\"]\nsample_allowed = \"1/10\"\nbpf_stats = true\n",
+        )
+        .unwrap();
+        let now = EventSettings::reread(&started.sources).unwrap();
+        assert_eq!(
+            now,
+            EventSettings {
+                event_rate: emis_common::DEFAULT_EVENT_RATE,
+                sample_allowed: 10
+            },
+            "a key removed from the file is back at its default"
+        );
+        assert_eq!(restart_keys_changed(&started), ["bpf_stats"]);
+        std::fs::write(
+            &path,
+            "interfaces = [\"eth0\"]\nkernel_log = \"debug\"\nkernel_log_match = \"10.0.0.0/8\"\n",
+        )
+        .unwrap();
+        assert_eq!(restart_keys_changed(&started), ["kernel_log"]);
+        let tracing = RunSettings::resolve(Some(&path), Given::default()).unwrap();
+        assert_eq!(
+            tracing.kernel_log.unwrap().prefix.unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        std::fs::write(
+            &path,
+            "interfaces = [\"eth0\"]\nkernel_log = \"debug\"\nkernel_log_match = \"10.1.0.0/16\"\n",
+        )
+        .unwrap();
+        assert_eq!(restart_keys_changed(&tracing), ["kernel_log_match"]);
+
+        let flags = Given {
+            event_rate: Some(7),
+            ..Given::default()
+        };
+        let with_flag = RunSettings::resolve(Some(&path), flags).unwrap();
+        assert_eq!(with_flag.event_rate, 7);
+        std::fs::write(&path, "interfaces = [\"eth0\"]\nevent_rate = 9\n").unwrap();
+        assert_eq!(
+            EventSettings::reread(&with_flag.sources)
+                .unwrap()
+                .event_rate,
+            7,
+            "the flag still overrides the file after a reload"
+        );
+        std::fs::write(&path, "event_rate = \"x\"\n").unwrap();
+        assert!(EventSettings::reread(&with_flag.sources).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

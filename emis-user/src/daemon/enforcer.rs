@@ -22,7 +22,7 @@ use emis_policy::{
 use serde::Serialize;
 
 use super::{
-    config::{policy_inputs, RunSettings},
+    config::{policy_inputs, restart_keys_changed, EventSettings, RunSettings},
     diff::PolicyDiff,
     egress,
     error::What as _,
@@ -61,17 +61,31 @@ pub struct ReloadReport {
     pub swap_us: u64,
     /// Reading, checking, compiling, loading and swapping.
     pub total_ms: u64,
+    /// The drop-event settings, if the reload changed them: "rate 1000/s, sampling off".
+    pub events_changed: Option<String>,
+    /// Config-file keys whose change waits for a restart of `emis run`.
+    pub restart_keys_changed: Vec<String>,
 }
 
 impl ReloadReport {
     pub fn summary(&self) -> String {
-        format!(
+        let mut summary = format!(
             "reloaded: policy sha256 {}; swap took {:.2} ms (reload {} ms)\n{}",
             &self.spec_sha256[..self.spec_sha256.len().min(16)],
             self.swap_us as f64 / 1000.0,
             self.total_ms,
             self.diff.summary()
-        )
+        );
+        if let Some(events) = &self.events_changed {
+            summary.push_str(&format!("\ndrop events now: {events}"));
+        }
+        if !self.restart_keys_changed.is_empty() {
+            summary.push_str(&format!(
+                "\nnot applied: {} changed in the config file and takes effect when emis run restarts",
+                self.restart_keys_changed.join(", ")
+            ));
+        }
+        summary
     }
 }
 
@@ -140,18 +154,26 @@ impl Enforcer {
     /// Re-reads the policy files and swaps the new policy in. On error nothing changes.
     pub fn reload(&mut self) -> Result<ReloadReport, Error> {
         let started = Instant::now();
-        let result = read_policy(&self.settings).and_then(|policy| {
-            let install = install(
-                &self.pins,
-                &self.settings,
-                &policy,
-                Some(&self.state),
-                true,
-                self.state.since,
-            )?;
-            Ok((policy, install))
-        });
-        let (policy, install) = match result {
+        let result = EventSettings::reread(&self.settings.sources)
+            .map_err(Error::from)
+            .and_then(|events| {
+                let policy = read_policy(&self.settings)?;
+                let settings = RunSettings {
+                    event_rate: events.event_rate,
+                    sample_allowed: events.sample_allowed,
+                    ..self.settings.clone()
+                };
+                let install = install(
+                    &self.pins,
+                    &settings,
+                    &policy,
+                    Some(&self.state),
+                    true,
+                    self.state.since,
+                )?;
+                Ok((policy, install, settings))
+            });
+        let (policy, install, settings) = match result {
             Ok(done) => done,
             Err(e) => {
                 self.state.last_reload = Some(LastReload {
@@ -168,7 +190,20 @@ impl Enforcer {
             spec_sha256: policy.sha256.clone(),
             swap_us: install.swap.as_micros() as u64,
             total_ms: started.elapsed().as_millis() as u64,
+            events_changed: (settings.events() != self.settings.events()).then(|| {
+                let events = settings.events();
+                format!(
+                    "rate {}/s a CPU, allowed sampling {}",
+                    events.event_rate,
+                    events.sampling()
+                )
+            }),
+            restart_keys_changed: restart_keys_changed(&settings)
+                .into_iter()
+                .map(String::from)
+                .collect(),
         };
+        self.settings = settings;
         self._ebpf = install.ebpf;
         self.installed = install.installed;
         self.egress = install.egress;
@@ -223,6 +258,10 @@ fn install(
             events: true,
             event_rate: settings.event_rate,
             sample_allowed: settings.sample_allowed,
+            trace: settings.kernel_log.map(|filter| {
+                let bare_ip = super::events::interface_names(&ip_only, settings.netns.as_deref());
+                filter.to_kernel(bare_ip.into_keys())
+            }),
         },
         Some(pins.dir()),
     )?;

@@ -168,6 +168,8 @@ pub struct PinnedMaps {
     pub flow_capacity: u32,
     /// The drop-event counters; absent under pins of an emis without events.
     pub event_counts: Option<PerCpuArray<MapData, u64>>,
+    /// The per-interface counters; absent under pins of an emis without them.
+    pub iface_stats: Option<PerCpuArray<MapData, Counter>>,
 }
 
 impl PinnedMaps {
@@ -210,6 +212,10 @@ impl PinnedMaps {
                 .open_map(emis_common::MAP_EVENT_COUNTS)
                 .ok()
                 .and_then(|map| PerCpuArray::try_from(map).ok()),
+            iface_stats: pins
+                .open_map(emis_common::MAP_IFACE_STATS)
+                .ok()
+                .and_then(|map| PerCpuArray::try_from(map).ok()),
         })
     }
 
@@ -250,6 +256,10 @@ impl PinnedMaps {
             .get(&0, 0)
             .what(|| format!("reading {MAP_CONFIG}"))?;
         value.events = on as u32;
+        if !on {
+            // The kernel log's trace runs under the same flag; nobody reads it either.
+            value.trace = 0;
+        }
         self.config
             .set(0, value, 0)
             .what(|| format!("writing {MAP_CONFIG}"))

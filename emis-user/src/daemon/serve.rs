@@ -142,7 +142,11 @@ fn serve(
         loaded_at: enforcer.state.loaded_at,
         reloads: Reloads::default(),
         event_fanout: event_fanout.clone(),
+        interface_slots: metrics::interfaces::slots(&interface_names),
     }));
+    if enforcer.settings.kernel_log.is_some() {
+        follow_kernel_log(&enforcer, view.clone(), interface_names.clone());
+    }
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(EnforcerCollector {
         view: view.clone(),
@@ -211,6 +215,49 @@ fn serve(
         }
     }
     served
+}
+
+/// Writes the program's per-decision trace (`--kernel-log debug`) to the log, named, from
+/// a thread of its own. The trace's ring buffer is pinned with the shared maps, so the
+/// programs that reloads swap in write to the one it reads.
+fn follow_kernel_log(
+    enforcer: &Enforcer,
+    view: Arc<Mutex<EnforcerView>>,
+    interfaces: std::collections::HashMap<u32, String>,
+) {
+    use std::os::fd::AsRawFd as _;
+    let names = move || {
+        let labels = view.lock().map(|v| v.labels.clone()).unwrap_or_default();
+        (labels, interfaces.clone())
+    };
+    let forward = crate::kernel_log::Forward {
+        names: Arc::new(names),
+    };
+    let logger = aya::programs::ProgramInfo::from_pin(enforcer.pins.program())
+        .map_err(|e| e.to_string())
+        .and_then(|info| {
+            aya_log::EbpfLogger::init_from_id_with_logger(info.id(), forward)
+                .map_err(|e| e.to_string())
+        });
+    let mut logger = match logger {
+        Ok(logger) => logger,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the kernel log; --kernel-log shows nothing");
+            return;
+        }
+    };
+    tracing::info!(
+        "kernel log: tracing each allowed and denied packet (drop events are off meanwhile)"
+    );
+    std::thread::spawn(move || loop {
+        let mut poll = libc::pollfd {
+            fd: logger.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        unsafe { libc::poll(&mut poll, 1, 1000) };
+        logger.flush();
+    });
 }
 
 fn top_report(top: &Mutex<TopWindow>, limit: usize) -> Response {

@@ -24,6 +24,54 @@ pub struct Sources {
     pub site: Option<PathBuf>,
     pub site_nets: Option<Vec<String>>,
     pub aws_ip_ranges: Option<PathBuf>,
+    /// `--event-rate`, `--sample-allowed`, `--bpf-stats` as given: a reload keeps them over
+    /// the config file's keys.
+    #[serde(default)]
+    pub event_rate: Option<u32>,
+    #[serde(default)]
+    pub sample_allowed: Option<u32>,
+    #[serde(default)]
+    pub bpf_stats: Option<bool>,
+    /// `--kernel-log`, `--kernel-log-match` as given.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "kernel_log_serde"
+    )]
+    pub kernel_log: Option<crate::kernel_log::KernelLog>,
+    #[serde(default)]
+    pub kernel_log_match: Option<ipnet::IpNet>,
+}
+
+/// The kernel log level as its name in the state file.
+mod kernel_log_serde {
+    use crate::kernel_log::KernelLog;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<KernelLog>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(k) => s.serialize_str(k.name()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KernelLog>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+impl Sources {
+    /// The flags `emis run` was given that a reload re-applies over the config file.
+    pub fn flags(&self) -> super::config::Given {
+        super::config::Given {
+            event_rate: self.event_rate,
+            sample_allowed: self.sample_allowed,
+            bpf_stats: self.bpf_stats,
+            ..Default::default()
+        }
+    }
 }
 
 /// The outcome of the last reload, for `emis status`.
