@@ -7,6 +7,7 @@
 //! - [`flow`]: flow and fragment keys, flow-state transitions and lifetimes.
 //! - [`decision`]: decisions and their reasons, the counter layout, drop or pass by mode.
 //! - [`events`]: the drop-event record, its rate limit and counters.
+//! - [`learned`]: addresses learned from DNS answers, hostname groups, the DNS hand-off.
 //!
 //! Everything is `no_std`, allocation-free and inlined where the kernel program calls
 //! it; map types are `#[repr(C)]` plain data with explicit padding. The reference model
@@ -20,6 +21,7 @@ pub mod decision;
 pub mod events;
 pub mod flow;
 pub mod icmp;
+pub mod learned;
 pub mod maps;
 pub mod wire;
 
@@ -28,6 +30,7 @@ pub use decision::*;
 pub use events::*;
 pub use flow::*;
 pub use icmp::*;
+pub use learned::*;
 pub use maps::*;
 pub use wire::*;
 
@@ -46,6 +49,10 @@ mod pod {
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for EventBucket {}
+    unsafe impl aya::Pod for LearnedValue {}
+    unsafe impl aya::Pod for LearnedEntry {}
+    unsafe impl aya::Pod for DnsConfig {}
+    unsafe impl aya::Pod for DnsMessage {}
 }
 
 #[cfg(test)]

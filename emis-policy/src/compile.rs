@@ -9,6 +9,7 @@ use emis_common::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::capacity::{CapacityError, Limits};
+use crate::hostnames::HostnameGroups;
 use crate::policy::{Endpoint, Policy, Scope};
 
 /// Everything the loader writes into the maps, except the mode.
@@ -22,6 +23,8 @@ pub struct Compiled {
     pub count_v6: Vec<(Ipv6Net, u64)>,
     pub ports: BTreeMap<PortKey, RuleSet>,
     pub config: Config,
+    /// The rules' hostname groups: what an address learned for a name means.
+    pub hostnames: HostnameGroups,
 }
 
 /// Compiling fails only when the policy does not fit the maps.
@@ -88,13 +91,16 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
     ] {
         limits.check_trie(family, count)?;
     }
+    let hostnames = HostnameGroups::of(policy)?;
+    let ports = port_sets(policy, &limits, &hostnames.rule_bits)?;
     Ok(Compiled {
         v4,
         v6,
         count_v4,
         count_v6,
-        ports: port_sets(policy, &limits)?,
+        ports,
         config: config(policy, unset_roles, count_mask),
+        hostnames,
     })
 }
 
@@ -109,6 +115,7 @@ pub fn compile_with_slots(policy: &Policy, slots: &[u32]) -> Result<Compiled, Co
             entry.rule = slots[entry.rule as usize];
         }
     }
+    compiled.hostnames.set_slots(slots);
     Ok(compiled)
 }
 
@@ -201,10 +208,12 @@ fn flatten<N: Copy + Eq>(
 
 /// Per (protocol, port), the rules listing it in spec order. A rule whose sources and
 /// destinations are covered by an earlier rule's on that port can never be the first
-/// match there, so it is left out.
+/// match there, so it is left out. The set's `hostnames` holds the hostname-group bits of
+/// every rule listing the port, left out or not: a learned address may still pick it.
 fn port_sets(
     policy: &Policy,
     limits: &Limits,
+    hostname_bits: &[u32],
 ) -> Result<BTreeMap<PortKey, RuleSet>, CapacityError> {
     let mut sets: BTreeMap<PortKey, RuleSet> = BTreeMap::new();
     for (id, rule) in policy.rules.iter().enumerate() {
@@ -218,6 +227,7 @@ fn port_sets(
             for port in range.first..=range.last {
                 let key = PortKey::new(rule.protocol.number(), port);
                 let set = sets.entry(key).or_default();
+                set.hostnames |= hostname_bits[id];
                 let existing = &set.entries[..set.len as usize];
                 if existing
                     .iter()
