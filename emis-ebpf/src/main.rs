@@ -26,6 +26,7 @@ use emis_common::{
     PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_HLEN,
 };
 
+mod dns;
 mod events;
 mod learned;
 mod parse;
@@ -291,7 +292,11 @@ fn decide(ctx: &XdpContext, cfg: &Config, link: Link) -> Decision {
     }
     let judged = match l3.proto {
         PROTO_TCP | PROTO_UDP => match transport_header(ctx, &l3) {
-            Some(l4) => transport(ctx, &l3, &l4, &mut standing, cfg),
+            Some(l4) => {
+                // DNS answers to the daemon, DoT counted; the verdict is not touched.
+                dns::observe(ctx, l3.proto, l4.sport, l4.dport, l3.l4_offset, l3.l4_len);
+                transport(ctx, &l3, &l4, &mut standing, cfg)
+            }
             None => Err(DenyReason::Malformed),
         },
         PROTO_ICMP if !l3.v6 => icmp(ctx, &l3, &mut standing, cfg),

@@ -30,6 +30,7 @@ use crate::testrun::{self, RunResult};
 pub struct TestProgram {
     ebpf: Ebpf,
     options: LoadOptions,
+    hostnames: emis_policy::hostnames::HostnameGroups,
 }
 
 impl TestProgram {
@@ -48,7 +49,21 @@ impl TestProgram {
         Ok(TestProgram {
             ebpf: loader::load(&compiled, options)?,
             options,
+            hostnames: compiled.hostnames,
         })
+    }
+
+    /// Writes `addr` into the learned map as the daemon would once DNS answers taught it
+    /// `names`; no rule naming any of them removes it.
+    pub fn learn(&mut self, names: &[&str], addr: std::net::IpAddr) -> Result<()> {
+        let value = emis::learned::value_for(&self.hostnames, names.iter().copied());
+        let name = emis::learned::map_name(addr);
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("no map {name}"))?;
+        emis::learned::write(map, addr, value.as_ref().map(|(v, _)| v))
+            .with_context(|| format!("writing {addr} into {name}"))
     }
 
     /// Runs the program `repeat` times on `frame`.

@@ -296,9 +296,23 @@ struct ExplainArgs {
     /// How replies are recognised; stateful judges the packet as the first of its flow.
     #[arg(long, value_parser = replies_parser(), default_value = "stateful")]
     replies: Replies,
+    /// NAME=IP: the address was learned from a DNS answer for NAME (repeatable), as
+    /// `emis run` learns it; `emis names` lists what the daemon learned.
+    #[arg(long = "learned", value_parser = parse_learned)]
+    learned: Vec<(String, IpAddr)>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_learned(text: &str) -> Result<(String, IpAddr), String> {
+    let (name, addr) = text.split_once('=').ok_or_else(|| {
+        format!("{text:?}: use NAME=IP, e.g. openapi.emishealth.com=185.13.72.10")
+    })?;
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address (NAME=IP)"))?;
+    Ok((name.to_string(), addr))
 }
 
 #[derive(Args)]
@@ -403,6 +417,7 @@ fn explain_cmd(args: &ExplainArgs) -> Result<()> {
         tcp_flags: args.tcp_flags.clone(),
         mode: args.mode,
         replies: args.replies,
+        learned: args.learned.clone(),
     };
     let answer = explain(&policy, &request)?;
     if args.json {
