@@ -2,6 +2,7 @@
 //! lifecycle lives in `emis::daemon`, the policy in `emis_policy`.
 
 mod generate;
+mod names;
 mod watch;
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
@@ -75,6 +76,8 @@ enum Command {
     Capture(watch::CaptureArgs),
     /// The busiest denied sources and destinations of the last minute (the daemon must run).
     Top(watch::TopArgs),
+    /// The hostnames learned from DNS answers: addresses, rows, expiry (the daemon must run).
+    Names(names::NamesArgs),
     /// Write the policy for another enforcer: `emis export nft` prints an nftables ruleset.
     #[command(subcommand)]
     Export(ExportCommand),
@@ -214,6 +217,16 @@ struct RunArgs {
     /// rate limit; `emis watch --rule SLUG` shows a rule's).
     #[arg(long = "sample-allowed", value_name = "1/N", value_parser = parse_sample)]
     sample_allowed: Option<u32>,
+    /// Seconds a name learned from DNS is kept past its TTL (a client may connect just
+    /// after the TTL ran out).
+    #[arg(long = "dns-grace", value_name = "SECONDS", default_value_t = emis_policy::dns::Expiry::default().grace_s)]
+    dns_grace: u64,
+    /// The shortest time a learned name is kept, whatever its TTL.
+    #[arg(long = "dns-ttl-floor", value_name = "SECONDS", default_value_t = emis_policy::dns::Expiry::default().floor_s)]
+    dns_ttl_floor: u64,
+    /// The longest time a learned name is kept, whatever its TTL.
+    #[arg(long = "dns-ttl-ceiling", value_name = "SECONDS", default_value_t = emis_policy::dns::Expiry::default().ceiling_s)]
+    dns_ttl_ceiling: u64,
 }
 
 /// `1/N` as N.
@@ -362,6 +375,7 @@ fn main() -> ExitCode {
         Command::Watch(args) => watch::watch(&args),
         Command::Capture(args) => watch::capture(&args),
         Command::Top(args) => watch::top(&args),
+        Command::Names(args) => names::names(&args),
         Command::Mode(args) => mode(&args),
         Command::Export(ExportCommand::Nft { policy, nft }) => load(&policy).and_then(|p| {
             print!("{}", emis_policy::nft::ruleset(&p, &nft.options())?);
@@ -480,9 +494,15 @@ fn run(args: RunArgs) -> Result<()> {
     };
     let event_rate = args.event_rate;
     let sample_allowed = args.sample_allowed;
+    let dns_expiry = emis_policy::dns::Expiry {
+        grace_s: args.dns_grace,
+        floor_s: args.dns_ttl_floor,
+        ceiling_s: args.dns_ttl_ceiling,
+    };
     let mut settings = RunSettings::resolve(config.as_deref(), args.given())?;
     settings.event_rate = event_rate;
     settings.sample_allowed = sample_allowed.unwrap_or(0);
+    settings.dns_expiry = dns_expiry;
     Ok(daemon::serve::run(settings, metrics)?)
 }
 

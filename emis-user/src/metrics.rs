@@ -13,6 +13,7 @@
 pub mod endpoint;
 pub mod events;
 pub mod exposition;
+pub mod learned;
 pub mod program;
 
 use std::sync::{Arc, Mutex};

@@ -94,6 +94,9 @@ pub struct RunSettings {
     pub event_rate: u32,
     /// N: one allowed packet in N produces an event (`--sample-allowed 1/N`); 0: none.
     pub sample_allowed: u32,
+    /// How long a name learned from DNS is kept (`--dns-grace`, `--dns-ttl-floor`,
+    /// `--dns-ttl-ceiling`).
+    pub dns_expiry: emis_policy::dns::Expiry,
 }
 
 impl RunSettings {
@@ -137,6 +140,7 @@ impl RunSettings {
             state_dir: given.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             event_rate: emis_common::DEFAULT_EVENT_RATE,
             sample_allowed: 0,
+            dns_expiry: emis_policy::dns::Expiry::default(),
         })
     }
 }

@@ -45,6 +45,8 @@ pub struct Enforcer {
     pub installed: Vec<Installed>,
     /// Interfaces an earlier run attached that are no longer listed (detached at start).
     pub dropped: Vec<String>,
+    /// The compiled rules' hostname groups (with their counter slots), for learning.
+    pub hostnames: emis_policy::hostnames::HostnameGroups,
     /// Kept open so the program lives while the daemon runs; the pins keep it after.
     _ebpf: Ebpf,
 }
@@ -80,6 +82,7 @@ pub fn read_policy(settings: &RunSettings) -> Result<Policy, Error> {
 
 struct Install {
     ebpf: Ebpf,
+    hostnames: emis_policy::hostnames::HostnameGroups,
     state: State,
     installed: Vec<Installed>,
     swap: Duration,
@@ -115,6 +118,7 @@ impl Enforcer {
         let dropped = links::detach_except(&pins, &settings.interfaces)?;
         let Install {
             ebpf,
+            hostnames,
             state,
             installed,
             swap: _,
@@ -127,6 +131,7 @@ impl Enforcer {
             state,
             installed,
             dropped,
+            hostnames,
             _ebpf: ebpf,
         })
     }
@@ -164,6 +169,7 @@ impl Enforcer {
             total_ms: started.elapsed().as_millis() as u64,
         };
         self._ebpf = install.ebpf;
+        self.hostnames = install.hostnames;
         self.installed = install.installed;
         self.policy = policy;
         self.state = install.state;
@@ -286,6 +292,7 @@ fn install(
         last_reload: previous.and_then(|s| s.last_reload.clone()),
     };
     Ok(Install {
+        hostnames: compiled.hostnames.clone(),
         ebpf,
         state,
         installed,

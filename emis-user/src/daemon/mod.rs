@@ -14,6 +14,7 @@
 //! - [`config`]: the daemon config file.
 //! - [`control`]: the control socket (`emis reload`); [`serve`]: the daemon's main loop.
 //! - [`events`]: the drop-event fan-out; [`top`]: the busiest denied addresses.
+//! - [`learn`]: hostnames learned from the DNS answers the kernel hands over (`emis names`).
 //! - [`status`]: `emis status`; [`detach`]: `emis detach`; [`notify`]: systemd readiness.
 
 pub mod config;
@@ -23,6 +24,7 @@ pub mod diff;
 pub mod enforcer;
 mod error;
 pub mod events;
+pub mod learn;
 pub mod links;
 pub mod lock;
 pub mod notify;
