@@ -7,7 +7,7 @@ use emis_common::{Decision, Path, PROTO_ICMP, PROTO_ICMPV6};
 use serde::Serialize;
 
 use crate::{
-    compile::Compiled,
+    compile::{endpoint_mask, Compiled},
     model::Model,
     packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
     policy::{Mode, Policy, Replies, Role, Scope},
@@ -241,11 +241,31 @@ pub fn summary(policy: &Policy, compiled: &Compiled) -> String {
     );
     if !policy.shadowed.is_empty() {
         let _ = writeln!(out, "\nshared counters: these rules match only packets an earlier rule matches, so their traffic is counted under it:");
+        let bits = &compiled.hostnames.rule_bits;
         for &(rule, under) in &policy.shadowed {
+            // Hostnames no earlier rule of its group covers: addresses learned from DNS
+            // for them count apart.
+            let bit = bits[rule as usize];
+            let mask = |id: usize| {
+                let r = &policy.rules[id];
+                (endpoint_mask(&r.from), endpoint_mask(&r.to))
+            };
+            let (src, dst) = mask(rule as usize);
+            let apart = bit != 0
+                && !(0..rule as usize).any(|earlier| {
+                    let (s, d) = mask(earlier);
+                    bits[earlier] == bit && s & src == src && d & dst == dst
+                });
             let _ = writeln!(
                 out,
-                "  {:<36} -> {}",
-                policy.rules[rule as usize].slug, policy.rules[under as usize].slug
+                "  {:<36} -> {}{}",
+                policy.rules[rule as usize].slug,
+                policy.rules[under as usize].slug,
+                if apart {
+                    " (apart for addresses learned for its hostnames)"
+                } else {
+                    ""
+                }
             );
         }
     }

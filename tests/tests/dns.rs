@@ -4,7 +4,7 @@
 //! truncated, a compression loop, a spoofed answer into enforce scope), then TCP SYNs
 //! from the site to the learned addresses land in their own rows' counters, unlearned
 //! ones fall back to the first matching row, the spoofed one stays denied, and a short
-//! TTL with a shortened grace expires. Needs root.
+//! TTL with a shortened grace expires; a reload keeps what was learned. Needs root.
 
 use std::{
     net::SocketAddrV4,
@@ -221,6 +221,15 @@ fn learned_hostnames_put_traffic_in_its_own_row() {
     lands_under(&lab, &dirs, EMIS_BACKUP, "client-spine-messaging");
     // The spoofed answer opened nothing: Table 2 has no rule on 443.
     assert!(!connect(&lab, EMIS_N2), "tcp 443 to Table 2 stays denied");
+
+    // A reload keeps what was learned, written again for the rules now in force.
+    let out = dirs.emis(&["reload"]).expect("emis reload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lands_under(&lab, &dirs, EMIS_INTERNET, "web-mobile-identityservice");
 
     // The five-second name expires, and its address falls back to the first matching row.
     std::thread::sleep(Duration::from_secs(7).saturating_sub(learned_at.elapsed()));
