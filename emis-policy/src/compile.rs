@@ -261,7 +261,7 @@ fn port_sets(
 mod tests {
     use super::*;
     use crate::policy::{Direction, Network, PortRange, Protocol, Role, Rule};
-    use emis_common::MAX_CANDIDATES;
+    use emis_common::{MAX_CANDIDATES, MAX_HOSTNAME_GROUPS};
 
     /// What the kernel learns of `addr` from the compiled tries: the longest match in the
     /// enforce/role trie, with the longest count-scope match's classes added. The userspace
@@ -475,5 +475,57 @@ mod tests {
             compile(&wide),
             Err(CapacityError::PortEntries { .. })
         ));
+    }
+
+    #[test]
+    fn hostname_groups_share_a_bit_and_have_a_limit() {
+        let lan = Endpoint::Role(Role::LAN);
+        let named = |slug: &str, port: u16, hostnames: &[&str]| {
+            let mut r = rule(
+                slug,
+                Protocol::Tcp,
+                &[(port, port)],
+                lan,
+                Endpoint::Network(0),
+            );
+            r.hostnames = hostnames.iter().map(|h| h.to_string()).collect();
+            r
+        };
+        let p = policy(
+            [None, None, None, None],
+            vec![
+                named("a", 443, &["a.example.com"]),
+                named("b", 443, &["A.example.com."]),
+                named("c", 8443, &["a.example.com"]),
+                named("d", 443, &["*.example.com"]),
+            ],
+        );
+        let c = compile(&p).unwrap();
+        let bits = &c.hostnames.rule_bits;
+        assert_eq!(
+            bits[0], bits[1],
+            "same names, protocol and ports: one group"
+        );
+        assert_ne!(bits[0], bits[2], "other ports: another group");
+        assert_eq!(c.ports[&PortKey::new(6, 443)].hostnames, bits[0] | bits[3]);
+        assert_eq!(c.ports[&PortKey::new(6, 8443)].hostnames, bits[2]);
+        let learned = c
+            .hostnames
+            .learned(c.hostnames.groups_of("a.example.com"))
+            .unwrap();
+        // b is covered by a (same group, same classes); c and d follow in spec order.
+        let rules: Vec<u32> = learned.value.entries[..learned.value.len as usize]
+            .iter()
+            .map(|e| e.rule)
+            .collect();
+        assert_eq!(rules, vec![0, 2, 3]);
+        let many: Vec<Rule> = (0..=MAX_HOSTNAME_GROUPS)
+            .map(|i| named(&format!("r{i}"), 443, &[&format!("h{i}.example.com")]))
+            .collect();
+        let err = compile(&policy([None, None, None, None], many)).unwrap_err();
+        assert!(
+            matches!(err, CapacityError::HostnameGroups { count: 33, max: 32 }),
+            "{err}"
+        );
     }
 }

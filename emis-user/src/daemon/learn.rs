@@ -316,3 +316,90 @@ pub async fn serve(ring: RingBuf<MapData>, learner: Arc<Mutex<Learner>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emis_policy::{
+        compile::compile,
+        dns::craft::{Response, Rr},
+        spec::{load_policy, SiteOptions, Source},
+    };
+
+    /// A learner over the embedded spec whose map writes fail (no pins): the table, the
+    /// expiry and the counters are what is tested here; the lab test writes real maps.
+    fn learner(expiry: Expiry) -> Learner {
+        let policy = load_policy(&Source::default_spec(), &SiteOptions::default()).unwrap();
+        let hostnames = compile(&policy).unwrap().hostnames;
+        Learner::new(
+            &Pins::new("/nonexistent/emis-test-pins"),
+            &policy,
+            hostnames,
+            expiry,
+        )
+    }
+
+    #[test]
+    fn names_are_kept_for_ttl_plus_grace_and_swept() {
+        let mut l = learner(Expiry {
+            grace_s: 10,
+            floor_s: 1,
+            ceiling_s: 3600,
+        });
+        let t0 = Instant::now();
+        let response = Response::new(
+            "ewcd01.emishealth.com",
+            vec![
+                Rr::cname("ewcd01.emishealth.com", 300, "s3.cdn.example"),
+                Rr::a("s3.cdn.example", 20, "10.207.116.10"),
+                Rr::a("s3.cdn.example", 0, "10.207.116.11"),
+            ],
+        );
+        l.handle(&response.build(), false, t0);
+        let report = l.report(t0);
+        assert_eq!(report.names.len(), 1, "{report:?}");
+        let row = &report.names[0];
+        assert_eq!(row.name, "ewcd01.emishealth.com");
+        assert_eq!(row.addr.to_string(), "10.207.116.10");
+        assert_eq!(row.rules, vec!["s3-documents"]);
+        assert_eq!(row.expires_in, 30);
+        assert_eq!(
+            (l.stats.parsed, l.stats.zero_ttl, l.stats.unnamed),
+            (1, 1, 1)
+        );
+        assert_eq!(l.addresses_by_rule().get("s3-documents"), Some(&1));
+        l.sweep(t0 + Duration::from_secs(29));
+        assert_eq!(l.report(t0).names.len(), 1);
+        l.sweep(t0 + Duration::from_secs(31));
+        assert!(l.report(t0).names.is_empty());
+        assert!(l.addresses_by_rule().is_empty());
+    }
+
+    #[test]
+    fn a_later_answer_extends_and_rejections_are_counted_by_reason() {
+        let mut l = learner(Expiry::default());
+        let t0 = Instant::now();
+        let answer = |ttl| {
+            Response::new(
+                "a.emis-x.uk",
+                vec![Rr::a("a.emis-x.uk", ttl, "185.13.72.10")],
+            )
+            .build()
+        };
+        l.handle(&answer(600), false, t0);
+        l.handle(&answer(60), false, t0);
+        assert_eq!(
+            l.report(t0).names[0].expires_in,
+            720,
+            "the longer expiry stays"
+        );
+        l.handle(&[0u8; 5], false, t0);
+        l.handle(&emis_policy::dns::craft::pointer_loop(), false, t0);
+        assert_eq!(l.stats.rejected.get("truncated"), Some(&1));
+        assert_eq!(l.stats.rejected.get("compression_loop"), Some(&1));
+        assert!(
+            l.stats.map_errors > 0,
+            "no pins here, so the writes fail and are counted"
+        );
+    }
+}
