@@ -66,6 +66,39 @@ impl TestProgram {
             .with_context(|| format!("writing {addr} into {name}"))
     }
 
+    /// Switches the DNS hand-off on or off, as the daemon does while it learns.
+    pub fn set_dns_handoff(&mut self, on: bool) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(emis_common::MAP_DNS_CONFIG)
+            .context("no DNS config map")?;
+        let mut config: Array<&mut MapData, emis_common::DnsConfig> = Array::try_from(map)?;
+        let value = emis_common::DnsConfig {
+            enabled: on as u32,
+            rate: emis_common::DEFAULT_DNS_RATE,
+        };
+        config.set(0, value, 0).context("writing the DNS config")
+    }
+
+    /// Takes every DNS message the program handed over since the last call.
+    pub fn dns_messages(&mut self) -> Result<Vec<emis_common::DnsMessage>> {
+        let map = self
+            .ebpf
+            .map_mut(emis_common::MAP_DNS)
+            .context("no DNS ring buffer")?;
+        let mut ring = aya::maps::RingBuf::try_from(map)?;
+        let mut messages = Vec::new();
+        while let Some(item) = ring.next() {
+            anyhow::ensure!(
+                item.len() >= emis_common::DNS_MESSAGE_SIZE,
+                "a short ring item"
+            );
+            // The ring buffer gives no alignment promise.
+            messages.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        }
+        Ok(messages)
+    }
+
     /// Runs the program `repeat` times on `frame`.
     pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
         testrun::run_repeat(loader::program_mut(&mut self.ebpf)?, frame, repeat)

@@ -4,21 +4,28 @@
 //! truncated, a compression loop, a spoofed answer into enforce scope), then TCP SYNs
 //! from the site to the learned addresses land in their own rows' counters, unlearned
 //! ones fall back to the first matching row, the spoofed one stays denied, and a short
-//! TTL with a shortened grace expires; a reload keeps what was learned. Needs root.
+//! TTL with a shortened grace expires; a reload keeps what was learned. And the kernel's
+//! hand-off itself, through BPF_PROG_TEST_RUN: both families, the 512-byte cut, verdicts
+//! unchanged. Needs root.
 
 use std::{
     net::SocketAddrV4,
     time::{Duration, Instant},
 };
 
+use emis_lab::site::TEST_SITE;
 use emis_lab::{
     daemon::{gateway_run_args, Daemon, DaemonDirs},
     dns::send_responses,
     tcp_connects, Host, Lab, TcpServers, EMIS_BACKUP, EMIS_INTERNET, EMIS_N2, EMIS_PRIMARY,
     OUT_OF_SCOPE, SITE_ADDR,
 };
-use emis_policy::dns::craft::{self, Response, Rr};
-use emis_tests::emis_bin;
+use emis_policy::{
+    dns::craft::{self, Response, Rr},
+    packet::{PacketSpec, TCP_SYN},
+    policy::{Mode, Replies},
+};
+use emis_tests::{default_policy, emis_bin, ip, Harness};
 
 /// Packets counted forward under `slug`, from `emis stats --json`.
 fn forward_packets(dirs: &DaemonDirs, slug: &str) -> u64 {
@@ -266,4 +273,69 @@ fn learned_hostnames_put_traffic_in_its_own_row() {
     }
     daemon.stop().expect("stopping emis run");
     dirs.detach().expect("emis detach");
+}
+
+/// A UDP frame from `src`:`sport` carrying `payload`.
+fn udp_with(src: &str, dst: &str, sport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = PacketSpec::udp(ip(src), ip(dst), sport, 40053);
+    p.payload_len = payload.len();
+    let mut frame = p.build();
+    let at = frame.len() - payload.len();
+    frame[at..].copy_from_slice(payload);
+    frame
+}
+
+#[test]
+fn the_kernel_hands_over_dns_from_port_53_in_both_families_without_changing_a_verdict() {
+    let policy = default_policy(TEST_SITE, true);
+    let mut h = Harness::new(&policy, Mode::Enforce, Replies::Stateful);
+    let answer = Response::new(
+        "x.emis-x.uk",
+        vec![Rr::a("x.emis-x.uk", 60, "185.13.72.10")],
+    )
+    .build();
+    // Off until the daemon switches it on.
+    h.check(&udp_with("198.51.100.10", "192.168.10.2", 53, &answer))
+        .unwrap();
+    assert!(h.prog.dns_messages().unwrap().is_empty());
+    h.prog.set_dns_handoff(true).unwrap();
+    let long: Vec<u8> = (0..900u32).map(|i| i as u8).collect();
+    let frames = [
+        udp_with("198.51.100.10", "192.168.10.2", 53, &answer),
+        udp_with("2001:db8:99::53", "2001:db8:10::2", 53, &answer),
+        // In scope and denied: handed over all the same, and still dropped.
+        udp_with("10.207.116.10", "192.168.10.2", 53, &answer),
+        udp_with("198.51.100.10", "192.168.10.2", 53, &long),
+        // Not from port 53: nothing.
+        udp_with("198.51.100.10", "192.168.10.2", 5353, &answer),
+    ];
+    // The kernel's verdict and counter are the model's, which knows nothing of DNS.
+    let decisions: Vec<_> = frames.iter().map(|f| h.check(f).unwrap()).collect();
+    assert!(
+        matches!(decisions[2], emis_common::Decision::Deny { .. }),
+        "{:?}",
+        decisions[2]
+    );
+    let messages = h.prog.dns_messages().unwrap();
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    for m in &messages[..3] {
+        assert_eq!(
+            (m.len as usize, m.captured_len as usize),
+            (answer.len(), answer.len())
+        );
+        assert_eq!(&m.data[..answer.len()], &answer[..]);
+    }
+    let cut = &messages[3];
+    assert_eq!((cut.len, cut.captured_len), (900, 512));
+    assert_eq!(&cut.data[..], &long[..512]);
+    // Handing over teaches the kernel nothing by itself (the daemon writes the learned
+    // map): the SYN to the answered address still goes to the first matching row.
+    let syn = PacketSpec::tcp(ip("192.168.10.2"), ip("185.13.72.10"), 40000, 443, TCP_SYN).build();
+    assert_eq!(
+        h.check(&syn).unwrap(),
+        emis_common::Decision::Allow {
+            rule: 0,
+            path: emis_common::Path::Forward
+        }
+    );
 }
