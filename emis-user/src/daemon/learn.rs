@@ -40,6 +40,8 @@ pub struct Learner {
     expiry: Expiry,
     /// Per address, its live names and when each expires.
     table: HashMap<IpAddr, BTreeMap<String, Instant>>,
+    /// The pinned learned maps, by name, opened on first use.
+    maps: HashMap<&'static str, aya::maps::Map>,
     pub stats: LearnStats,
 }
 
@@ -86,6 +88,7 @@ impl Learner {
             slugs: policy.rules.iter().map(|r| r.slug.clone()).collect(),
             expiry,
             table: HashMap::new(),
+            maps: HashMap::new(),
             stats: LearnStats::default(),
         }
     }
@@ -168,13 +171,21 @@ impl Learner {
             self.stats.overflow += 1;
         }
         let name = map_name(addr);
-        let result = self
-            .pins
-            .open_map(name)
-            .map_err(|e| e.to_string())
-            .and_then(|mut map| {
-                write(&mut map, addr, value.as_ref().map(|(v, _)| v)).map_err(|e| e.to_string())
-            });
+        // Opened once: the pinned maps are the same across reloads.
+        if !self.maps.contains_key(name) {
+            match self.pins.open_map(name) {
+                Ok(map) => {
+                    self.maps.insert(name, map);
+                }
+                Err(e) => {
+                    self.stats.map_errors += 1;
+                    tracing::warn!(%addr, error = %e, "opening the learned map");
+                    return;
+                }
+            }
+        }
+        let map = self.maps.get_mut(name).expect("inserted above");
+        let result = write(map, addr, value.as_ref().map(|(v, _)| v));
         if let Err(e) = result {
             self.stats.map_errors += 1;
             tracing::warn!(%addr, error = %e, "writing a learned address");
