@@ -54,3 +54,23 @@ pub fn value_for<'a>(
         .learned(groups)
         .map(|learned| (learned.value, learned.overflow))
 }
+
+/// Removes every address from `map` (a learned map of either family); how many it removed.
+pub fn clear(map: &mut Map, v6: bool) -> Result<usize, MapError> {
+    fn clear_keys<const N: usize>(map: &mut Map) -> Result<usize, MapError> {
+        let mut m: HashMap<&mut MapData, [u8; N], LearnedValue> = HashMap::try_from(map)?;
+        let keys: Vec<[u8; N]> = m.keys().filter_map(Result::ok).collect();
+        for key in &keys {
+            match m.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(keys.len())
+    }
+    if v6 {
+        clear_keys::<16>(map)
+    } else {
+        clear_keys::<4>(map)
+    }
+}

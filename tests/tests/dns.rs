@@ -4,7 +4,8 @@
 //! truncated, a compression loop, a spoofed answer into enforce scope), then TCP SYNs
 //! from the site to the learned addresses land in their own rows' counters, unlearned
 //! ones fall back to the first matching row, the spoofed one stays denied, and a short
-//! TTL with a shortened grace expires; a reload keeps what was learned. And the kernel's
+//! TTL with a shortened grace expires; a reload keeps what was learned, a new run starts
+//! afresh. And the kernel's
 //! hand-off itself, through BPF_PROG_TEST_RUN: both families, the 512-byte cut, verdicts
 //! unchanged. Needs root.
 
@@ -271,6 +272,14 @@ fn learned_hostnames_put_traffic_in_its_own_row() {
             "no {wanted} in the metrics:\n{metrics}"
         );
     }
+    daemon.stop().expect("stopping emis run");
+
+    // A new run knows nothing of the last one's names, so it empties the pinned maps
+    // rather than keep addresses it could never expire.
+    let args = gateway_run_args(&lab, &["--dns-grace", "0", "--dns-ttl-floor", "1"]);
+    let mut daemon = Daemon::start(&dirs, &args).expect("emis run again");
+    assert_eq!(names(&dirs)["names"].as_array().unwrap().len(), 0);
+    lands_under(&lab, &dirs, EMIS_INTERNET, "web-mobile-openapi");
     daemon.stop().expect("stopping emis run");
     dirs.detach().expect("emis detach");
 }

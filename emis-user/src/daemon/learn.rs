@@ -16,6 +16,7 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use emis_common::{
     DnsConfig, DnsMessage, DEFAULT_DNS_RATE, DNS_COUNT_DOT, DNS_COUNT_HANDED, DNS_COUNT_RING_FULL,
     DNS_COUNT_SUPPRESSED, DNS_MESSAGE_SIZE, DNS_SNAP_LEN, MAP_DNS, MAP_DNS_CONFIG, MAP_DNS_COUNTS,
+    MAP_LEARNED_V4, MAP_LEARNED_V6,
 };
 use emis_policy::{
     dns::{read_response, Expiry, Reject},
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use super::{error::What as _, pins::Pins, Error};
-use crate::learned::{map_name, value_for, write};
+use crate::learned::{clear, map_name, value_for, write};
 
 /// How often expired names are swept out.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -90,6 +91,25 @@ impl Learner {
             table: HashMap::new(),
             maps: HashMap::new(),
             stats: LearnStats::default(),
+        }
+    }
+
+    /// Empties the pinned learned maps: an earlier daemon's addresses would never expire,
+    /// since this one does not know them. They are learned again from the next answers.
+    pub fn forget_earlier(&mut self) {
+        for (name, v6) in [(MAP_LEARNED_V4, false), (MAP_LEARNED_V6, true)] {
+            let cleared = self
+                .pins
+                .open_map(name)
+                .map_err(|e| e.to_string())
+                .and_then(|mut map| clear(&mut map, v6).map_err(|e| e.to_string()));
+            match cleared {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(addresses = n, "forgot the addresses an earlier run learned")
+                }
+                Err(e) => tracing::warn!(error = %e, "emptying {name}"),
+            }
         }
     }
 

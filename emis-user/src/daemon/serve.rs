@@ -132,6 +132,9 @@ fn serve(
         enforcer.hostnames.clone(),
         enforcer.settings.dns_expiry,
     )));
+    if let Ok(mut learner) = learner.lock() {
+        learner.forget_earlier();
+    }
     learn::set_handoff(&enforcer.pins, true)?;
     let interface_names = events::interface_names(
         &enforcer.settings.interfaces,
