@@ -9,6 +9,7 @@
 //! - [`events`]: the drop-event record, its rate limit and counters.
 //! - [`iface`]: the per-interface counters' layout and overflow slot.
 //! - [`trace`]: which packets the kernel log's per-decision trace reports.
+//! - [`learned`]: addresses learned from DNS answers, hostname groups, the DNS hand-off.
 //!
 //! Everything is `no_std`, allocation-free and inlined where the kernel program calls
 //! it; map types are `#[repr(C)]` plain data with explicit padding. The reference model
@@ -23,6 +24,7 @@ pub mod events;
 pub mod flow;
 pub mod icmp;
 pub mod iface;
+pub mod learned;
 pub mod maps;
 pub mod trace;
 pub mod wire;
@@ -33,6 +35,7 @@ pub use events::*;
 pub use flow::*;
 pub use icmp::*;
 pub use iface::*;
+pub use learned::*;
 pub use maps::*;
 pub use trace::*;
 pub use wire::*;
@@ -53,6 +56,10 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for EventBucket {}
     unsafe impl aya::Pod for TraceMatch {}
+    unsafe impl aya::Pod for LearnedValue {}
+    unsafe impl aya::Pod for LearnedEntry {}
+    unsafe impl aya::Pod for DnsConfig {}
+    unsafe impl aya::Pod for DnsMessage {}
 }
 
 #[cfg(test)]

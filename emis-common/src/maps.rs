@@ -166,7 +166,9 @@ impl RuleEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RuleSet {
     pub len: u32,
-    pub _pad: u32,
+    /// The hostname-group bits ([`crate::learned`]) of the rules naming hostnames that list
+    /// this port: zero means no destination's learned names can change the match here.
+    pub hostnames: u32,
     pub entries: [RuleEntry; MAX_CANDIDATES],
 }
 

@@ -21,14 +21,16 @@ use emis_common::{
     Segment, Tracked, DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT,
     FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED,
     FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED,
-    FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE, MAX_CANDIDATES, MAX_L4_OFFSET, MAX_PORT_ENTRIES,
-    MAX_PREFIXES, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    STATS_LEN, TCP_HLEN,
+    FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE, MAX_CANDIDATES, MAX_L4_OFFSET, MAX_LEARNED_ENTRIES,
+    MAX_PORT_ENTRIES, MAX_PREFIXES, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_HLEN,
 };
 
+mod dns;
 mod egress;
 mod events;
 mod iface;
+mod learned;
 mod parse;
 mod trace;
 
@@ -182,14 +184,31 @@ impl<'a> Standing<'a> {
 
     /// The first rule listing `proto`/`port` that the packet matches, forward or (`reply`)
     /// reversed. The count-scope tries are walked only once an entry names a count-scope
-    /// network.
+    /// network. `LEARN` (a forward TCP or UDP packet, never `reply`): if the destination
+    /// was learned from DNS for names some rule on this port names, the first of those
+    /// rules that matches wins ([`learned_match`]); the learned map is read only for a
+    /// port that a rule naming hostnames lists.
     #[inline(always)]
-    fn first_match(&mut self, proto: u8, port: u16, reply: bool) -> Option<u32> {
+    fn first_match<const LEARN: bool>(&mut self, proto: u8, port: u16, reply: bool) -> Option<u32> {
         let set: &RuleSet = unsafe { PORTS.get(PortKey::new(proto, port)) }?;
         let mut src = self.src.info().classes_with(self.unset_roles);
         let mut dst = self.dst.info().classes_with(self.unset_roles);
         let mut with_count = false;
         let len = set.len as usize;
+        if LEARN {
+            // LEARN is a forward packet's walk: the destination is the rule's destination.
+            let mut flags = 0;
+            if self.dst.v6 {
+                flags |= LEARN_V6;
+            }
+            if self.src.info().network == NO_NETWORK && self.dst.info().network == NO_NETWORK {
+                flags |= LEARN_OUT_OF_SCOPE;
+            }
+            let rule = learned_match(set, self.dst.addr, flags, src, dst);
+            if rule != NO_RULE {
+                return Some(rule);
+            }
+        }
         for i in 0..MAX_CANDIDATES {
             if i >= len {
                 break;
@@ -221,6 +240,45 @@ impl<'a> Standing<'a> {
     }
 }
 
+/// `first_match`'s walk for a destination learned from DNS: the first of the rules
+/// `addr` was learned for (spec order, as the daemon wrote them) that lists this port
+/// (its group is in the port's set) and whose networks match `from` and `to`, or
+/// [`NO_RULE`]. `flags` holds `LEARN_*` bits (the port stays out of them: a value the
+/// walk compares would keep the verifier from merging states). In the walk the
+/// destination's count-scope classes are those it was learned for, and only when the
+/// packet is out of enforce scope (`LEARN_OUT_OF_SCOPE`), so a learned address never
+/// allows anything there. Out of line, so the packet path carries one call.
+#[inline(never)]
+fn learned_match(set: &RuleSet, addr: &Addr, flags: u32, from: u64, to: u64) -> u32 {
+    if set.hostnames == 0 {
+        return NO_RULE;
+    }
+    let Some(learned) = learned::lookup(addr, flags & LEARN_V6 != 0) else {
+        return NO_RULE;
+    };
+    let to = if flags & LEARN_OUT_OF_SCOPE != 0 {
+        to | learned.count_classes
+    } else {
+        to
+    };
+    let len = learned.len as usize;
+    for i in 0..MAX_LEARNED_ENTRIES {
+        if i >= len {
+            break;
+        }
+        let entry = &learned.entries[i];
+        if entry.matches(set.hostnames, from, to) {
+            return entry.rule;
+        }
+    }
+    NO_RULE
+}
+
+const LEARN_V6: u32 = 1;
+const LEARN_OUT_OF_SCOPE: u32 = 2;
+/// [`learned_match`]'s "none".
+const NO_RULE: u32 = u32::MAX;
+
 #[inline(always)]
 fn decide(ctx: &XdpContext, cfg: &Config, link: Link) -> Decision {
     let mut l3 = L3::EMPTY;
@@ -236,7 +294,11 @@ fn decide(ctx: &XdpContext, cfg: &Config, link: Link) -> Decision {
     }
     let judged = match l3.proto {
         PROTO_TCP | PROTO_UDP => match transport_header(ctx, &l3) {
-            Some(l4) => transport(ctx, &l3, &l4, &mut standing, cfg),
+            Some(l4) => {
+                // DNS answers to the daemon, DoT counted; the verdict is not touched.
+                dns::observe(ctx, l3.proto, l4.sport, l4.dport, l3.l4_offset, l3.l4_len);
+                transport(ctx, &l3, &l4, &mut standing, cfg)
+            }
             None => Err(DenyReason::Malformed),
         },
         PROTO_ICMP if !l3.v6 => icmp(ctx, &l3, &mut standing, cfg),
@@ -320,7 +382,7 @@ fn transport(
     standing: &mut Standing,
     cfg: &Config,
 ) -> Result<Decision, DenyReason> {
-    if let Some(rule) = standing.first_match(l3.proto, l4.dport, false) {
+    if let Some(rule) = standing.first_match::<true>(l3.proto, l4.dport, false) {
         if cfg.stateful() {
             // Both ends out of enforce scope: the replies pass anyway, so keep no state.
             if standing.network() == NO_NETWORK {
@@ -340,7 +402,7 @@ fn transport(
     let rule = if cfg.stateful() {
         track_reply(&flow_key(l3, l4).reversed(), &segment(ctx, l3, l4), cfg)
     } else if stateless_reply(l3.proto, l4.flags) {
-        standing.first_match(l3.proto, l4.sport, true)
+        standing.first_match::<false>(l3.proto, l4.sport, true)
     } else {
         None
     };
@@ -503,8 +565,8 @@ fn icmp(
     } else {
         let mut about = Standing::new(&quoted.src, &quoted.dst, l3.v6, cfg);
         about
-            .first_match(quoted.proto, quoted.dport, false)
-            .or_else(|| about.first_match(quoted.proto, quoted.sport, true))
+            .first_match::<false>(quoted.proto, quoted.dport, false)
+            .or_else(|| about.first_match::<false>(quoted.proto, quoted.sport, true))
     };
     rule.map(|rule| Decision::Allow {
         rule,

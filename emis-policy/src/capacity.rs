@@ -126,6 +126,11 @@ pub enum CapacityError {
          Narrow the widest port ranges"
     )]
     PortEntries { count: usize, max: usize },
+    #[error(
+        "the rules name {count} distinct sets of hostnames; the enforcer tells at most {max} \
+         apart. Give rules that share a destination the same hostnames list"
+    )]
+    HostnameGroups { count: usize, max: usize },
 }
 
 impl CapacityError {
@@ -142,7 +147,8 @@ impl CapacityError {
             ),
             CapacityError::FlattenedPrefixes { .. }
             | CapacityError::Candidates { .. }
-            | CapacityError::PortEntries { .. } => None,
+            | CapacityError::PortEntries { .. }
+            | CapacityError::HostnameGroups { .. } => None,
         }
     }
 }

@@ -9,6 +9,7 @@ use emis_common::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::capacity::{CapacityError, Limits};
+use crate::hostnames::HostnameGroups;
 use crate::policy::{Endpoint, Policy, Scope};
 
 /// Everything the loader writes into the maps, except the mode.
@@ -22,6 +23,8 @@ pub struct Compiled {
     pub count_v6: Vec<(Ipv6Net, u64)>,
     pub ports: BTreeMap<PortKey, RuleSet>,
     pub config: Config,
+    /// The rules' hostname groups: what an address learned for a name means.
+    pub hostnames: HostnameGroups,
 }
 
 /// Compiling fails only when the policy does not fit the maps.
@@ -88,13 +91,16 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
     ] {
         limits.check_trie(family, count)?;
     }
+    let hostnames = HostnameGroups::of(policy)?;
+    let ports = port_sets(policy, &limits, &hostnames.rule_bits)?;
     Ok(Compiled {
         v4,
         v6,
         count_v4,
         count_v6,
-        ports: port_sets(policy, &limits)?,
+        ports,
         config: config(policy, unset_roles, count_mask),
+        hostnames,
     })
 }
 
@@ -109,6 +115,7 @@ pub fn compile_with_slots(policy: &Policy, slots: &[u32]) -> Result<Compiled, Co
             entry.rule = slots[entry.rule as usize];
         }
     }
+    compiled.hostnames.set_slots(slots);
     Ok(compiled)
 }
 
@@ -201,10 +208,12 @@ fn flatten<N: Copy + Eq>(
 
 /// Per (protocol, port), the rules listing it in spec order. A rule whose sources and
 /// destinations are covered by an earlier rule's on that port can never be the first
-/// match there, so it is left out.
+/// match there, so it is left out. The set's `hostnames` holds the hostname-group bits of
+/// every rule listing the port, left out or not: a learned address may still pick it.
 fn port_sets(
     policy: &Policy,
     limits: &Limits,
+    hostname_bits: &[u32],
 ) -> Result<BTreeMap<PortKey, RuleSet>, CapacityError> {
     let mut sets: BTreeMap<PortKey, RuleSet> = BTreeMap::new();
     for (id, rule) in policy.rules.iter().enumerate() {
@@ -218,6 +227,7 @@ fn port_sets(
             for port in range.first..=range.last {
                 let key = PortKey::new(rule.protocol.number(), port);
                 let set = sets.entry(key).or_default();
+                set.hostnames |= hostname_bits[id];
                 let existing = &set.entries[..set.len as usize];
                 if existing
                     .iter()
@@ -251,7 +261,7 @@ fn port_sets(
 mod tests {
     use super::*;
     use crate::policy::{Direction, Network, PortRange, Protocol, Role, Rule};
-    use emis_common::MAX_CANDIDATES;
+    use emis_common::{MAX_CANDIDATES, MAX_HOSTNAME_GROUPS};
 
     /// What the kernel learns of `addr` from the compiled tries: the longest match in the
     /// enforce/role trie, with the longest count-scope match's classes added. The userspace
@@ -465,5 +475,57 @@ mod tests {
             compile(&wide),
             Err(CapacityError::PortEntries { .. })
         ));
+    }
+
+    #[test]
+    fn hostname_groups_share_a_bit_and_have_a_limit() {
+        let lan = Endpoint::Role(Role::LAN);
+        let named = |slug: &str, port: u16, hostnames: &[&str]| {
+            let mut r = rule(
+                slug,
+                Protocol::Tcp,
+                &[(port, port)],
+                lan,
+                Endpoint::Network(0),
+            );
+            r.hostnames = hostnames.iter().map(|h| h.to_string()).collect();
+            r
+        };
+        let p = policy(
+            [None, None, None, None],
+            vec![
+                named("a", 443, &["a.example.com"]),
+                named("b", 443, &["A.example.com."]),
+                named("c", 8443, &["a.example.com"]),
+                named("d", 443, &["*.example.com"]),
+            ],
+        );
+        let c = compile(&p).unwrap();
+        let bits = &c.hostnames.rule_bits;
+        assert_eq!(
+            bits[0], bits[1],
+            "same names, protocol and ports: one group"
+        );
+        assert_ne!(bits[0], bits[2], "other ports: another group");
+        assert_eq!(c.ports[&PortKey::new(6, 443)].hostnames, bits[0] | bits[3]);
+        assert_eq!(c.ports[&PortKey::new(6, 8443)].hostnames, bits[2]);
+        let learned = c
+            .hostnames
+            .learned(c.hostnames.groups_of("a.example.com"))
+            .unwrap();
+        // b is covered by a (same group, same classes); c and d follow in spec order.
+        let rules: Vec<u32> = learned.value.entries[..learned.value.len as usize]
+            .iter()
+            .map(|e| e.rule)
+            .collect();
+        assert_eq!(rules, vec![0, 2, 3]);
+        let many: Vec<Rule> = (0..=MAX_HOSTNAME_GROUPS)
+            .map(|i| named(&format!("r{i}"), 443, &[&format!("h{i}.example.com")]))
+            .collect();
+        let err = compile(&policy([None, None, None, None], many)).unwrap_err();
+        assert!(
+            matches!(err, CapacityError::HostnameGroups { count: 33, max: 32 }),
+            "{err}"
+        );
     }
 }

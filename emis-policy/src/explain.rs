@@ -7,8 +7,8 @@ use emis_common::{Decision, Path, PROTO_ICMP, PROTO_ICMPV6};
 use serde::Serialize;
 
 use crate::{
-    compile::Compiled,
-    model::{self, Model},
+    compile::{endpoint_mask, Compiled},
+    model::Model,
     packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
     policy::{Mode, Policy, Replies, Role, Scope},
 };
@@ -22,6 +22,8 @@ pub struct ExplainRequest {
     pub tcp_flags: String,
     pub mode: Mode,
     pub replies: Replies,
+    /// Addresses learned from DNS, as `emis run` would have learned them: (name, address).
+    pub learned: Vec<(String, IpAddr)>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -88,9 +90,16 @@ pub fn explain(policy: &Policy, request: &ExplainRequest) -> Result<Explanation>
         other => return Err(ExplainError::UnknownProtocol(other.to_string())),
     };
     let frame = packet.build();
-    let decision = Model::new(policy, request.replies).decide(&frame);
+    let model = |replies| {
+        let mut model = Model::new(policy, replies);
+        for (name, addr) in &request.learned {
+            model.learn(name, *addr);
+        }
+        model
+    };
+    let decision = model(request.replies).decide(&frame);
     // A reply in stateful mode is allowed only inside a flow the forward packet opened.
-    let stateless = model::decide(policy, &frame);
+    let stateless = model(Replies::Stateless).decide(&frame);
     let note = match (decision, stateless) {
         (Decision::Deny { .. }, Decision::Allow { rule, path }) if path != Path::Forward => Some(format!(
             "stateful replies: allowed as {} under rule {} once the flow's forward packet has been allowed",
@@ -232,11 +241,31 @@ pub fn summary(policy: &Policy, compiled: &Compiled) -> String {
     );
     if !policy.shadowed.is_empty() {
         let _ = writeln!(out, "\nshared counters: these rules match only packets an earlier rule matches, so their traffic is counted under it:");
+        let bits = &compiled.hostnames.rule_bits;
         for &(rule, under) in &policy.shadowed {
+            // Hostnames no earlier rule of its group covers: addresses learned from DNS
+            // for them count apart.
+            let bit = bits[rule as usize];
+            let mask = |id: usize| {
+                let r = &policy.rules[id];
+                (endpoint_mask(&r.from), endpoint_mask(&r.to))
+            };
+            let (src, dst) = mask(rule as usize);
+            let apart = bit != 0
+                && !(0..rule as usize).any(|earlier| {
+                    let (s, d) = mask(earlier);
+                    bits[earlier] == bit && s & src == src && d & dst == dst
+                });
             let _ = writeln!(
                 out,
-                "  {:<36} -> {}",
-                policy.rules[rule as usize].slug, policy.rules[under as usize].slug
+                "  {:<36} -> {}{}",
+                policy.rules[rule as usize].slug,
+                policy.rules[under as usize].slug,
+                if apart {
+                    " (apart for addresses learned for its hostnames)"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -274,6 +303,7 @@ mod tests {
             tcp_flags: flags.into(),
             mode: Mode::Enforce,
             replies,
+            learned: vec![],
         };
         explain(&policy, &request).unwrap()
     }
@@ -350,5 +380,33 @@ mod tests {
             ("pass", Some("out_of_scope"))
         );
         assert!(parse_tcp_flags("syn,bogus").is_err());
+    }
+
+    #[test]
+    fn learned_names_pick_their_row() {
+        let policy = load_policy(&Source::default_spec(), &SiteOptions::default()).unwrap();
+        let mut request = ExplainRequest {
+            src: "192.168.10.2".parse().unwrap(),
+            dst: "185.13.72.10".parse().unwrap(),
+            proto: "tcp".into(),
+            sport: 40000,
+            dport: 443,
+            tcp_flags: "syn".into(),
+            mode: Mode::Enforce,
+            replies: Replies::Stateful,
+            learned: vec![],
+        };
+        assert_eq!(
+            explain(&policy, &request).unwrap().rule.as_deref(),
+            Some("web-mobile-openapi")
+        );
+        request.learned = vec![("X.Service-Now.com.".into(), request.dst)];
+        assert_eq!(
+            explain(&policy, &request).unwrap().rule.as_deref(),
+            Some("emis-x-service-now")
+        );
+        request.dst = "194.189.117.64".parse().unwrap();
+        request.learned = vec![("x.service-now.com".into(), request.dst)];
+        assert_eq!(explain(&policy, &request).unwrap().verdict, "deny");
     }
 }

@@ -9,10 +9,14 @@
 //!   from the policy directly, so agreement checks the compiler too.
 //! - `packet` builds frames for tests, `explain` judges one packet for `emis explain`, and
 //!   `nft` writes the same policy as an nftables ruleset.
+//! - `hostnames` matches the spec's hostnames and groups the rules naming them; `dns`
+//!   reads DNS responses into learned (name, address, TTL) answers.
 
 pub mod capacity;
 pub mod compile;
+pub mod dns;
 pub mod explain;
+pub mod hostnames;
 pub mod model;
 pub mod nft;
 pub mod packet;

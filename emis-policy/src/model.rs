@@ -30,9 +30,11 @@ use emis_common::{
 
 mod egress;
 mod flows;
+mod learned;
 mod lru;
 
 pub use flows::FlowEvents;
+pub use learned::LearnedNames;
 use lru::Lru;
 
 use crate::{
@@ -482,6 +484,7 @@ pub struct Model<'p> {
     frags: Lru<FragKey, FragValue>,
     events: FlowEvents,
     now_ns: u64,
+    learned: LearnedNames,
 }
 
 /// Where a packet's addresses stand before any rule: their classes and the
@@ -518,6 +521,7 @@ impl<'p> Model<'p> {
             frags: Lru::new(FRAG_TABLE_SIZE as usize),
             events: FlowEvents::default(),
             now_ns: 0,
+            learned: LearnedNames::default(),
         }
     }
 
@@ -532,6 +536,16 @@ impl<'p> Model<'p> {
             .peek(key)
             .or_else(|| self.new_flows.peek(key))
             .copied()
+    }
+
+    /// `addr` was learned from a DNS answer for `name` (as the daemon writes it for the kernel).
+    pub fn learn(&mut self, name: &str, addr: IpAddr) {
+        self.learned.learn(name, addr);
+    }
+
+    /// `addr`'s learned names expired.
+    pub fn forget(&mut self, addr: IpAddr) {
+        self.learned.forget(addr);
     }
 
     /// Sets the model's clock, in nanoseconds, for flow and fragment lifetimes.
@@ -620,13 +634,24 @@ impl<'p> Model<'p> {
         l4: &L4Facts,
         standing: &Standing,
     ) -> Result<Decision, DenyReason> {
-        if let Some(rule) = first_rule(
+        let learned = self.learned.rule(
             self.policy,
             facts.proto,
             l4.dport,
-            standing.src,
-            standing.dst,
-        ) {
+            facts.dst,
+            (standing.src, standing.dst),
+            standing.network == NO_NETWORK,
+        );
+        let forward = learned.or_else(|| {
+            first_rule(
+                self.policy,
+                facts.proto,
+                l4.dport,
+                standing.src,
+                standing.dst,
+            )
+        });
+        if let Some(rule) = forward {
             if self.stateful() {
                 if standing.network == NO_NETWORK {
                     // Both ends out of enforce scope: the replies pass anyway.

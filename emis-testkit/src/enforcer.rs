@@ -30,6 +30,7 @@ use crate::testrun::{self, RunResult};
 pub struct TestProgram {
     ebpf: Ebpf,
     options: LoadOptions,
+    hostnames: emis_policy::hostnames::HostnameGroups,
 }
 
 impl TestProgram {
@@ -48,7 +49,54 @@ impl TestProgram {
         Ok(TestProgram {
             ebpf: loader::load(&compiled, options)?,
             options,
+            hostnames: compiled.hostnames,
         })
+    }
+
+    /// Writes `addr` into the learned map as the daemon would once DNS answers taught it
+    /// `names`; no rule naming any of them removes it.
+    pub fn learn(&mut self, names: &[&str], addr: std::net::IpAddr) -> Result<()> {
+        let value = emis::learned::value_for(&self.hostnames, names.iter().copied());
+        let name = emis::learned::map_name(addr);
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("no map {name}"))?;
+        emis::learned::write(map, addr, value.as_ref().map(|(v, _)| v))
+            .with_context(|| format!("writing {addr} into {name}"))
+    }
+
+    /// Switches the DNS hand-off on or off, as the daemon does while it learns.
+    pub fn set_dns_handoff(&mut self, on: bool) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(emis_common::MAP_DNS_CONFIG)
+            .context("no DNS config map")?;
+        let mut config: Array<&mut MapData, emis_common::DnsConfig> = Array::try_from(map)?;
+        let value = emis_common::DnsConfig {
+            enabled: on as u32,
+            rate: emis_common::DEFAULT_DNS_RATE,
+        };
+        config.set(0, value, 0).context("writing the DNS config")
+    }
+
+    /// Takes every DNS message the program handed over since the last call.
+    pub fn dns_messages(&mut self) -> Result<Vec<emis_common::DnsMessage>> {
+        let map = self
+            .ebpf
+            .map_mut(emis_common::MAP_DNS)
+            .context("no DNS ring buffer")?;
+        let mut ring = aya::maps::RingBuf::try_from(map)?;
+        let mut messages = Vec::new();
+        while let Some(item) = ring.next() {
+            anyhow::ensure!(
+                item.len() >= emis_common::DNS_MESSAGE_SIZE,
+                "a short ring item"
+            );
+            // The ring buffer gives no alignment promise.
+            messages.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        }
+        Ok(messages)
     }
 
     /// Runs the program `repeat` times on `frame`.

@@ -29,7 +29,9 @@ pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT
 /// maps (address tries, ports) and the config are new with every program.
 /// The event ring buffer and its counters are shared too, so `emis watch` clients keep
 /// reading across a reload.
-pub const SHARED_MAPS: [&str; 9] = [
+/// So are the learned addresses and the DNS hand-off (ring, counters, switch): what the
+/// daemon learned outlives a reload, which rewrites the values for the new rules.
+pub const SHARED_MAPS: [&str; 14] = [
     MAP_STATS,
     MAP_FLOWS,
     MAP_FLOWS_NEW,
@@ -40,6 +42,11 @@ pub const SHARED_MAPS: [&str; 9] = [
     emis_common::MAP_IFACE_STATS,
     // The kernel log's ring buffer: one reader follows it across reloads.
     emis_common::MAP_KERNEL_LOG,
+    emis_common::MAP_LEARNED_V4,
+    emis_common::MAP_LEARNED_V6,
+    emis_common::MAP_DNS,
+    emis_common::MAP_DNS_COUNTS,
+    emis_common::MAP_DNS_CONFIG,
 ];
 
 /// What a load sets besides the compiled policy.

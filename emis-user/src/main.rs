@@ -2,6 +2,7 @@
 //! lifecycle lives in `emis::daemon`, the policy in `emis_policy`.
 
 mod generate;
+mod names;
 mod watch;
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
@@ -76,6 +77,8 @@ enum Command {
     Capture(watch::CaptureArgs),
     /// The busiest denied sources and destinations of the last minute (the daemon must run).
     Top(watch::TopArgs),
+    /// The hostnames learned from DNS answers: addresses, rows, expiry (the daemon must run).
+    Names(names::NamesArgs),
     /// Write the policy for another enforcer: `emis export nft` prints an nftables ruleset.
     #[command(subcommand)]
     Export(ExportCommand),
@@ -224,6 +227,16 @@ struct RunArgs {
     /// [default: every packet].
     #[arg(long = "kernel-log-match", value_name = "ADDR[/LEN]", value_parser = emis::kernel_log::parse_match)]
     kernel_log_match: Option<ipnet::IpNet>,
+    /// Seconds a name learned from DNS is kept past its TTL (a client may connect just
+    /// after the TTL ran out).
+    #[arg(long = "dns-grace", value_name = "SECONDS", default_value_t = emis_policy::dns::Expiry::default().grace_s)]
+    dns_grace: u64,
+    /// The shortest time a learned name is kept, whatever its TTL.
+    #[arg(long = "dns-ttl-floor", value_name = "SECONDS", default_value_t = emis_policy::dns::Expiry::default().floor_s)]
+    dns_ttl_floor: u64,
+    /// The longest time a learned name is kept, whatever its TTL.
+    #[arg(long = "dns-ttl-ceiling", value_name = "SECONDS", default_value_t = emis_policy::dns::Expiry::default().ceiling_s)]
+    dns_ttl_ceiling: u64,
 }
 
 fn kernel_log_parser() -> impl clap::builder::TypedValueParser<Value = KernelLog> {
@@ -309,9 +322,23 @@ struct ExplainArgs {
     /// How replies are recognised; stateful judges the packet as the first of its flow.
     #[arg(long, value_parser = replies_parser(), default_value = "stateful")]
     replies: Replies,
+    /// NAME=IP: the address was learned from a DNS answer for NAME (repeatable), as
+    /// `emis run` learns it; `emis names` lists what the daemon learned.
+    #[arg(long = "learned", value_parser = parse_learned)]
+    learned: Vec<(String, IpAddr)>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_learned(text: &str) -> Result<(String, IpAddr), String> {
+    let (name, addr) = text.split_once('=').ok_or_else(|| {
+        format!("{text:?}: use NAME=IP, e.g. openapi.emishealth.com=185.13.72.10")
+    })?;
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address (NAME=IP)"))?;
+    Ok((name.to_string(), addr))
 }
 
 #[derive(Args)]
@@ -361,6 +388,7 @@ fn main() -> ExitCode {
         Command::Watch(args) => watch::watch(&args),
         Command::Capture(args) => watch::capture(&args),
         Command::Top(args) => watch::top(&args),
+        Command::Names(args) => names::names(&args),
         Command::Mode(args) => mode(&args),
         Command::Export(ExportCommand::Nft { policy, nft }) => load(&policy).and_then(|p| {
             print!("{}", emis_policy::nft::ruleset(&p, &nft.options())?);
@@ -416,6 +444,7 @@ fn explain_cmd(args: &ExplainArgs) -> Result<()> {
         tcp_flags: args.tcp_flags.clone(),
         mode: args.mode,
         replies: args.replies,
+        learned: args.learned.clone(),
     };
     let answer = explain(&policy, &request)?;
     if args.json {
@@ -473,7 +502,13 @@ fn mode(args: &ModeArgs) -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     let config = args.config.clone();
-    let settings = RunSettings::resolve(config.as_deref(), args.given())?;
+    let dns_expiry = emis_policy::dns::Expiry {
+        grace_s: args.dns_grace,
+        floor_s: args.dns_ttl_floor,
+        ceiling_s: args.dns_ttl_ceiling,
+    };
+    let mut settings = RunSettings::resolve(config.as_deref(), args.given())?;
+    settings.dns_expiry = dns_expiry;
     let metrics = emis::metrics::MetricsOptions {
         bpf_stats: settings.bpf_stats,
     };

@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod events;
 pub mod exposition;
 pub mod interfaces;
+pub mod learned;
 pub mod program;
 
 use std::sync::{Arc, Mutex};

@@ -25,6 +25,7 @@
 //! - [`command`]: running `ip`, `nft`, ... with errors that name the command; shell quoting.
 //! - [`preflight`]: the root and tool checks ([`require_root_and_tools`]).
 //! - [`daemon`]: spawning, stopping and killing `emis run`, `emis detach`, GET /metrics.
+//! - [`dns`]: crafted DNS responses sent from a resolver's port 53 across the gateway.
 //! - [`tcp`], [`udp`]: probes and servers that drive traffic through the lab
 //!   ([`TcpServers`], [`tcp_connects`], [`UdpEcho`], [`udp_round_trip`]).
 //!
@@ -32,6 +33,7 @@
 
 pub mod command;
 pub mod daemon;
+pub mod dns;
 pub mod netns;
 pub mod preflight;
 pub mod site;

@@ -97,6 +97,18 @@ impl<'p> Harness<'p> {
         Ok(decision)
     }
 
+    /// `addr` was learned from DNS for `names` (replacing what it was learned for), in the
+    /// kernel's learned map and in the model alike.
+    pub fn learn(&mut self, names: &[&str], addr: IpAddr) {
+        self.prog
+            .learn(names, addr)
+            .expect("writing the learned map");
+        self.model.forget(addr);
+        for name in names {
+            self.model.learn(name, addr);
+        }
+    }
+
     /// Switches the mode of the loaded program.
     pub fn set_mode(&mut self, mode: Mode) {
         self.prog.set_mode(mode).expect("switching the mode");

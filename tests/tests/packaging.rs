@@ -516,5 +516,11 @@ fn the_units_capabilities_are_enough_and_perfmon_is_needed() {
         !attached,
         "attached without CAP_PERFMON: the unit could drop it\n{log}"
     );
-    assert!(log.contains("pointer -= pointer prohibited"), "{log}");
+    // Pointer arithmetic refused to a loader without CAP_PERFMON; which instruction the
+    // verifier meets first depends on how LLVM laid the program out.
+    assert!(
+        log.contains("pointer -= pointer prohibited")
+            || log.contains("pointer arithmetic with it prohibited for !root"),
+        "{log}"
+    );
 }

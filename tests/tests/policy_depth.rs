@@ -634,6 +634,113 @@ fn hostile_headers_get_the_verdict_the_policy_requires() {
     }
 }
 
+/// The slug's rule id in `policy`.
+fn rule_id(policy: &Policy, slug: &str) -> u32 {
+    policy
+        .rules
+        .iter()
+        .position(|r| r.slug == slug)
+        .expect(slug) as u32
+}
+
+/// Names learned from DNS for some of the generator's destinations: Table 3, Table 1 and
+/// Table 2 addresses (the last a spoof into enforce scope), Amazon's ranges and beyond,
+/// an address of two names, IPv6.
+const LEARNED: &[(&[&str], &str)] = &[
+    (&["identityservice.emishealth.com"], "185.13.72.10"),
+    (
+        &["a.b.service-now.com", "openapi.emishealth.com"],
+        "149.11.42.48",
+    ),
+    (&["ewcd01.emishealth.com"], "10.207.116.10"),
+    (&["evil.service-now.com"], "194.189.117.64"),
+    (&["a1-ats.iot.eu-west-2.amazonaws.com"], "198.51.100.10"),
+    (&["x.iot.eu-west-2.amazonaws.com"], "3.8.0.1"),
+    (&["x.emis-x.uk"], "18.130.5.5"),
+    (&["x.iot.eu-west-2.amazonaws.com"], "2a05:d01d::1"),
+];
+
+#[test]
+fn learned_addresses_count_under_their_own_rows_and_never_open_enforce_scope() {
+    let policy = default_policy(TEST_SITE, true);
+    for replies in [Replies::Stateful, Replies::Stateless] {
+        let mut h = Harness::new(&policy, Mode::Enforce, replies);
+        let syn = |dst: &str, port: u16| tcp(SITE, dst, 40100, port, TCP_SYN);
+        let forward = |slug: &str| allow(rule_id(&policy, slug), Path::Forward);
+        // Unlearned: the first matching row, as before.
+        assert_eq!(
+            h.check(&syn("185.13.72.10", 443)).unwrap(),
+            forward("web-mobile-openapi")
+        );
+        assert_eq!(
+            h.check(&syn("10.207.116.10", 443)).unwrap(),
+            forward("client-spine-messaging")
+        );
+        let spoofed = h.check(&syn("194.189.117.64", 443)).unwrap();
+        assert!(denied(DenyReason::NoRule)(&spoofed), "{spoofed:?}");
+        assert_eq!(
+            h.check(&syn("198.51.100.10", 443)).unwrap(),
+            Decision::Pass {
+                reason: PassReason::OutOfScope
+            }
+        );
+        for (names, addr) in LEARNED {
+            h.learn(names, ip(addr));
+        }
+        assert_eq!(
+            h.check(&syn("185.13.72.10", 443)).unwrap(),
+            forward("web-mobile-identityservice")
+        );
+        // Two names: the first row in spec order naming either.
+        assert_eq!(
+            h.check(&syn("149.11.42.48", 443)).unwrap(),
+            forward("web-mobile-openapi")
+        );
+        assert_eq!(
+            h.check(&syn("10.207.116.10", 443)).unwrap(),
+            forward("s3-documents")
+        );
+        // A learned name changes nothing on a port its rows do not list.
+        assert_eq!(
+            h.check(&syn("10.207.116.10", 33962)).unwrap(),
+            forward("client-sds-version-check")
+        );
+        // The spoofed answer: a Table 2 address for *.service-now.com stays denied on 443.
+        assert!(denied(DenyReason::NoRule)(
+            &h.check(&syn("194.189.117.64", 443)).unwrap()
+        ));
+        // Count scope: the learned address counts as inside Amazon's network.
+        assert_eq!(
+            h.check(&syn("198.51.100.10", 443)).unwrap(),
+            forward("appointment-refresh")
+        );
+        assert_eq!(
+            h.check(&syn("3.8.0.1", 443)).unwrap(),
+            forward("appointment-refresh")
+        );
+        // Learned for a Table 3 row, the address is still not in Table 3.
+        assert_eq!(
+            h.check(&syn("18.130.5.5", 443)).unwrap(),
+            forward("appointment-refresh")
+        );
+        let v6 = PacketSpec::tcp(
+            ip("2001:db8:10::2"),
+            ip("2a05:d01d::1"),
+            40100,
+            443,
+            TCP_SYN,
+        )
+        .build();
+        assert_eq!(h.check(&v6).unwrap(), forward("appointment-refresh"));
+        // Forgotten (expired): back to the first matching row.
+        h.learn(&[], ip("185.13.72.10"));
+        assert_eq!(
+            h.check(&syn("185.13.72.10", 443)).unwrap(),
+            forward("web-mobile-openapi")
+        );
+    }
+}
+
 #[test]
 fn kernel_and_model_agree_on_a_million_packets_of_conversations() {
     let policy = default_policy(TEST_SITE, true);
@@ -645,6 +752,10 @@ fn kernel_and_model_agree_on_a_million_packets_of_conversations() {
     let mut total = 0;
     for (replies, mode, count) in runs {
         let mut h = Harness::new(&policy, mode, replies);
+        // Some destinations learned from DNS, so the learned walk is held to the model too.
+        for (names, addr) in LEARNED {
+            h.learn(names, ip(addr));
+        }
         let mut conversations = Conversations::new(seed ^ count, 3000);
         let mut seen = std::collections::HashMap::<String, u64>::new();
         let mut disagreements = Vec::new();

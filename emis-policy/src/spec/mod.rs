@@ -17,7 +17,7 @@
 //! [[rule]]                  # rule id = position in the file
 //! slug = "client-spine-messaging"   # [a-z0-9-]+, unique
 //! description = "EMIS Web Client Spine Messaging"
-//! hostnames = ["openapi.emishealth.com"]  # optional; documentation and metrics, never matched
+//! hostnames = ["openapi.emishealth.com"]  # optional; names learned from DNS count a row's traffic apart
 //! protocol = "tcp"          # tcp | udp
 //! ports = [443, "8088-8092"] # numbers or "first-last" ranges, 1-65535, not overlapping
 //! direction = "outbound"    # outbound | inbound | local

@@ -164,7 +164,14 @@ pub(super) fn parse_rule(
     if let Some(v) = table.get("hostnames") {
         let field = table.sub("hostnames");
         for (i, item) in want_array(doc, v, &field)?.iter().enumerate() {
-            hostnames.push(want_str(doc, item, &format!("{field}[{i}]"))?.to_owned());
+            let name = want_str(doc, item, &format!("{field}[{i}]"))?;
+            // Learned from DNS, so it must be a name DNS can carry.
+            if let Err(e) = crate::hostnames::Pattern::parse(name) {
+                return Err(doc
+                    .error(Some(&item.span()), format!("{field}[{i}]"), e.to_string())
+                    .with_hint("write a name like openapi.emishealth.com or *.emis-x.uk"));
+            }
+            hostnames.push(name.to_owned());
         }
     }
     let proto_v = table.require("protocol")?;
@@ -351,6 +358,26 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn hostnames_must_be_names_dns_can_carry() {
+        let text = BASE.replace(
+            "protocol = \"tcp\"",
+            "hostnames = [\"ok.example.com\", \"*.x.*.com\"]\nprotocol = \"tcp\"",
+        );
+        assert_err(
+            &error(&text),
+            "t.toml",
+            pos(&text, "\"*.x.*"),
+            "rule[0].hostnames[1]",
+            "\"*.x.*.com\" is not a hostname",
+        );
+        let fine = BASE.replace(
+            "protocol = \"tcp\"",
+            "hostnames = [\"OK.example.com.\", \"*.emis-x.uk\"]\nprotocol = \"tcp\"",
+        );
+        assert!(load(&fine).is_ok());
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub struct RunSettings {
     /// The kernel log's per-decision trace (`--kernel-log debug`), for the packets this
     /// selects (`--kernel-log-match`); `None`: off.
     pub kernel_log: Option<TraceFilter>,
+    /// How long a name learned from DNS is kept (`--dns-grace`, `--dns-ttl-floor`,
+    /// `--dns-ttl-ceiling`).
+    pub dns_expiry: emis_policy::dns::Expiry,
 }
 
 /// The drop-event settings, which a reload re-reads and applies.
@@ -252,6 +255,7 @@ impl RunSettings {
                     prefix: given.kernel_log_match,
                 },
             ),
+            dns_expiry: emis_policy::dns::Expiry::default(),
         })
     }
 }

@@ -27,6 +27,8 @@ pub enum Request {
     Top {
         limit: usize,
     },
+    /// The names learned from DNS, their addresses, rows and expiry.
+    Names,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

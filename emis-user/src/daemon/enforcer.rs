@@ -48,6 +48,8 @@ pub struct Enforcer {
     pub egress: Vec<String>,
     /// Interfaces an earlier run attached that are no longer listed (detached at start).
     pub dropped: Vec<String>,
+    /// The compiled rules' hostname groups (with their counter slots), for learning.
+    pub hostnames: emis_policy::hostnames::HostnameGroups,
     /// Kept open so the program lives while the daemon runs; the pins keep it after.
     _ebpf: Ebpf,
 }
@@ -97,6 +99,7 @@ pub fn read_policy(settings: &RunSettings) -> Result<Policy, Error> {
 
 struct Install {
     ebpf: Ebpf,
+    hostnames: emis_policy::hostnames::HostnameGroups,
     state: State,
     installed: Vec<Installed>,
     egress: Vec<String>,
@@ -133,6 +136,7 @@ impl Enforcer {
         let dropped = links::detach_except(&pins, &settings.interfaces)?;
         let Install {
             ebpf,
+            hostnames,
             state,
             installed,
             egress,
@@ -147,6 +151,7 @@ impl Enforcer {
             installed,
             egress,
             dropped,
+            hostnames,
             _ebpf: ebpf,
         })
     }
@@ -205,6 +210,7 @@ impl Enforcer {
         };
         self.settings = settings;
         self._ebpf = install.ebpf;
+        self.hostnames = install.hostnames;
         self.installed = install.installed;
         self.egress = install.egress;
         self.policy = policy;
@@ -336,6 +342,7 @@ fn install(
         last_reload: previous.and_then(|s| s.last_reload.clone()),
     };
     Ok(Install {
+        hostnames: compiled.hostnames.clone(),
         ebpf,
         state,
         installed,

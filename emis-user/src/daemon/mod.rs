@@ -15,6 +15,7 @@
 //! - [`config`]: the daemon config file.
 //! - [`control`]: the control socket (`emis reload`); [`serve`]: the daemon's main loop.
 //! - [`events`]: the drop-event fan-out; [`top`]: the busiest denied addresses.
+//! - [`learn`]: hostnames learned from the DNS answers the kernel hands over (`emis names`).
 //! - [`status`]: `emis status`; [`detach`]: `emis detach`; [`notify`]: systemd readiness.
 
 pub mod config;
@@ -25,6 +26,7 @@ pub mod egress;
 pub mod enforcer;
 mod error;
 pub mod events;
+pub mod learn;
 pub mod links;
 pub mod lock;
 pub mod notify;

@@ -15,7 +15,7 @@ use super::{
     control::{self, Call, Request, Response},
     enforcer::{read_policy, Enforcer},
     error::What as _,
-    events, links,
+    events, learn, links,
     lock::StateLock,
     notify,
     pins::PinnedMaps,
@@ -131,6 +131,17 @@ fn serve(
     let event_fanout = Arc::new(events::FanoutStats::default());
     let top = Arc::new(Mutex::new(TopWindow::default()));
     let ring = events::open_ring(&enforcer.pins)?;
+    let dns_ring = learn::open_ring(&enforcer.pins)?;
+    let learner = Arc::new(Mutex::new(learn::Learner::new(
+        &enforcer.pins,
+        &enforcer.policy,
+        enforcer.hostnames.clone(),
+        enforcer.settings.dns_expiry,
+    )));
+    if let Ok(mut learner) = learner.lock() {
+        learner.forget_earlier();
+    }
+    learn::set_handoff(&enforcer.pins, true)?;
     let interface_names = events::interface_names(
         &enforcer.settings.interfaces,
         enforcer.settings.netns.as_deref(),
@@ -153,6 +164,9 @@ fn serve(
         cost: metrics_options
             .bpf_stats
             .then(|| ProgramCost::new(enforcer.pins.program())),
+    }));
+    registry.register_collector(Box::new(crate::metrics::learned::LearnCollector {
+        learner: learner.clone(),
     }));
     let registry = Arc::new(registry);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -180,6 +194,7 @@ fn serve(
             event_fanout,
             top.clone(),
         ));
+        tokio::spawn(learn::serve(dns_ring, learner.clone()));
         let mut term = signal(SignalKind::terminate()).what(|| "watching SIGTERM".into())?;
         let mut int = signal(SignalKind::interrupt()).what(|| "watching SIGINT".into())?;
         let mut hup = signal(SignalKind::hangup()).what(|| "watching SIGHUP".into())?;
@@ -197,18 +212,27 @@ fn serve(
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading");
                     reload(&mut enforcer, &view);
+                    relearn(&enforcer, &learner);
                 }
                 Some((request, reply)) = calls.recv() => {
                     let response = match request {
-                        Request::Reload => reload(&mut enforcer, &view),
+                        Request::Reload => {
+                            let response = reload(&mut enforcer, &view);
+                            relearn(&enforcer, &learner);
+                            response
+                        }
                         Request::Top { limit } => top_report(&top, limit),
+                        Request::Names => names_report(&learner),
                     };
                     let _ = reply.send(response);
                 }
             }
         }
     });
-    // Nobody reads the ring buffer once the daemon is gone.
+    // Nobody reads the ring buffers once the daemon is gone.
+    if let Err(e) = learn::set_handoff(&enforcer.pins, false) {
+        tracing::warn!(error = %super::chain(&e), "turning the DNS hand-off off");
+    }
     if let Ok(mut view) = view.lock() {
         if let Err(e) = view.maps.set_events(false) {
             tracing::warn!(error = %super::chain(&e), "turning drop events off");
@@ -258,6 +282,25 @@ fn follow_kernel_log(
         unsafe { libc::poll(&mut poll, 1, 1000) };
         logger.flush();
     });
+}
+
+/// After a reload, the learned addresses are written again for the rules now in force.
+fn relearn(enforcer: &Enforcer, learner: &Mutex<learn::Learner>) {
+    if let Ok(mut learner) = learner.lock() {
+        learner.set_policy(&enforcer.policy, enforcer.hostnames.clone());
+    }
+}
+
+fn names_report(learner: &Mutex<learn::Learner>) -> Response {
+    let report = learner
+        .lock()
+        .ok()
+        .map(|l| l.report(std::time::Instant::now()));
+    Response {
+        ok: report.is_some(),
+        message: "the names learned from DNS".into(),
+        report: report.and_then(|r| serde_json::to_value(r).ok()),
+    }
 }
 
 fn top_report(top: &Mutex<TopWindow>, limit: usize) -> Response {

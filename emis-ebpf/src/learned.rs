@@ -1,0 +1,22 @@
+//! Addresses learned from DNS answers (`emis_common::learned`): the daemon writes and
+//! expires them; the decision reads them, and only for a port whose candidate rules name
+//! hostnames.
+
+use aya_ebpf::{macros::map, maps::HashMap};
+use emis_common::{Addr, LearnedValue, MAX_LEARNED};
+
+#[map(name = "EMIS_LEARNED_V4")]
+static LEARNED_V4: HashMap<[u8; 4], LearnedValue> = HashMap::with_max_entries(MAX_LEARNED, 0);
+#[map(name = "EMIS_LEARNED_V6")]
+static LEARNED_V6: HashMap<[u8; 16], LearnedValue> = HashMap::with_max_entries(MAX_LEARNED, 0);
+
+/// What `addr` was learned for, if it was: the rules of the names it answered and the
+/// count-scope classes they name. Read in place (the value is too large to copy to the stack).
+#[inline(always)]
+pub fn lookup(addr: &Addr, v6: bool) -> Option<&'static LearnedValue> {
+    if v6 {
+        unsafe { LEARNED_V6.get(addr) }
+    } else {
+        unsafe { LEARNED_V4.get(&[addr[0], addr[1], addr[2], addr[3]]) }
+    }
+}
