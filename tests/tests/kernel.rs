@@ -10,7 +10,7 @@ use emis_policy::{
     packet::{PacketSpec, TCP_ACK, TCP_FIN, TCP_SYN},
     policy::{Mode, Policy, Replies, Scope},
 };
-use emis_testkit::{fixture::address_in, XDP_DROP, XDP_PASS};
+use emis_testkit::{fixture::address_in, VERIFIER_BUDGET, XDP_DROP, XDP_PASS};
 use emis_tests::{default_policy, generate::Generator, ip, Harness};
 
 fn frame(proto: u8, src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
@@ -251,6 +251,31 @@ fn vlan_tags_ip_options_and_ipv6_extension_headers_do_not_change_the_verdict() {
             reason: PassReason::VlanTooDeep
         }
     );
+}
+
+/// Half the verifier's budget: the headroom later features on the per-packet path spend.
+const VERIFIER_CEILING: u32 = VERIFIER_BUDGET / 2;
+
+#[test]
+fn both_programs_leave_the_verifier_half_its_budget() {
+    let policy = default_policy(TEST_SITE, false);
+    let mut h = Harness::new(&policy, Mode::Enforce, Replies::Stateful);
+    let all = h.prog.program_stats().unwrap();
+    for stats in &all {
+        eprintln!(
+            "{}: verifier processed {} insns, {} after rewrites, JIT {} bytes",
+            stats.program, stats.verified_insns, stats.xlated_insns, stats.jited_bytes
+        );
+    }
+    for stats in &all {
+        assert!(
+            stats.verified_insns <= VERIFIER_CEILING,
+            "{} took {} of the verifier's {VERIFIER_BUDGET} instructions, above the ceiling \
+             of {VERIFIER_CEILING} (docs/DEVELOPMENT.md, the verifier's budget)",
+            stats.program,
+            stats.verified_insns
+        );
+    }
 }
 
 #[test]
