@@ -58,6 +58,10 @@ static FLOWS_NEW: LruHashMap<FlowKey, FlowValue> =
 static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(FRAG_TABLE_SIZE, 0);
 #[map(name = "EMIS_FLOW_EVENTS")]
 static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_EVENT_COUNT, 0);
+/// Where the L4 header starts and how long it is, passed through memory the verifier
+/// does not track (see [`forget_parse_path`]).
+#[map(name = "EMIS_L4_AT")]
+static L4_AT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn emis(ctx: XdpContext) -> u32 {
@@ -225,6 +229,11 @@ fn decide(ctx: &XdpContext, cfg: &Config, link: Link) -> Decision {
     if let Err(reason) = parse_frame(ctx, link, &mut l3) {
         return Decision::Pass { reason };
     }
+    if !forget_parse_path(&mut l3) {
+        return Decision::Pass {
+            reason: PassReason::Unparsed,
+        };
+    }
     let mut standing = Standing::new(&l3.src, &l3.dst, l3.v6, cfg);
     if l3.malformed {
         return standing.deny_or_pass(DenyReason::Malformed);
@@ -250,6 +259,26 @@ fn decide(ctx: &XdpContext, cfg: &Config, link: Link) -> Decision {
         }
         Err(reason) => standing.deny_or_pass(reason),
     }
+}
+
+/// Every parse path (VLAN tags, PPPoE, IPv4 options, IPv6 extension headers) leaves the
+/// L4 header at an offset of its own, which the verifier would track exactly and so
+/// verify everything after parsing once per path, most of its budget. A round trip
+/// through a map value turns offset and length into values it cannot know, the same on
+/// every path; the readers after this bound them again before touching the frame.
+/// `false` only if the one-slot per-CPU array were missing, which the loader rules out.
+#[inline(always)]
+fn forget_parse_path(l3: &mut L3) -> bool {
+    let Some(slot) = L4_AT.get_ptr_mut(0) else {
+        return false;
+    };
+    unsafe {
+        core::ptr::write_volatile(slot, [l3.l4_offset as u64, l3.l4_len as u64]);
+        let [offset, len] = core::ptr::read_volatile(slot);
+        l3.l4_offset = offset as usize;
+        l3.l4_len = len as usize;
+    }
+    true
 }
 
 #[inline(always)]
