@@ -13,6 +13,7 @@
 
 mod chart;
 mod cost;
+mod history;
 mod loadchild;
 mod report;
 mod synth;
@@ -29,7 +30,7 @@ use emis_testkit::BenchPrograms;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use cost::ClassCost;
-use report::{median, Machine, Report, Scale, Settings, Throughput};
+use report::{median, Machine, ProgramRow, Report, Scale, Settings, Throughput};
 use veth::Contender;
 
 #[derive(Parser)]
@@ -101,7 +102,7 @@ fn run(cli: &Cli) -> Result<()> {
     let mut programs = BenchPrograms::load()?;
     let policy = cost::policy(None)?;
     let classes = cost::classes();
-    let cost = per_packet_cost(&programs, &policy, &classes, &settings)?;
+    let (cost, program_rows) = per_packet_cost(&programs, &policy, &classes, &settings)?;
     let scaling = scaling(&programs, &classes, &settings)?;
     let samples = throughput_samples(&mut programs, &policy, &settings, cli.quick)?;
 
@@ -109,13 +110,15 @@ fn run(cli: &Cli) -> Result<()> {
         quick: cli.quick,
         machine,
         settings,
+        programs: program_rows,
         cost,
         scaling,
         throughput: throughput(&samples),
         targets: Vec::new(),
     };
     report.targets = targets::targets(&report);
-    write_report(&report, &cli.out)
+    write_report(&report, &cli.out)?;
+    history::append(&report, Path::new(history::HISTORY))
 }
 
 /// How long and how often each step measures: the full run, or the short one CI makes.
@@ -142,9 +145,14 @@ fn per_packet_cost(
     policy: &Policy,
     classes: &[cost::Class],
     settings: &Settings,
-) -> Result<Vec<ClassCost>> {
+) -> Result<(Vec<ClassCost>, Vec<ProgramRow>)> {
     step("per-packet cost (BPF_PROG_TEST_RUN): no-op, parse-only and emis side by side");
     let mut enforcer = cost::load_enforcer(policy)?;
+    let program_rows = enforcer
+        .program_stats()?
+        .into_iter()
+        .map(ProgramRow::from)
+        .collect();
     let pb = bar((classes.len() * settings.cost_reps) as u64, "cost");
     let rows = cost::measure(
         programs,
@@ -155,7 +163,7 @@ fn per_packet_cost(
         || pb.inc(1),
     )?;
     pb.finish_and_clear();
-    Ok(rows)
+    Ok((rows, program_rows))
 }
 
 /// Step 2, scaling: each size of synthetic ip-ranges.json is compiled and loaded in a
