@@ -9,21 +9,21 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use emis_common::{
-    denial_network, deny_or_pass, expired, icmp_class, new_flow_table_size, stateless_reply,
-    stats_index, tcp_header_len, track, Addr, AddrInfo, Config, Counter, Decision, DenyReason,
-    FlowKey, FlowValue, FragKey, FragValue, IcmpClass, Link, PassReason, Path, PortKey, RuleSet,
+    denial_network, deny_or_pass, expired, icmp_class, new_flow_table_size, port_slot,
+    stateless_reply, stats_index, tcp_header_len, track, Addr, AddrInfo, Config, Counter, Decision,
+    DenyReason, FlowKey, FlowValue, FragKey, FragValue, IcmpClass, Link, PassReason, Path, RuleSet,
     Segment, Tracked, DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT,
     FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED,
     FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED,
-    FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE, MAX_CANDIDATES, MAX_L4_OFFSET, MAX_PORT_ENTRIES,
-    MAX_PREFIXES, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    STATS_LEN, TCP_HLEN,
+    FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE, MAX_CANDIDATES, MAX_L4_OFFSET, MAX_PREFIXES,
+    MAX_RULE_SETS, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_HLEN,
 };
 
 mod events;
@@ -39,8 +39,10 @@ static ADDR_V6: LpmTrie<[u8; 16], AddrInfo> = LpmTrie::with_max_entries(MAX_PREF
 static COUNT_V4: LpmTrie<[u8; 4], u64> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map(name = "EMIS_COUNT_V6")]
 static COUNT_V6: LpmTrie<[u8; 16], u64> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
-#[map(name = "EMIS_PORTS")]
-static PORTS: HashMap<PortKey, RuleSet> = HashMap::with_max_entries(MAX_PORT_ENTRIES, 0);
+#[map(name = "EMIS_PORT_INDEX")]
+static PORTS: Array<u16> = Array::with_max_entries(PORT_SLOTS, 0);
+#[map(name = "EMIS_RULE_SETS")]
+static RULE_SETS: Array<RuleSet> = Array::with_max_entries(MAX_RULE_SETS, 0);
 #[map(name = "EMIS_CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "EMIS_STATS")]
@@ -58,10 +60,32 @@ static FLOWS_NEW: LruHashMap<FlowKey, FlowValue> =
 static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(FRAG_TABLE_SIZE, 0);
 #[map(name = "EMIS_FLOW_EVENTS")]
 static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_EVENT_COUNT, 0);
-/// Where the L4 header starts and how long it is, passed through memory the verifier
-/// does not track (see [`forget_parse_path`]).
-#[map(name = "EMIS_L4_AT")]
-static L4_AT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU room for what would not fit the 512-byte stack a call chain shares (see [`Scratch`]).
+#[map(name = "EMIS_SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Working memory of one packet, in a per-CPU map value rather than on the stack: the
+/// flow tracker's key, segment and new entry (120 bytes the main frame would otherwise
+/// carry beside the parser's), and where the L4 header starts (see [`forget_parse_path`]).
+/// A CPU runs one XDP program at a time, so one slot per CPU is enough.
+#[repr(C)]
+struct Scratch {
+    l4_at: [u64; 2],
+    key: FlowKey,
+    fresh: FlowValue,
+    seg: Segment,
+    frag: FragKey,
+    frag_value: FragValue,
+    lpm_v4: Key<[u8; 4]>,
+    lpm_v6: Key<[u8; 16]>,
+}
+
+/// This CPU's [`Scratch`]; `None` only if the one-slot array were missing, which the
+/// loader rules out.
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
 
 #[xdp]
 pub fn emis(ctx: XdpContext) -> u32 {
@@ -187,7 +211,7 @@ impl<'a> Standing<'a> {
     /// network.
     #[inline(always)]
     fn first_match(&mut self, proto: u8, port: u16, reply: bool) -> Option<u32> {
-        let set: &RuleSet = unsafe { PORTS.get(PortKey::new(proto, port)) }?;
+        let set = rule_set(proto, port)?;
         let mut src = self.src.info().classes_with(self.unset_roles);
         let mut dst = self.dst.info().classes_with(self.unset_roles);
         let mut with_count = false;
@@ -269,9 +293,10 @@ fn decide(ctx: &XdpContext, cfg: &Config, link: Link) -> Decision {
 /// `false` only if the one-slot per-CPU array were missing, which the loader rules out.
 #[inline(always)]
 fn forget_parse_path(l3: &mut L3) -> bool {
-    let Some(slot) = L4_AT.get_ptr_mut(0) else {
+    let Some(room) = scratch() else {
         return false;
     };
+    let slot = &mut room.l4_at as *mut [u64; 2];
     unsafe {
         core::ptr::write_volatile(slot, [l3.l4_offset as u64, l3.l4_len as u64]);
         let [offset, len] = core::ptr::read_volatile(slot);
@@ -281,12 +306,27 @@ fn forget_parse_path(l3: &mut L3) -> bool {
     true
 }
 
+/// The rules listing `proto`/`port`: two array reads, which the verifier inlines.
+#[inline(always)]
+fn rule_set(proto: u8, port: u16) -> Option<&'static RuleSet> {
+    let index = *PORTS.get(port_slot(proto, port)?)?;
+    if index == 0 {
+        return None;
+    }
+    RULE_SETS.get(index as u32)
+}
+
 #[inline(always)]
 fn lookup(addr: &Addr, v6: bool) -> AddrInfo {
+    let Some(room) = scratch() else {
+        return AddrInfo::OUTSIDE;
+    };
     let found = if v6 {
-        ADDR_V6.get(Key::new(128, *addr))
+        room.lpm_v6 = Key::new(128, *addr);
+        ADDR_V6.get(&room.lpm_v6)
     } else {
-        ADDR_V4.get(Key::new(32, [addr[0], addr[1], addr[2], addr[3]]))
+        room.lpm_v4 = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+        ADDR_V4.get(&room.lpm_v4)
     };
     match found {
         Some(info) => *info,
@@ -297,10 +337,15 @@ fn lookup(addr: &Addr, v6: bool) -> AddrInfo {
 /// The classes of the count-scope networks holding an address.
 #[inline(always)]
 fn count_classes(addr: &Addr, v6: bool) -> u64 {
+    let Some(room) = scratch() else {
+        return 0;
+    };
     let found = if v6 {
-        COUNT_V6.get(Key::new(128, *addr))
+        room.lpm_v6 = Key::new(128, *addr);
+        COUNT_V6.get(&room.lpm_v6)
     } else {
-        COUNT_V4.get(Key::new(32, [addr[0], addr[1], addr[2], addr[3]]))
+        room.lpm_v4 = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+        COUNT_V4.get(&room.lpm_v4)
     };
     found.copied().unwrap_or(0)
 }
@@ -352,8 +397,10 @@ fn transport(
             // Both ends out of enforce scope: the replies pass anyway, so keep no state.
             if standing.network() == NO_NETWORK {
                 flow_event(FLOW_EVENT_UNTRACKED);
-            } else {
-                track_forward(&flow_key(l3, l4), rule, &segment(ctx, l3, l4), cfg);
+            } else if let Some(room) = scratch() {
+                room.key = flow_key(l3, l4);
+                room.seg = segment(ctx, l3, l4);
+                track_forward(&room.key, rule, &room.seg, cfg, &mut room.fresh);
             }
         }
         return Ok(Decision::Allow {
@@ -365,7 +412,10 @@ fn transport(
         return Err(DenyReason::NoRule);
     }
     let rule = if cfg.stateful() {
-        track_reply(&flow_key(l3, l4).reversed(), &segment(ctx, l3, l4), cfg)
+        let room = scratch().ok_or(DenyReason::NoRule)?;
+        room.key = flow_key(l3, l4).reversed();
+        room.seg = segment(ctx, l3, l4);
+        track_reply(&room.key, &room.seg, cfg)
     } else if stateless_reply(l3.proto, l4.flags) {
         standing.first_match(l3.proto, l4.sport, true)
     } else {
@@ -378,6 +428,14 @@ fn transport(
         }),
         None => Err(DenyReason::NoRule),
     }
+}
+
+/// The time flows and fragments are stamped with: the coarse monotonic clock (the last
+/// tick), which costs a load where `bpf_ktime_get_ns` reads the clock source; lifetimes
+/// are seconds, so a tick's lag changes nothing.
+#[inline(always)]
+fn now() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]
@@ -396,9 +454,9 @@ fn count_tracked(tracked: Tracked) {
 /// if it is there, else in the new-flow table, which it leaves once assured. The tracker
 /// is called once, on whichever entry applies, to keep the program small.
 #[inline(always)]
-fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut fresh = FlowValue::new(rule);
+fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config, fresh: &mut FlowValue) {
+    let now = now();
+    *fresh = FlowValue::new(rule);
     let mut stored = live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED);
     let established = stored.is_some();
     if !established {
@@ -413,12 +471,12 @@ fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config) {
     }
     let flow = match stored {
         Some(flow) => unsafe { &mut *flow },
-        None => &mut fresh,
+        None => &mut *fresh,
     };
     flow.rule = rule;
     count_tracked(track(flow, DIR_FORWARD, key.proto, seg, now));
     if stored.is_none() {
-        match FLOWS_NEW.insert(key, &fresh, 0) {
+        match FLOWS_NEW.insert(key, fresh, 0) {
             Ok(()) => flow_event(FLOW_EVENT_NEW_CREATED),
             Err(_) => flow_event(FLOW_EVENT_NEW_INSERT_FAILED),
         }
@@ -476,7 +534,7 @@ fn tracked_rule(key: &FlowKey, now: u64, cfg: &Config) -> Option<u32> {
 /// lookup); a new flow that the reply assures moves into it (a UDP reply does).
 #[inline(always)]
 fn track_reply(key: &FlowKey, seg: &Segment, cfg: &Config) -> Option<u32> {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now();
     let (flow, established) = match live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED) {
         Some(flow) => (flow, true),
         None => (
@@ -517,7 +575,8 @@ fn icmp(
         return Err(DenyReason::Icmp);
     }
     let rule = if cfg.stateful() {
-        let key = FlowKey::new(
+        let room = scratch().ok_or(DenyReason::Icmp)?;
+        room.key = FlowKey::new(
             quoted.src,
             quoted.dst,
             l3.v6,
@@ -525,8 +584,11 @@ fn icmp(
             quoted.sport,
             quoted.dport,
         );
-        let now = unsafe { bpf_ktime_get_ns() };
-        tracked_rule(&key, now, cfg).or_else(|| tracked_rule(&key.reversed(), now, cfg))
+        let now = now();
+        tracked_rule(&room.key, now, cfg).or_else(|| {
+            room.key = room.key.reversed();
+            tracked_rule(&room.key, now, cfg)
+        })
     } else {
         let mut about = Standing::new(&quoted.src, &quoted.dst, l3.v6, cfg);
         about
@@ -548,13 +610,14 @@ fn frag_key(l3: &L3) -> FragKey {
 /// An allowed first fragment lets the rest of its datagram through under the same rule.
 #[inline(always)]
 fn remember_first_fragment(l3: &L3, decision: Decision) {
-    if let Decision::Allow { rule, path } = decision {
-        let value = FragValue {
-            last_seen_ns: unsafe { bpf_ktime_get_ns() },
+    if let (Decision::Allow { rule, path }, Some(room)) = (decision, scratch()) {
+        room.frag_value = FragValue {
+            last_seen_ns: now(),
             rule,
             path: path as u32,
         };
-        let _ = FRAGS.insert(&frag_key(l3), &value, 0);
+        room.frag = frag_key(l3);
+        let _ = FRAGS.insert(&room.frag, &room.frag_value, 0);
     }
 }
 
@@ -564,12 +627,14 @@ fn later_fragment(l3: &L3, cfg: &Config) -> Result<Decision, DenyReason> {
     if l3.proto == PROTO_TCP && l3.frag_offset < MIN_TCP_FRAG_OFFSET {
         return Err(DenyReason::Malformed);
     }
-    let key = frag_key(l3);
-    let entry = FRAGS.get_ptr_mut(&key).ok_or(DenyReason::Fragment)?;
-    let now = unsafe { bpf_ktime_get_ns() };
+    let room = scratch().ok_or(DenyReason::Fragment)?;
+    room.frag = frag_key(l3);
+    let key = &room.frag;
+    let entry = FRAGS.get_ptr_mut(key).ok_or(DenyReason::Fragment)?;
+    let now = now();
     let entry = unsafe { &mut *entry };
     if expired(entry.last_seen_ns, cfg.fragment_timeout_ns, now) {
-        let _ = FRAGS.remove(&key);
+        let _ = FRAGS.remove(key);
         return Err(DenyReason::Fragment);
     }
     entry.last_seen_ns = now;
