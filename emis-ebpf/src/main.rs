@@ -15,15 +15,16 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use emis_common::{
-    denial_network, deny_or_pass, expired, icmp_class, new_flow_table_size, port_slot,
-    stateless_reply, stats_index, tcp_header_len, track, Addr, AddrInfo, Config, Counter, Decision,
-    DenyReason, FlowKey, FlowValue, FragKey, FragValue, IcmpClass, Link, PassReason, Path, RuleSet,
-    Segment, Tracked, DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT,
-    FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED,
-    FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED,
-    FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE, MAX_CANDIDATES, MAX_L4_OFFSET, MAX_PREFIXES,
-    MAX_RULE_SETS, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_HLEN,
+    addr_v4_slot, denial_network, deny_or_pass, expired, icmp_class, new_flow_table_size,
+    port_slot, stateless_reply, stats_index, tcp_header_len, track, Addr, AddrBucket, AddrInfo,
+    Config, Counter, Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue, IcmpClass, Link,
+    PassReason, Path, RuleSet, Segment, Tracked, ADDR_V4_SLOTS, DEFAULT_FLOW_TABLE_SIZE,
+    DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT, FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED,
+    FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED,
+    FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE,
+    MAX_ADDR_V4_BUCKETS, MAX_CANDIDATES, MAX_L4_OFFSET, MAX_PREFIXES, MAX_RULE_SETS,
+    MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    STATS_LEN, TCP_HLEN,
 };
 
 mod events;
@@ -35,6 +36,10 @@ use parse::{bytes_at, parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_ud
 static ADDR_V4: LpmTrie<[u8; 4], AddrInfo> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map(name = "EMIS_ADDR_V6")]
 static ADDR_V6: LpmTrie<[u8; 16], AddrInfo> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map(name = "EMIS_ADDR_V4_INDEX")]
+static ADDR_V4_INDEX: Array<u32> = Array::with_max_entries(ADDR_V4_SLOTS, 0);
+#[map(name = "EMIS_ADDR_V4_BUCKETS")]
+static ADDR_V4_BUCKETS: Array<AddrBucket> = Array::with_max_entries(MAX_ADDR_V4_BUCKETS, 0);
 #[map(name = "EMIS_COUNT_V4")]
 static COUNT_V4: LpmTrie<[u8; 4], u64> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map(name = "EMIS_COUNT_V6")]
@@ -316,8 +321,25 @@ fn rule_set(proto: u8, port: u16) -> Option<&'static RuleSet> {
     RULE_SETS.get(index as u32)
 }
 
+/// The classes of an IPv4 address from the /16 index and its bucket; `None` when its
+/// /16 holds more prefixes than a bucket and the trie must answer.
+#[inline(always)]
+fn lookup_v4_table(addr: &Addr) -> Option<AddrInfo> {
+    let addr = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    let index = *ADDR_V4_INDEX.get(addr_v4_slot(addr))?;
+    if index == 0 {
+        return Some(AddrInfo::OUTSIDE);
+    }
+    ADDR_V4_BUCKETS.get(index)?.find(addr)
+}
+
 #[inline(always)]
 fn lookup(addr: &Addr, v6: bool) -> AddrInfo {
+    if !v6 {
+        if let Some(info) = lookup_v4_table(addr) {
+            return info;
+        }
+    }
     let Some(room) = scratch() else {
         return AddrInfo::OUTSIDE;
     };

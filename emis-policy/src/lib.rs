@@ -10,6 +10,7 @@
 //! - `packet` builds frames for tests, `explain` judges one packet for `emis explain`, and
 //!   `nft` writes the same policy as an nftables ruleset.
 
+pub mod addr_table;
 pub mod capacity;
 pub mod compile;
 pub mod explain;

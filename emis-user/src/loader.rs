@@ -14,12 +14,14 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use emis_common::{
-    new_flow_table_size, port_slot, Config, PortKey, RuleSet, MAP_ADDR_V4, MAP_ADDR_V6, MAP_CONFIG,
-    MAP_COUNT_V4, MAP_COUNT_V6, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS,
-    MAP_RULE_SETS, MAP_STATS, PROGRAM_NAME, PROGRAM_NAME_L3,
+    new_flow_table_size, port_slot, AddrBucket, Config, PortKey, RuleSet, MAP_ADDR_V4,
+    MAP_ADDR_V4_BUCKETS, MAP_ADDR_V4_INDEX, MAP_ADDR_V6, MAP_CONFIG, MAP_COUNT_V4, MAP_COUNT_V6,
+    MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS, MAP_RULE_SETS, MAP_STATS,
+    PROGRAM_NAME, PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
+    addr_table::AddrTableV4,
     compile::Compiled,
     policy::{Mode, Replies},
 };
@@ -164,6 +166,8 @@ pub fn load_sharing(
     loader.map_max_entries(MAP_FLOWS_NEW, new_flow_table_size(options.flow_table_size));
     let ports = PortTables::new(&compiled.ports);
     loader.map_max_entries(MAP_RULE_SETS, ports.sets.len() as u32);
+    let addr_v4 = AddrTableV4::new(&compiled.v4);
+    loader.map_max_entries(MAP_ADDR_V4_BUCKETS, addr_v4.buckets.len() as u32);
     if let Some(dir) = shared_pins {
         for name in SHARED_MAPS {
             loader.map_pin_path(name, dir.join(name));
@@ -176,6 +180,7 @@ pub fn load_sharing(
             source,
         })?;
     fill_maps(&mut ebpf, compiled, &ports, options)?;
+    fill_addr_v4_table(&mut ebpf, &addr_v4)?;
     program_mut(&mut ebpf)?
         .load()
         .map_err(LoadError::Verifier)?;
@@ -265,6 +270,25 @@ impl PortTables {
         }
         PortTables { sets, slots }
     }
+}
+
+/// The IPv4 enforce-scope classes by /16 (the trie stays filled for the buckets that defer to it).
+fn fill_addr_v4_table(ebpf: &mut Ebpf, table: &AddrTableV4) -> Result<(), LoadError> {
+    let mut buckets: Array<_, AddrBucket> = Array::try_from(map_mut(ebpf, MAP_ADDR_V4_BUCKETS)?)
+        .map_err(map_error(format!("opening {MAP_ADDR_V4_BUCKETS}")))?;
+    for (i, bucket) in table.buckets.iter().enumerate().skip(1) {
+        buckets.set(i as u32, bucket, 0).map_err(map_error(format!(
+            "writing bucket {i} into {MAP_ADDR_V4_BUCKETS}"
+        )))?;
+    }
+    let mut index: Array<_, u32> = Array::try_from(map_mut(ebpf, MAP_ADDR_V4_INDEX)?)
+        .map_err(map_error(format!("opening {MAP_ADDR_V4_INDEX}")))?;
+    for &(slot, bucket) in &table.slots {
+        index.set(slot, bucket, 0).map_err(map_error(format!(
+            "writing /16 slot {slot} into {MAP_ADDR_V4_INDEX}"
+        )))?;
+    }
+    Ok(())
 }
 
 fn fill_maps(
