@@ -150,8 +150,6 @@ struct AddrLookup<'a> {
     addr: &'a Addr,
     v6: bool,
     info: Option<AddrInfo>,
-    /// Count-scope classes, wanted only by rules that name a count-scope network.
-    count: Option<u64>,
 }
 
 impl<'a> AddrLookup<'a> {
@@ -161,7 +159,6 @@ impl<'a> AddrLookup<'a> {
             addr,
             v6,
             info: None,
-            count: None,
         }
     }
 
@@ -177,16 +174,12 @@ impl<'a> AddrLookup<'a> {
         }
     }
 
+    /// Count-scope classes, wanted only by rules that name a count-scope network. Not
+    /// cached: a cache flag would double the verifier's states through the rule loop,
+    /// and a packet needs each side at most once.
     #[inline(always)]
-    fn count_classes(&mut self) -> u64 {
-        match self.count {
-            Some(classes) => classes,
-            None => {
-                let classes = count_classes(self.addr, self.v6);
-                self.count = Some(classes);
-                classes
-            }
-        }
+    fn count_classes(&self) -> u64 {
+        count_classes(self.addr, self.v6)
     }
 }
 
@@ -212,26 +205,36 @@ impl<'a> Standing<'a> {
     }
 
     /// The first rule listing `proto`/`port` that the packet matches, forward or (`reply`)
-    /// reversed. The count-scope tries are walked only once an entry names a count-scope
-    /// network.
+    /// reversed. A side's count-scope trie is walked only if its classes could decide an
+    /// entry before the first that matches without them (see [`count_needed`]).
     #[inline(always)]
     fn first_match(&mut self, proto: u8, port: u16, reply: bool) -> Option<u32> {
         let set = rule_set(proto, port)?;
-        let mut src = self.src.info().classes_with(self.unset_roles);
-        let mut dst = self.dst.info().classes_with(self.unset_roles);
-        let mut with_count = false;
+        let src = self.src.info().classes_with(self.unset_roles);
+        let dst = self.dst.info().classes_with(self.unset_roles);
+        // In the rule's direction: a reply is the rule's traffic reversed.
+        let (mut from, mut to) = if reply { (dst, src) } else { (src, dst) };
+        let (from_needs, to_needs) = count_needed(set, from, to, self.count_mask);
+        if from_needs {
+            from |= if reply {
+                self.dst.count_classes()
+            } else {
+                self.src.count_classes()
+            };
+        }
+        if to_needs {
+            to |= if reply {
+                self.src.count_classes()
+            } else {
+                self.dst.count_classes()
+            };
+        }
         let len = set.len as usize;
         for i in 0..MAX_CANDIDATES {
             if i >= len {
                 break;
             }
             let entry = &set.entries[i];
-            if !with_count && (entry.src | entry.dst) & self.count_mask != 0 {
-                src |= self.src.count_classes();
-                dst |= self.dst.count_classes();
-                with_count = true;
-            }
-            let (from, to) = if reply { (dst, src) } else { (src, dst) };
             if entry.matches(from, to) {
                 return Some(entry.rule);
             }
@@ -354,6 +357,33 @@ fn lookup(addr: &Addr, v6: bool) -> AddrInfo {
         Some(info) => *info,
         None => AddrInfo::OUTSIDE,
     }
+}
+
+/// Whether the count-scope classes of the rule's source (`from`) and destination (`to`)
+/// sides could change which entry of `set` matches first: only entries before the first
+/// that matches without them can, and on one side only where the entry names a
+/// count-scope network and its other side matches or might through its own. Plain bit
+/// arithmetic, so the verifier meets one state after the loop.
+#[inline(always)]
+fn count_needed(set: &RuleSet, from: u64, to: u64, count_mask: u64) -> (bool, bool) {
+    let (mut from_wants, mut to_wants) = (0u64, 0u64);
+    let len = set.len as usize;
+    for i in 0..MAX_CANDIDATES {
+        if i >= len {
+            break;
+        }
+        let entry = &set.entries[i];
+        if entry.matches(from, to) {
+            break;
+        }
+        if entry.dst & (to | count_mask) != 0 {
+            from_wants |= entry.src;
+        }
+        if entry.src & (from | count_mask) != 0 {
+            to_wants |= entry.dst;
+        }
+    }
+    (from_wants & count_mask != 0, to_wants & count_mask != 0)
 }
 
 /// The classes of the count-scope networks holding an address.
