@@ -82,3 +82,73 @@ impl AddrBucket {
         Some(self.shorter)
     }
 }
+
+/// Name of the one-entry array holding the IPv6 enforce-scope classes as an
+/// [`AddrListV6`]: a site has a handful of IPv6 prefixes, checked in a fixed loop
+/// instead of a trie walk through a helper call.
+pub const MAP_ADDR_V6_LIST: &str = "EMIS_ADDR_V6_LIST";
+/// IPv6 prefixes the list holds; with more, every IPv6 address goes to the trie.
+pub const V6_LIST_PREFIXES: usize = 8;
+
+/// An IPv6 prefix as two 64-bit halves in the byte order of the address read as
+/// native-endian words (masking is bitwise, so any order both sides share will do).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct V6Prefix {
+    pub net: [u64; 2],
+    pub mask: [u64; 2],
+    pub info: AddrInfo,
+}
+
+impl V6Prefix {
+    /// Matches no address: nothing masked by 0 equals 1.
+    pub const UNUSED: V6Prefix = V6Prefix {
+        net: [1, 0],
+        mask: [0, 0],
+        info: AddrInfo::OUTSIDE,
+    };
+}
+
+/// Every IPv6 enforce-scope prefix, longest first, or [`BUCKET_IN_TRIE`] in `len`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrListV6 {
+    pub len: u32,
+    pub _pad: u32,
+    pub prefixes: [V6Prefix; V6_LIST_PREFIXES],
+}
+
+impl AddrListV6 {
+    /// No prefix: every address is outside.
+    pub const EMPTY: AddrListV6 = AddrListV6 {
+        len: 0,
+        _pad: 0,
+        prefixes: [V6Prefix::UNUSED; V6_LIST_PREFIXES],
+    };
+
+    /// An address's halves as [`V6Prefix`] stores them.
+    #[inline(always)]
+    pub fn halves(addr: &[u8; 16]) -> [u64; 2] {
+        let mut hi = [0u8; 8];
+        let mut lo = [0u8; 8];
+        hi.copy_from_slice(&addr[..8]);
+        lo.copy_from_slice(&addr[8..]);
+        [u64::from_ne_bytes(hi), u64::from_ne_bytes(lo)]
+    }
+
+    /// The classes of `addr` (from [`AddrListV6::halves`]); `None` when the trie must answer.
+    #[inline(always)]
+    pub fn find(&self, addr: [u64; 2]) -> Option<AddrInfo> {
+        if self.len == BUCKET_IN_TRIE {
+            return None;
+        }
+        for prefix in &self.prefixes {
+            if addr[0] & prefix.mask[0] == prefix.net[0]
+                && addr[1] & prefix.mask[1] == prefix.net[1]
+            {
+                return Some(prefix.info);
+            }
+        }
+        Some(AddrInfo::OUTSIDE)
+    }
+}

@@ -39,6 +39,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for AddrInfo {}
     unsafe impl aya::Pod for AddrBucket {}
+    unsafe impl aya::Pod for AddrListV6 {}
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for RuleEntry {}
     unsafe impl aya::Pod for RuleSet {}
@@ -63,6 +64,7 @@ mod layout {
     fn map_types_keep_their_size() {
         assert_eq!(size_of::<AddrInfo>(), 16);
         assert_eq!(size_of::<AddrBucket>(), 24 + 24 * BUCKET_PREFIXES);
+        assert_eq!(size_of::<AddrListV6>(), 8 + 48 * V6_LIST_PREFIXES);
         assert_eq!(size_of::<PortKey>(), 4);
         assert_eq!(size_of::<RuleEntry>(), 24);
         assert_eq!(size_of::<RuleSet>(), 8 + 24 * MAX_CANDIDATES);

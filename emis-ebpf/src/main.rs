@@ -17,10 +17,10 @@ use aya_ebpf::{
 use emis_common::{
     addr_v4_slot, denial_network, deny_or_pass, expired, icmp_class, new_flow_table_size,
     port_slot, stateless_reply, stats_index, tcp_header_len, track, Addr, AddrBucket, AddrInfo,
-    Config, Counter, Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue, IcmpClass, Link,
-    PassReason, Path, RuleSet, Segment, Tracked, ADDR_V4_SLOTS, DEFAULT_FLOW_TABLE_SIZE,
-    DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT, FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED,
-    FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED,
+    AddrListV6, Config, Counter, Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue,
+    IcmpClass, Link, PassReason, Path, RuleSet, Segment, Tracked, ADDR_V4_SLOTS,
+    DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT, FLOW_EVENT_CREATED,
+    FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED,
     FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE,
     MAX_ADDR_V4_BUCKETS, MAX_CANDIDATES, MAX_L4_OFFSET, MAX_PREFIXES, MAX_RULE_SETS,
     MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
@@ -40,6 +40,8 @@ static ADDR_V6: LpmTrie<[u8; 16], AddrInfo> = LpmTrie::with_max_entries(MAX_PREF
 static ADDR_V4_INDEX: Array<u32> = Array::with_max_entries(ADDR_V4_SLOTS, 0);
 #[map(name = "EMIS_ADDR_V4_BUCKETS")]
 static ADDR_V4_BUCKETS: Array<AddrBucket> = Array::with_max_entries(MAX_ADDR_V4_BUCKETS, 0);
+#[map(name = "EMIS_ADDR_V6_LIST")]
+static ADDR_V6_LIST: Array<AddrListV6> = Array::with_max_entries(1, 0);
 #[map(name = "EMIS_COUNT_V4")]
 static COUNT_V4: LpmTrie<[u8; 4], u64> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map(name = "EMIS_COUNT_V6")]
@@ -338,10 +340,15 @@ fn lookup_v4_table(addr: &Addr) -> Option<AddrInfo> {
 
 #[inline(always)]
 fn lookup(addr: &Addr, v6: bool) -> AddrInfo {
-    if !v6 {
-        if let Some(info) = lookup_v4_table(addr) {
-            return info;
-        }
+    let listed = if v6 {
+        ADDR_V6_LIST
+            .get(0)
+            .and_then(|list| list.find(AddrListV6::halves(addr)))
+    } else {
+        lookup_v4_table(addr)
+    };
+    if let Some(info) = listed {
+        return info;
     }
     let Some(room) = scratch() else {
         return AddrInfo::OUTSIDE;

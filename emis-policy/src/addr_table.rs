@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use emis_common::{
-    AddrBucket, AddrInfo, BucketPrefix, ADDR_V4_SLOTS, BUCKET_IN_TRIE, BUCKET_PREFIXES,
+    AddrBucket, AddrInfo, AddrListV6, BucketPrefix, V6Prefix, ADDR_V4_SLOTS, BUCKET_IN_TRIE,
+    BUCKET_PREFIXES, V6_LIST_PREFIXES,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// What the loader writes: `(slot, bucket index)` for every /16 a prefix touches, and
 /// the buckets (index 0 unused).
@@ -99,6 +100,27 @@ impl AddrTableV4 {
     }
 }
 
+/// The IPv6 list of `v6`, a flattened list of distinct prefixes: longest first, or
+/// deferring to the trie when there are more than it holds.
+pub fn addr_list_v6(v6: &[(Ipv6Net, AddrInfo)]) -> AddrListV6 {
+    let mut list = AddrListV6::EMPTY;
+    if v6.len() > V6_LIST_PREFIXES {
+        list.len = BUCKET_IN_TRIE;
+        return list;
+    }
+    let mut sorted = v6.to_vec();
+    sorted.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+    for (i, (net, info)) in sorted.iter().enumerate() {
+        list.prefixes[i] = V6Prefix {
+            net: AddrListV6::halves(&net.network().octets()),
+            mask: AddrListV6::halves(&net.netmask().octets()),
+            info: *info,
+        };
+    }
+    list.len = sorted.len() as u32;
+    list
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +186,49 @@ mod tests {
             }
         }
         assert!(table.find(0x6440_0001).is_none());
+    }
+
+    #[test]
+    fn every_ipv6_address_gets_its_longest_prefix() {
+        let nets = [
+            "2001:db8:10::/48",
+            "2001:db8:10:5::/64",
+            "2001:db8::/32",
+            "fd00::/8",
+        ];
+        let v6: Vec<(Ipv6Net, AddrInfo)> = nets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.parse().unwrap(), info(1 << i)))
+            .collect();
+        let list = addr_list_v6(&v6);
+        let probes: Vec<std::net::Ipv6Addr> = [
+            "2001:db8:10::1",
+            "2001:db8:10:5::9",
+            "2001:db8:11::1",
+            "2001:db9::1",
+            "fd12::1",
+            "fe80::1",
+            "::",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        for addr in probes {
+            let want = v6
+                .iter()
+                .filter(|(net, _)| net.contains(&addr))
+                .max_by_key(|(net, _)| net.prefix_len())
+                .map_or(AddrInfo::OUTSIDE, |&(_, info)| info);
+            assert_eq!(
+                list.find(AddrListV6::halves(&addr.octets())),
+                Some(want),
+                "{addr}"
+            );
+        }
+        let many: Vec<(Ipv6Net, AddrInfo)> = (0..9)
+            .map(|i| (format!("2001:db8:{i}::/48").parse().unwrap(), info(1)))
+            .collect();
+        assert_eq!(addr_list_v6(&many).find([0, 0]), None);
     }
 }

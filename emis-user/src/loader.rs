@@ -14,14 +14,14 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use emis_common::{
-    new_flow_table_size, port_slot, AddrBucket, Config, PortKey, RuleSet, MAP_ADDR_V4,
-    MAP_ADDR_V4_BUCKETS, MAP_ADDR_V4_INDEX, MAP_ADDR_V6, MAP_CONFIG, MAP_COUNT_V4, MAP_COUNT_V6,
-    MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS, MAP_RULE_SETS, MAP_STATS,
-    PROGRAM_NAME, PROGRAM_NAME_L3,
+    new_flow_table_size, port_slot, AddrBucket, AddrListV6, Config, PortKey, RuleSet, MAP_ADDR_V4,
+    MAP_ADDR_V4_BUCKETS, MAP_ADDR_V4_INDEX, MAP_ADDR_V6, MAP_ADDR_V6_LIST, MAP_CONFIG,
+    MAP_COUNT_V4, MAP_COUNT_V6, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS,
+    MAP_RULE_SETS, MAP_STATS, PROGRAM_NAME, PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
-    addr_table::AddrTableV4,
+    addr_table::{addr_list_v6, AddrTableV4},
     compile::Compiled,
     policy::{Mode, Replies},
 };
@@ -181,6 +181,10 @@ pub fn load_sharing(
         })?;
     fill_maps(&mut ebpf, compiled, &ports, options)?;
     fill_addr_v4_table(&mut ebpf, &addr_v4)?;
+    let mut list: Array<_, AddrListV6> = Array::try_from(map_mut(&mut ebpf, MAP_ADDR_V6_LIST)?)
+        .map_err(map_error(format!("opening {MAP_ADDR_V6_LIST}")))?;
+    list.set(0, addr_list_v6(&compiled.v6), 0)
+        .map_err(map_error(format!("writing {MAP_ADDR_V6_LIST}")))?;
     program_mut(&mut ebpf)?
         .load()
         .map_err(LoadError::Verifier)?;
