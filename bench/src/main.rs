@@ -306,6 +306,7 @@ fn write_report(report: &Report, out: &Path) -> Result<()> {
 fn short_name(c: Contender) -> &'static str {
     match c {
         Contender::NoopDrop => "no-op drop",
+        Contender::NoopPass => "no-op pass",
         Contender::EmisDrop => "emis drop",
         Contender::EmisPass => "emis pass",
         Contender::XdpFilterDrop => "xdp-filter drop",

@@ -90,6 +90,20 @@ fn throughput_targets(report: &Report) -> Vec<Target> {
         ),
         met: emis.ratio_to_noop >= 0.9,
     });
+    let noop_pass = find(report, Contender::NoopPass);
+    let emis_pass = find(report, Contender::EmisPass);
+    let pass_ratio = emis_pass.median_pps / noop_pass.median_pps;
+    out.push(Target {
+        name: "pass-path throughput vs a no-op XDP_PASS on the same route".into(),
+        wanted: ">= 90%".into(),
+        measured: format!(
+            "{:.1}% ({:.3} vs {:.3} Mpps)",
+            pass_ratio * 100.0,
+            emis_pass.median_pps / 1e6,
+            noop_pass.median_pps / 1e6
+        ),
+        met: pass_ratio >= 0.9,
+    });
     let vs_nft = emis.median_pps / nft.median_pps;
     out.push(Target {
         name: "drop-path throughput vs the nftables ruleset".into(),
@@ -122,10 +136,13 @@ fn scaling_targets(report: &Report) -> Vec<Target> {
                 (String::new(), 0.0f64),
                 |acc, x| if x.1 > acc.1 { x } else { acc },
             );
-        let aws = ratios
+        let aws_ratio = ratios
             .filter(|(class, _)| class == cost::AWS_CLASS)
-            .map(|(_, ratio)| format!("; a packet into the aws prefixes themselves: {ratio:.2}x"))
-            .collect::<String>();
+            .map(|(_, ratio)| ratio)
+            .next();
+        let aws = aws_ratio
+            .map(|ratio| format!("; a packet into the aws prefixes themselves: {ratio:.2}x"))
+            .unwrap_or_default();
         out.push(Target {
             name: format!(
                 "per-packet cost at {} prefixes vs {}",
@@ -135,6 +152,17 @@ fn scaling_targets(report: &Report) -> Vec<Target> {
             measured: format!("worst {worst:.2}x ({worst_class}){aws}"),
             met: worst <= 1.1,
         });
+        if let Some(ratio) = aws_ratio {
+            out.push(Target {
+                name: format!(
+                    "per-packet cost of a packet into the {} prefixes vs into {}",
+                    last.prefixes, first.prefixes
+                ),
+                wanted: "<= 1.1x".into(),
+                measured: format!("{ratio:.2}x"),
+                met: ratio <= 1.1,
+            });
+        }
         out.push(Target {
             name: format!("compile+load time at {} prefixes", last.prefixes),
             wanted: "< 5 s".into(),
