@@ -69,7 +69,7 @@ impl AddrTableV4 {
             if prefixes.len() > BUCKET_PREFIXES {
                 bucket.len = BUCKET_IN_TRIE;
             } else {
-                prefixes.sort_by(|a, b| b.0.cmp(&a.0));
+                prefixes.sort_by_key(|p| std::cmp::Reverse(p.0));
                 bucket.len = prefixes.len() as u32;
                 for (i, &(len, net, info)) in prefixes.iter().enumerate() {
                     bucket.prefixes[i] = BucketPrefix {
@@ -109,7 +109,7 @@ pub fn addr_list_v6(v6: &[(Ipv6Net, AddrInfo)]) -> AddrListV6 {
         return list;
     }
     let mut sorted = v6.to_vec();
-    sorted.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+    sorted.sort_by_key(|p| std::cmp::Reverse(p.0.prefix_len()));
     for (i, (net, info)) in sorted.iter().enumerate() {
         list.prefixes[i] = V6Prefix {
             net: AddrListV6::halves(&net.network().octets()),
