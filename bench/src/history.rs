@@ -28,14 +28,27 @@ struct Line<'a> {
     throughput: Vec<(&'a str, f64)>,
 }
 
-fn commit() -> String {
+fn git(args: &[&str]) -> Option<String> {
     std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(args)
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+}
+
+/// HEAD, with `-dirty` when the measured tree had uncommitted changes.
+fn commit() -> String {
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".into();
+    };
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{head}-dirty")
+    } else {
+        head
+    }
 }
 
 /// Appends `report`'s summary to `path`, if its directory exists (a run outside the
