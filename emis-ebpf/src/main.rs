@@ -212,11 +212,23 @@ impl<'a> Standing<'a> {
     #[inline(always)]
     fn first_match(&mut self, proto: u8, port: u16, reply: bool) -> Option<u32> {
         let set = rule_set(proto, port)?;
-        let src = self.src.info().classes_with(self.unset_roles);
-        let dst = self.dst.info().classes_with(self.unset_roles);
+        let (src_info, dst_info) = (self.src.info(), self.dst.info());
+        let src = src_info.classes_with(self.unset_roles);
+        let dst = dst_info.classes_with(self.unset_roles);
         // In the rule's direction: a reply is the rule's traffic reversed.
         let (mut from, mut to) = if reply { (dst, src) } else { (src, dst) };
         let (from_needs, to_needs) = count_needed(set, from, to, self.count_mask);
+        // An address in an enforce-scope network is in no count-scope network (the spec
+        // refuses such overlaps), so its count trie is never walked.
+        let (src_counts, dst_counts) = (
+            src_info.network == NO_NETWORK,
+            dst_info.network == NO_NETWORK,
+        );
+        let (from_needs, to_needs) = if reply {
+            (from_needs && dst_counts, to_needs && src_counts)
+        } else {
+            (from_needs && src_counts, to_needs && dst_counts)
+        };
         if from_needs {
             from |= if reply {
                 self.dst.count_classes()
