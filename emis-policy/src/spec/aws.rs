@@ -11,6 +11,14 @@ use super::Source;
 use crate::policy::Network;
 
 #[derive(serde::Deserialize)]
+struct AwsRanges<'a> {
+    #[serde(borrow)]
+    prefixes: Vec<AwsV4<'a>>,
+    #[serde(borrow, default)]
+    ipv6_prefixes: Vec<AwsV6<'a>>,
+}
+
+#[derive(serde::Deserialize)]
 struct AwsV4<'a> {
     #[serde(borrow)]
     ip_prefix: Cow<'a, str>,
@@ -78,152 +86,13 @@ fn aws_prefix(raw: &str, v6: bool) -> Result<IpNet, (String, String)> {
     }
 }
 
-/// A prefix of a wanted region that did not parse: its field, text, message and hint.
-struct BadPrefix {
-    field: String,
-    raw: String,
-    message: String,
-    hint: String,
-}
-
-/// What reading ip-ranges.json collects: each wanted region's prefixes, parsed as they
-/// are read, into the networks asking for them. Entries of other regions are skipped as
-/// they go by, so no record of the whole file's entries is ever held (a million-prefix
-/// file would otherwise cost tens of MB of entries beside its text).
-struct Collect<'a, 'w> {
-    wanted: &'a HashMap<&'w str, Vec<usize>>,
-    out: &'a mut [Vec<IpNet>],
-    bad: Option<BadPrefix>,
-}
-
-impl Collect<'_, '_> {
-    /// Takes one entry; `false` once a prefix of a wanted region is bad (reading stops).
-    fn take(&mut self, i: usize, raw: &str, region: &str, v6: bool) -> bool {
-        let Some(nets) = self.wanted.get(region) else {
-            return true;
-        };
-        match aws_prefix(raw, v6) {
-            Ok(net) => {
-                for &n in nets {
-                    self.out[n].push(net);
-                }
-                true
-            }
-            Err((message, hint)) => {
-                let list = if v6 { "ipv6_prefixes" } else { "prefixes" };
-                let key = if v6 { "ipv6_prefix" } else { "ip_prefix" };
-                self.bad = Some(BadPrefix {
-                    field: format!("{list}[{i}].{key}"),
-                    raw: raw.to_owned(),
-                    message,
-                    hint,
-                });
-                false
-            }
-        }
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for &mut Collect<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an object with `prefixes` and `ipv6_prefixes`")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut has_v4 = false;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match key.as_ref() {
-                "prefixes" => {
-                    map.next_value_seed(List {
-                        collect: &mut *self,
-                        v6: false,
-                    })?;
-                    has_v4 = true;
-                }
-                "ipv6_prefixes" => map.next_value_seed(List {
-                    collect: &mut *self,
-                    v6: true,
-                })?,
-                _ => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
-        if !has_v4 {
-            return Err(serde::de::Error::missing_field("prefixes"));
-        }
-        Ok(())
-    }
-}
-
-/// One of the two lists, read entry by entry.
-struct List<'c, 'a, 'w> {
-    collect: &'c mut Collect<'a, 'w>,
-    v6: bool,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for List<'_, '_, '_> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for List<'_, '_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a list of prefix entries")
-    }
-
-    fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
-        let stop = || serde::de::Error::custom("a prefix of a wanted region is invalid");
-        let mut i = 0;
-        if self.v6 {
-            while let Some(p) = seq.next_element::<AwsV6<'de>>()? {
-                if !self.collect.take(i, &p.ipv6_prefix, &p.region, true) {
-                    return Err(stop());
-                }
-                i += 1;
-            }
-        } else {
-            while let Some(p) = seq.next_element::<AwsV4<'de>>()? {
-                if !self.collect.take(i, &p.ip_prefix, &p.region, false) {
-                    return Err(stop());
-                }
-                i += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Adds every prefix of a wanted region to the networks asking for it (`out[network]`).
 fn load_aws(
     source: &Source,
     wanted: &HashMap<&str, Vec<usize>>,
     out: &mut [Vec<IpNet>],
 ) -> Result<(), SpecError> {
-    let mut collect = Collect {
-        wanted,
-        out,
-        bad: None,
-    };
-    let mut de = serde_json::Deserializer::from_str(&source.text);
-    let read = serde::Deserializer::deserialize_map(&mut de, &mut collect).and_then(|()| de.end());
-    if let Some(bad) = collect.bad {
-        let mut err = SpecError::new(&source.name, bad.message)
-            .with_field(bad.field)
-            .with_hint(bad.hint);
-        if let Some(at) = source.text.find(&format!("\"{}\"", bad.raw)) {
-            err = err.at_offset(&source.text, at + 1);
-        }
-        return Err(err);
-    }
-    read.map_err(|e| {
+    let ranges: AwsRanges = serde_json::from_str(&source.text).map_err(|e| {
         let message = e.to_string();
         let message = match message.rfind(" at line ") {
             Some(i) => message[..i].to_owned(),
@@ -239,7 +108,43 @@ fn load_aws(
                 guess_json_field(&source.text, offset_of(&source.text, e.line(), e.column()));
         }
         err
-    })
+    })?;
+    let bad = |field: String, raw: &str, message: String, hint: String| {
+        let mut err = SpecError::new(&source.name, message)
+            .with_field(field)
+            .with_hint(hint);
+        if let Some(at) = source.text.find(&format!("\"{raw}\"")) {
+            err = err.at_offset(&source.text, at + 1);
+        }
+        err
+    };
+    let v4 = ranges.prefixes.iter().enumerate().map(|(i, p)| {
+        (
+            format!("prefixes[{i}].ip_prefix"),
+            p.ip_prefix.as_ref(),
+            p.region.as_ref(),
+            false,
+        )
+    });
+    let v6 = ranges.ipv6_prefixes.iter().enumerate().map(|(i, p)| {
+        (
+            format!("ipv6_prefixes[{i}].ipv6_prefix"),
+            p.ipv6_prefix.as_ref(),
+            p.region.as_ref(),
+            true,
+        )
+    });
+    for (field, raw, region, is_v6) in v4.chain(v6) {
+        let Some(nets) = wanted.get(region) else {
+            continue;
+        };
+        let net =
+            aws_prefix(raw, is_v6).map_err(|(message, hint)| bad(field, raw, message, hint))?;
+        for &n in nets {
+            out[n].push(net);
+        }
+    }
+    Ok(())
 }
 
 /// Adds to each network with an `aws_region` the prefixes `source` lists for that region
