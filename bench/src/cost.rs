@@ -37,7 +37,12 @@ pub struct Class {
     pub name: &'static str,
     pub frame: Vec<u8>,
     pub expect: u32,
+    /// Frames run once before the class is measured (a handshake that establishes its flow).
+    pub prelude: Vec<Vec<u8>>,
 }
+
+/// The class whose drop the tighter target is about.
+pub const DENIED_CLASS: &str = "denied in scope";
 
 fn v4(a: Ipv4Addr) -> IpAddr {
     IpAddr::V4(a)
@@ -49,11 +54,47 @@ pub fn classes() -> Vec<Class> {
     let tcp = |src: IpAddr, dst: IpAddr, sport, dport, flags| {
         PacketSpec::tcp(src, dst, sport, dport, flags).build()
     };
-    vec![
+    let segment = |src: Ipv4Addr, dst: Ipv4Addr, sport, dport, flags, seq, ack| {
+        PacketSpec {
+            seq,
+            ack,
+            ..PacketSpec::tcp(v4(src), v4(dst), sport, dport, flags)
+        }
+        .build()
+    };
+    // A completed handshake, so the measured ACK belongs to an established flow.
+    let (client, server) = (1000u32, 5000u32);
+    let established = Class {
+        name: "allowed (established flow)",
+        frame: segment(
+            SITE_HOST,
+            EMIS_PRIMARY,
+            40002,
+            443,
+            TCP_ACK,
+            client + 1,
+            server + 1,
+        ),
+        expect: XDP_PASS,
+        prelude: vec![
+            segment(SITE_HOST, EMIS_PRIMARY, 40002, 443, TCP_SYN, client, 0),
+            segment(
+                EMIS_PRIMARY,
+                SITE_HOST,
+                443,
+                40002,
+                TCP_SYN | TCP_ACK,
+                server,
+                client + 1,
+            ),
+        ],
+    };
+    let mut out = vec![
         Class {
             name: "allowed outbound",
             frame: tcp(v4(SITE_HOST), v4(EMIS_PRIMARY), 40000, 443, TCP_SYN),
             expect: XDP_PASS,
+            prelude: vec![],
         },
         Class {
             name: "reply",
@@ -65,16 +106,19 @@ pub fn classes() -> Vec<Class> {
                 TCP_SYN | TCP_ACK,
             ),
             expect: XDP_PASS,
+            prelude: vec![],
         },
         Class {
             name: "denied in scope",
             frame: tcp(v4(SITE_HOST), v4(EMIS_PRIMARY), 40000, 444, TCP_SYN),
             expect: XDP_DROP,
+            prelude: vec![],
         },
         Class {
             name: "out of scope",
             frame: tcp(v4(SITE_HOST), v4(INTERNET_HOST), 40000, 443, TCP_SYN),
             expect: XDP_PASS,
+            prelude: vec![],
         },
         Class {
             name: "IPv6",
@@ -86,6 +130,7 @@ pub fn classes() -> Vec<Class> {
                 TCP_SYN,
             ),
             expect: XDP_PASS,
+            prelude: vec![],
         },
         Class {
             name: "VLAN-tagged",
@@ -93,8 +138,11 @@ pub fn classes() -> Vec<Class> {
                 .with_vlans(&[(0x8100, 100)])
                 .build(),
             expect: XDP_PASS,
+            prelude: vec![],
         },
-    ]
+    ];
+    out.insert(1, established);
+    out
 }
 
 /// The name of the scaling-only class: not one of the packet classes.
@@ -106,6 +154,7 @@ pub fn aws_class(addr: Ipv4Addr) -> Class {
         name: AWS_CLASS,
         frame: PacketSpec::tcp(v4(SITE_HOST), v4(addr), 40001, 443, TCP_SYN).build(),
         expect: XDP_PASS,
+        prelude: vec![],
     }
 }
 
@@ -144,6 +193,9 @@ pub fn measure(
     let parse = bench.program(programs::PARSE_ONLY)?;
     // Once each, in order: checks the verdicts and opens the flow the reply answers.
     for class in classes {
+        for frame in &class.prelude {
+            enforcer.run(frame)?;
+        }
         let action = enforcer.run(&class.frame)?;
         if action != class.expect {
             bail!(

@@ -14,6 +14,7 @@
 mod chart;
 mod cost;
 mod egress;
+mod history;
 mod loadchild;
 mod report;
 mod synth;
@@ -30,7 +31,7 @@ use emis_testkit::BenchPrograms;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use cost::ClassCost;
-use report::{median, Machine, Report, Scale, Settings, Throughput};
+use report::{median, Machine, ProgramRow, Report, Scale, Settings, Throughput};
 use veth::Contender;
 
 #[derive(Parser)]
@@ -105,7 +106,7 @@ fn run(cli: &Cli) -> Result<()> {
     let mut programs = BenchPrograms::load()?;
     let policy = cost::policy(None)?;
     let classes = cost::classes();
-    let cost = per_packet_cost(&programs, &policy, &classes, &settings)?;
+    let (cost, program_rows) = per_packet_cost(&programs, &policy, &classes, &settings)?;
     egress_cost(&programs, &policy, &settings, &cli.out)?;
     let scaling = scaling(&programs, &classes, &settings)?;
     let samples = throughput_samples(&mut programs, &policy, &settings, cli.quick)?;
@@ -114,13 +115,15 @@ fn run(cli: &Cli) -> Result<()> {
         quick: cli.quick,
         machine,
         settings,
+        programs: program_rows,
         cost,
         scaling,
         throughput: throughput(&samples),
         targets: Vec::new(),
     };
     report.targets = targets::targets(&report);
-    write_report(&report, &cli.out)
+    write_report(&report, &cli.out)?;
+    history::append(&report, Path::new(history::HISTORY))
 }
 
 /// `emis-bench egress-cost`: the egress program's step alone.
@@ -160,9 +163,14 @@ fn per_packet_cost(
     policy: &Policy,
     classes: &[cost::Class],
     settings: &Settings,
-) -> Result<Vec<ClassCost>> {
+) -> Result<(Vec<ClassCost>, Vec<ProgramRow>)> {
     step("per-packet cost (BPF_PROG_TEST_RUN): no-op, parse-only and emis side by side");
     let mut enforcer = cost::load_enforcer(policy)?;
+    let program_rows = enforcer
+        .program_stats()?
+        .into_iter()
+        .map(ProgramRow::from)
+        .collect();
     let pb = bar((classes.len() * settings.cost_reps) as u64, "cost");
     let rows = cost::measure(
         programs,
@@ -173,7 +181,7 @@ fn per_packet_cost(
         || pb.inc(1),
     )?;
     pb.finish_and_clear();
-    Ok(rows)
+    Ok((rows, program_rows))
 }
 
 /// Step 1b, the TC egress program against a no-op TC program.
@@ -328,6 +336,7 @@ fn write_report(report: &Report, out: &Path) -> Result<()> {
 fn short_name(c: Contender) -> &'static str {
     match c {
         Contender::NoopDrop => "no-op drop",
+        Contender::NoopPass => "no-op pass",
         Contender::EmisDrop => "emis drop",
         Contender::EmisPass => "emis pass",
         Contender::XdpFilterDrop => "xdp-filter drop",

@@ -38,6 +38,29 @@ impl Machine {
     }
 }
 
+/// The verifier's and the JIT's view of one program of the enforcer.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramRow {
+    pub program: String,
+    /// The verifier log's "processed N insns".
+    pub verified_insns: u32,
+    pub verifier_budget_share: f64,
+    pub xlated_insns: u32,
+    pub jited_bytes: u32,
+}
+
+impl From<emis_testkit::ProgramStats> for ProgramRow {
+    fn from(s: emis_testkit::ProgramStats) -> Self {
+        ProgramRow {
+            verifier_budget_share: s.verified_insns as f64 / emis_testkit::VERIFIER_BUDGET as f64,
+            program: s.program,
+            verified_insns: s.verified_insns,
+            xlated_insns: s.xlated_insns,
+            jited_bytes: s.jited_bytes,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Scale {
     pub prefixes: usize,
@@ -70,6 +93,7 @@ pub struct Report {
     pub quick: bool,
     pub machine: Machine,
     pub settings: Settings,
+    pub programs: Vec<ProgramRow>,
     pub cost: Vec<ClassCost>,
     pub scaling: Vec<Scale>,
     pub throughput: Vec<Throughput>,
@@ -119,6 +143,8 @@ impl Report {
         let mut s = String::new();
         self.machine_line(&mut s);
         let _ = writeln!(s);
+        self.program_table(&mut s);
+        let _ = writeln!(s);
         self.cost_table(&mut s);
         let _ = writeln!(s);
         self.scaling_table(&mut s);
@@ -140,6 +166,30 @@ impl Report {
             self.machine.kernel,
             if self.quick { " (--quick)" } else { "" }
         );
+    }
+
+    /// What the verifier and the JIT made of each program.
+    fn program_table(&self, w: &mut String) {
+        let _ = writeln!(
+            w,
+            "Programs: the verifier's work (of its 1,000,000) and the JIT's output"
+        );
+        let _ = writeln!(
+            w,
+            "| program | processed insns | of budget | insns after rewrites | JIT bytes |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|");
+        for p in &self.programs {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {:.1}% | {} | {} |",
+                p.program,
+                thousands(p.verified_insns as usize),
+                p.verifier_budget_share * 100.0,
+                thousands(p.xlated_insns as usize),
+                thousands(p.jited_bytes as usize)
+            );
+        }
     }
 
     /// Per-packet cost of each class on the three programs.

@@ -47,6 +47,8 @@ const PER_CALL: u32 = 1 << 17;
 pub enum Contender {
     /// XDP_DROP and nothing else: the receiver's limit.
     NoopDrop,
+    /// XDP_PASS and nothing else on the allowed traffic: the pass path's limit on this route.
+    NoopPass,
     /// emis in enforce mode on traffic it denies.
     EmisDrop,
     /// emis on traffic it allows (passed to the stack and routed to the EMIS side).
@@ -60,8 +62,9 @@ pub enum Contender {
 }
 
 impl Contender {
-    pub const ALL: [Contender; 6] = [
+    pub const ALL: [Contender; 7] = [
         Contender::NoopDrop,
+        Contender::NoopPass,
         Contender::EmisDrop,
         Contender::EmisPass,
         Contender::XdpFilterDrop,
@@ -71,6 +74,7 @@ impl Contender {
     pub fn name(self) -> &'static str {
         match self {
             Contender::NoopDrop => "no-op XDP_DROP (limit)",
+            Contender::NoopPass => "no-op XDP_PASS, allowed traffic (pass limit)",
             Contender::EmisDrop => "emis, denied traffic (drop)",
             Contender::EmisPass => "emis, allowed traffic (pass)",
             Contender::XdpFilterDrop => "xdp-filter, port rules (drop)",
@@ -79,7 +83,10 @@ impl Contender {
         }
     }
     fn allowed_traffic(self) -> bool {
-        matches!(self, Contender::EmisPass | Contender::NftPass)
+        matches!(
+            self,
+            Contender::EmisPass | Contender::NftPass | Contender::NoopPass
+        )
     }
 }
 
@@ -118,6 +125,7 @@ struct Attached {
     /// The enforcer, detached when dropped.
     emis: Option<aya::Ebpf>,
     noop_link: Option<aya::programs::xdp::XdpLinkId>,
+    noop_pass_link: Option<aya::programs::xdp::XdpLinkId>,
 }
 
 /// One reading of the counters a throughput run compares.
@@ -325,6 +333,13 @@ impl<'a> Bench<'a> {
                     iface,
                 )?);
             }
+            Contender::NoopPass => {
+                attached.noop_pass_link = Some(attach_native(
+                    self.programs.program_mut(programs::NOOP_PASS)?,
+                    &gw,
+                    iface,
+                )?);
+            }
             Contender::EmisDrop | Contender::EmisPass => {
                 let compiled = compile(self.policy)?;
                 let mut ebpf = loader::load(&compiled, LoadOptions::default())?;
@@ -365,6 +380,12 @@ impl<'a> Bench<'a> {
                 .program_mut(programs::NOOP_DROP)?
                 .detach(link)
                 .context("detaching the no-op program")?;
+        }
+        if let Some(link) = attached.noop_pass_link {
+            self.programs
+                .program_mut(programs::NOOP_PASS)?
+                .detach(link)
+                .context("detaching the no-op pass program")?;
         }
         drop(attached.emis);
         match contender {

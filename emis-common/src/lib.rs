@@ -1,5 +1,6 @@
 //! What the emis XDP program and its userspace must agree on, written once.
 //!
+//! - [`addr_table`]: the IPv4 enforce-scope classes as two inlined array reads.
 //! - [`maps`]: map names and sizes, and the layout of address, port and counter entries.
 //! - [`config`]: the run-time settings the loader writes and the program reads.
 //! - [`wire`]: header layouts, protocol numbers, TCP flags and the parsers' bounds.
@@ -18,6 +19,7 @@
 //! Every item is re-exported at the crate root.
 #![cfg_attr(not(test), no_std)]
 
+pub mod addr_table;
 pub mod config;
 pub mod decision;
 pub mod events;
@@ -29,6 +31,7 @@ pub mod maps;
 pub mod trace;
 pub mod wire;
 
+pub use addr_table::*;
 pub use config::*;
 pub use decision::*;
 pub use events::*;
@@ -44,6 +47,8 @@ pub use wire::*;
 mod pod {
     use super::*;
     unsafe impl aya::Pod for AddrInfo {}
+    unsafe impl aya::Pod for AddrBucket {}
+    unsafe impl aya::Pod for AddrListV6 {}
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for RuleEntry {}
     unsafe impl aya::Pod for RuleSet {}
@@ -72,6 +77,8 @@ mod layout {
     #[test]
     fn map_types_keep_their_size() {
         assert_eq!(size_of::<AddrInfo>(), 16);
+        assert_eq!(size_of::<AddrBucket>(), 24 + 24 * BUCKET_PREFIXES);
+        assert_eq!(size_of::<AddrListV6>(), 8 + 48 * V6_LIST_PREFIXES);
         assert_eq!(size_of::<PortKey>(), 4);
         assert_eq!(size_of::<RuleEntry>(), 24);
         assert_eq!(size_of::<RuleSet>(), 8 + 24 * MAX_CANDIDATES);

@@ -13,8 +13,26 @@ pub const MAP_ADDR_V6: &str = "EMIS_ADDR_V6";
 pub const MAP_COUNT_V4: &str = "EMIS_COUNT_V4";
 /// Name of the map from IPv6 prefix to the classes of count-scope networks (`u64`).
 pub const MAP_COUNT_V6: &str = "EMIS_COUNT_V6";
-/// Name of the map from [`PortKey`] to [`RuleSet`].
-pub const MAP_PORTS: &str = "EMIS_PORTS";
+/// Name of the array from a port's slot ([`port_slot`]) to the index of its [`RuleSet`]
+/// in [`MAP_RULE_SETS`] (`u16`; 0: no rule lists the port). An array the verifier
+/// inlines, where a hash map would cost a helper call per packet.
+pub const MAP_PORTS: &str = "EMIS_PORT_INDEX";
+/// Name of the array of distinct [`RuleSet`]s, from index 1; the loader sizes it to fit.
+pub const MAP_RULE_SETS: &str = "EMIS_RULE_SETS";
+/// Slots of [`MAP_PORTS`]: every TCP port, then every UDP port.
+pub const PORT_SLOTS: u32 = 2 * 65_536;
+/// Entries [`MAP_RULE_SETS`] may need: one per port entry, plus the unused index 0.
+pub const MAX_RULE_SETS: u32 = MAX_PORT_ENTRIES + 1;
+
+/// The slot of (`proto`, `port`) in [`MAP_PORTS`]; only TCP and UDP have ports.
+#[inline(always)]
+pub const fn port_slot(proto: u8, port: u16) -> Option<u32> {
+    match proto {
+        crate::PROTO_TCP => Some(port as u32),
+        crate::PROTO_UDP => Some(65_536 + port as u32),
+        _ => None,
+    }
+}
 /// Name of the one-entry array holding [`Config`](crate::Config).
 pub const MAP_CONFIG: &str = "EMIS_CONFIG";
 /// Name of the per-CPU array of [`Counter`]s, laid out by [`stats_index`](crate::stats_index).

@@ -24,11 +24,9 @@
 //! program counted the forward packet on the way in) and never drops one; it counts only
 //! flow events. See docs/DECISIONS.md, "NAT and flows the router opens".
 
-use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 use emis_common::{
-    tcp_header_len, track, AddrInfo, Config, FlowKey, FlowValue, Link, PortKey, RuleSet, Segment,
+    tcp_header_len, track, AddrInfo, Config, FlowKey, FlowValue, Link, RuleSet, Segment,
     DIR_FORWARD, FLOW_EVENT_EGRESS_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_NEW_CREATED,
     FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED, FLOW_ORIGIN_EGRESS, MAX_CANDIDATES,
     MAX_L4_OFFSET, NO_NETWORK, PROTO_TCP, PROTO_UDP, TCP_HLEN,
@@ -36,7 +34,7 @@ use emis_common::{
 
 use crate::parse::{bytes_at, parse_frame, parse_tcp, parse_udp, Frame, L3, L4};
 use crate::{
-    count_classes, flow_event, live_flow, lookup, promote, CONFIG, FLOWS, FLOWS_NEW, PORTS,
+    count_classes, flow_event, live_flow, lookup, now, promote, rule_set, CONFIG, FLOWS, FLOWS_NEW,
 };
 
 /// TCX_NEXT: egress never decides a packet, so programs after it on the interface run
@@ -80,8 +78,8 @@ fn egress(ctx: &TcContext, link: Link) {
         return;
     };
     // Only a port some rule lists can belong to a flow a rule allowed: most packets to the
-    // LAN (replies, to ephemeral ports) stop at this one hash lookup.
-    let Some(set) = (unsafe { PORTS.get(PortKey::new(l3.proto, l4.dport)) }) else {
+    // LAN (replies, to ephemeral ports) stop at these two array reads.
+    let Some(set) = rule_set(l3.proto, l4.dport) else {
         return;
     };
     // Neither program records a flow whose ends are both out of enforce scope, so such a
@@ -92,7 +90,8 @@ fn egress(ctx: &TcContext, link: Link) {
     }
     let key = FlowKey::new(l3.src, l3.dst, l3.v6, l3.proto, l4.sport, l4.dport);
     let seg = segment(ctx, &l3, &l4);
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The flows' clock: the XDP program stamps the same entries with it.
+    let now = now();
     let (stored, established) = match live_flow(&FLOWS, &key, now, cfg, FLOW_EVENT_EXPIRED) {
         Some(flow) => (Some(flow), true),
         None => (

@@ -9,20 +9,21 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use emis_common::{
-    denial_network, deny_or_pass, expired, icmp_class, new_flow_table_size, stateless_reply,
-    stats_index, tcp_header_len, track, Addr, AddrInfo, Config, Counter, Decision, DenyReason,
-    FlowKey, FlowValue, FragKey, FragValue, IcmpClass, Link, PassReason, Path, PortKey, RuleSet,
-    Segment, Tracked, DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT,
-    FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED,
-    FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED,
-    FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE, MAX_CANDIDATES, MAX_L4_OFFSET, MAX_LEARNED_ENTRIES,
-    MAX_PORT_ENTRIES, MAX_PREFIXES, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PROTO_ICMP, PROTO_ICMPV6,
+    addr_v4_slot, denial_network, deny_or_pass, expired, icmp_class, new_flow_table_size,
+    port_slot, stateless_reply, stats_index, tcp_header_len, track, Addr, AddrBucket, AddrInfo,
+    AddrListV6, Config, Counter, Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue,
+    IcmpClass, Link, PassReason, Path, RuleSet, Segment, Tracked, ADDR_V4_SLOTS,
+    DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT, FLOW_EVENT_CREATED,
+    FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED,
+    FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE,
+    MAX_ADDR_V4_BUCKETS, MAX_CANDIDATES, MAX_L4_OFFSET, MAX_LEARNED_ENTRIES, MAX_PREFIXES,
+    MAX_RULE_SETS, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS, PROTO_ICMP, PROTO_ICMPV6,
     PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_HLEN,
 };
 
@@ -40,12 +41,20 @@ use parse::{bytes_at, parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_ud
 static ADDR_V4: LpmTrie<[u8; 4], AddrInfo> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map(name = "EMIS_ADDR_V6")]
 static ADDR_V6: LpmTrie<[u8; 16], AddrInfo> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map(name = "EMIS_ADDR_V4_INDEX")]
+static ADDR_V4_INDEX: Array<u32> = Array::with_max_entries(ADDR_V4_SLOTS, 0);
+#[map(name = "EMIS_ADDR_V4_BUCKETS")]
+static ADDR_V4_BUCKETS: Array<AddrBucket> = Array::with_max_entries(MAX_ADDR_V4_BUCKETS, 0);
+#[map(name = "EMIS_ADDR_V6_LIST")]
+static ADDR_V6_LIST: Array<AddrListV6> = Array::with_max_entries(1, 0);
 #[map(name = "EMIS_COUNT_V4")]
 static COUNT_V4: LpmTrie<[u8; 4], u64> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map(name = "EMIS_COUNT_V6")]
 static COUNT_V6: LpmTrie<[u8; 16], u64> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
-#[map(name = "EMIS_PORTS")]
-static PORTS: HashMap<PortKey, RuleSet> = HashMap::with_max_entries(MAX_PORT_ENTRIES, 0);
+#[map(name = "EMIS_PORT_INDEX")]
+static PORTS: Array<u16> = Array::with_max_entries(PORT_SLOTS, 0);
+#[map(name = "EMIS_RULE_SETS")]
+static RULE_SETS: Array<RuleSet> = Array::with_max_entries(MAX_RULE_SETS, 0);
 #[map(name = "EMIS_CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "EMIS_STATS")]
@@ -63,6 +72,32 @@ static FLOWS_NEW: LruHashMap<FlowKey, FlowValue> =
 static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(FRAG_TABLE_SIZE, 0);
 #[map(name = "EMIS_FLOW_EVENTS")]
 static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_EVENT_COUNT, 0);
+/// Per-CPU room for what would not fit the 512-byte stack a call chain shares (see [`Scratch`]).
+#[map(name = "EMIS_SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Working memory of one packet, in a per-CPU map value rather than on the stack: the
+/// flow tracker's key, segment and new entry (120 bytes the main frame would otherwise
+/// carry beside the parser's), and where the L4 header starts (see [`forget_parse_path`]).
+/// A CPU runs one XDP program at a time, so one slot per CPU is enough.
+#[repr(C)]
+struct Scratch {
+    l4_at: [u64; 2],
+    key: FlowKey,
+    fresh: FlowValue,
+    seg: Segment,
+    frag: FragKey,
+    frag_value: FragValue,
+    lpm_v4: Key<[u8; 4]>,
+    lpm_v6: Key<[u8; 16]>,
+}
+
+/// This CPU's [`Scratch`]; `None` only if the one-slot array were missing, which the
+/// loader rules out.
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
 
 #[xdp]
 pub fn emis(ctx: XdpContext) -> u32 {
@@ -121,8 +156,6 @@ struct AddrLookup<'a> {
     addr: &'a Addr,
     v6: bool,
     info: Option<AddrInfo>,
-    /// Count-scope classes, wanted only by rules that name a count-scope network.
-    count: Option<u64>,
 }
 
 impl<'a> AddrLookup<'a> {
@@ -132,7 +165,6 @@ impl<'a> AddrLookup<'a> {
             addr,
             v6,
             info: None,
-            count: None,
         }
     }
 
@@ -148,16 +180,12 @@ impl<'a> AddrLookup<'a> {
         }
     }
 
+    /// Count-scope classes, wanted only by rules that name a count-scope network. Not
+    /// cached: a cache flag would double the verifier's states through the rule loop,
+    /// and a packet needs each side at most once.
     #[inline(always)]
-    fn count_classes(&mut self) -> u64 {
-        match self.count {
-            Some(classes) => classes,
-            None => {
-                let classes = count_classes(self.addr, self.v6);
-                self.count = Some(classes);
-                classes
-            }
-        }
+    fn count_classes(&self) -> u64 {
+        count_classes(self.addr, self.v6)
     }
 }
 
@@ -183,43 +211,66 @@ impl<'a> Standing<'a> {
     }
 
     /// The first rule listing `proto`/`port` that the packet matches, forward or (`reply`)
-    /// reversed. The count-scope tries are walked only once an entry names a count-scope
-    /// network. `LEARN` (a forward TCP or UDP packet, never `reply`): if the destination
-    /// was learned from DNS for names some rule on this port names, the first of those
-    /// rules that matches wins ([`learned_match`]); the learned map is read only for a
-    /// port that a rule naming hostnames lists.
+    /// reversed. A side's count-scope trie is walked only if its classes could decide an
+    /// entry before the first that matches without them (see [`count_needed`]). `LEARN`
+    /// (a forward TCP or UDP packet, never `reply`): if the destination was learned from
+    /// DNS for names some rule on this port names, the first of those rules that matches
+    /// wins ([`learned_match`]); the learned map is read only for a port that a rule
+    /// naming hostnames lists.
     #[inline(always)]
     fn first_match<const LEARN: bool>(&mut self, proto: u8, port: u16, reply: bool) -> Option<u32> {
-        let set: &RuleSet = unsafe { PORTS.get(PortKey::new(proto, port)) }?;
-        let mut src = self.src.info().classes_with(self.unset_roles);
-        let mut dst = self.dst.info().classes_with(self.unset_roles);
-        let mut with_count = false;
-        let len = set.len as usize;
+        let set = rule_set(proto, port)?;
+        let (src_info, dst_info) = (self.src.info(), self.dst.info());
+        let src = src_info.classes_with(self.unset_roles);
+        let dst = dst_info.classes_with(self.unset_roles);
+        // In the rule's direction: a reply is the rule's traffic reversed.
+        let (mut from, mut to) = if reply { (dst, src) } else { (src, dst) };
         if LEARN {
             // LEARN is a forward packet's walk: the destination is the rule's destination.
             let mut flags = 0;
             if self.dst.v6 {
                 flags |= LEARN_V6;
             }
-            if self.src.info().network == NO_NETWORK && self.dst.info().network == NO_NETWORK {
+            if src_info.network == NO_NETWORK && dst_info.network == NO_NETWORK {
                 flags |= LEARN_OUT_OF_SCOPE;
             }
-            let rule = learned_match(set, self.dst.addr, flags, src, dst);
+            let rule = learned_match(set, self.dst.addr, flags, from, to);
             if rule != NO_RULE {
                 return Some(rule);
             }
         }
+        let (from_needs, to_needs) = count_needed(set, from, to, self.count_mask);
+        // An address in an enforce-scope network is in no count-scope network (the spec
+        // refuses such overlaps), so its count trie is never walked.
+        let (src_counts, dst_counts) = (
+            src_info.network == NO_NETWORK,
+            dst_info.network == NO_NETWORK,
+        );
+        let (from_needs, to_needs) = if reply {
+            (from_needs && dst_counts, to_needs && src_counts)
+        } else {
+            (from_needs && src_counts, to_needs && dst_counts)
+        };
+        if from_needs {
+            from |= if reply {
+                self.dst.count_classes()
+            } else {
+                self.src.count_classes()
+            };
+        }
+        if to_needs {
+            to |= if reply {
+                self.src.count_classes()
+            } else {
+                self.dst.count_classes()
+            };
+        }
+        let len = set.len as usize;
         for i in 0..MAX_CANDIDATES {
             if i >= len {
                 break;
             }
             let entry = &set.entries[i];
-            if !with_count && (entry.src | entry.dst) & self.count_mask != 0 {
-                src |= self.src.count_classes();
-                dst |= self.dst.count_classes();
-                with_count = true;
-            }
-            let (from, to) = if reply { (dst, src) } else { (src, dst) };
             if entry.matches(from, to) {
                 return Some(entry.rule);
             }
@@ -285,6 +336,11 @@ fn decide(ctx: &XdpContext, cfg: &Config, link: Link) -> Decision {
     if let Err(reason) = parse_frame(ctx, link, &mut l3) {
         return Decision::Pass { reason };
     }
+    if !forget_parse_path(&mut l3) {
+        return Decision::Pass {
+            reason: PassReason::Unparsed,
+        };
+    }
     let mut standing = Standing::new(&l3.src, &l3.dst, l3.v6, cfg);
     if l3.malformed {
         return standing.deny_or_pass(DenyReason::Malformed);
@@ -316,12 +372,70 @@ fn decide(ctx: &XdpContext, cfg: &Config, link: Link) -> Decision {
     }
 }
 
+/// Every parse path (VLAN tags, PPPoE, IPv4 options, IPv6 extension headers) leaves the
+/// L4 header at an offset of its own, which the verifier would track exactly and so
+/// verify everything after parsing once per path, most of its budget. A round trip
+/// through a map value turns offset and length into values it cannot know, the same on
+/// every path; the readers after this bound them again before touching the frame.
+/// `false` only if the one-slot per-CPU array were missing, which the loader rules out.
+#[inline(always)]
+fn forget_parse_path(l3: &mut L3) -> bool {
+    let Some(room) = scratch() else {
+        return false;
+    };
+    let slot = &mut room.l4_at as *mut [u64; 2];
+    unsafe {
+        core::ptr::write_volatile(slot, [l3.l4_offset as u64, l3.l4_len as u64]);
+        let [offset, len] = core::ptr::read_volatile(slot);
+        l3.l4_offset = offset as usize;
+        l3.l4_len = len as usize;
+    }
+    true
+}
+
+/// The rules listing `proto`/`port`: two array reads, which the verifier inlines.
+#[inline(always)]
+fn rule_set(proto: u8, port: u16) -> Option<&'static RuleSet> {
+    let index = *PORTS.get(port_slot(proto, port)?)?;
+    if index == 0 {
+        return None;
+    }
+    RULE_SETS.get(index as u32)
+}
+
+/// The classes of an IPv4 address from the /16 index and its bucket; `None` when its
+/// /16 holds more prefixes than a bucket and the trie must answer.
+#[inline(always)]
+fn lookup_v4_table(addr: &Addr) -> Option<AddrInfo> {
+    let addr = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    let index = *ADDR_V4_INDEX.get(addr_v4_slot(addr))?;
+    if index == 0 {
+        return Some(AddrInfo::OUTSIDE);
+    }
+    ADDR_V4_BUCKETS.get(index)?.find(addr)
+}
+
 #[inline(always)]
 fn lookup(addr: &Addr, v6: bool) -> AddrInfo {
-    let found = if v6 {
-        ADDR_V6.get(Key::new(128, *addr))
+    let listed = if v6 {
+        ADDR_V6_LIST
+            .get(0)
+            .and_then(|list| list.find(AddrListV6::halves(addr)))
     } else {
-        ADDR_V4.get(Key::new(32, [addr[0], addr[1], addr[2], addr[3]]))
+        lookup_v4_table(addr)
+    };
+    if let Some(info) = listed {
+        return info;
+    }
+    let Some(room) = scratch() else {
+        return AddrInfo::OUTSIDE;
+    };
+    let found = if v6 {
+        room.lpm_v6 = Key::new(128, *addr);
+        ADDR_V6.get(&room.lpm_v6)
+    } else {
+        room.lpm_v4 = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+        ADDR_V4.get(&room.lpm_v4)
     };
     match found {
         Some(info) => *info,
@@ -329,13 +443,45 @@ fn lookup(addr: &Addr, v6: bool) -> AddrInfo {
     }
 }
 
+/// Whether the count-scope classes of the rule's source (`from`) and destination (`to`)
+/// sides could change which entry of `set` matches first: only entries before the first
+/// that matches without them can, and on one side only where the entry names a
+/// count-scope network and its other side matches or might through its own. Plain bit
+/// arithmetic, so the verifier meets one state after the loop.
+#[inline(always)]
+fn count_needed(set: &RuleSet, from: u64, to: u64, count_mask: u64) -> (bool, bool) {
+    let (mut from_wants, mut to_wants) = (0u64, 0u64);
+    let len = set.len as usize;
+    for i in 0..MAX_CANDIDATES {
+        if i >= len {
+            break;
+        }
+        let entry = &set.entries[i];
+        if entry.matches(from, to) {
+            break;
+        }
+        if entry.dst & (to | count_mask) != 0 {
+            from_wants |= entry.src;
+        }
+        if entry.src & (from | count_mask) != 0 {
+            to_wants |= entry.dst;
+        }
+    }
+    (from_wants & count_mask != 0, to_wants & count_mask != 0)
+}
+
 /// The classes of the count-scope networks holding an address.
 #[inline(always)]
 fn count_classes(addr: &Addr, v6: bool) -> u64 {
+    let Some(room) = scratch() else {
+        return 0;
+    };
     let found = if v6 {
-        COUNT_V6.get(Key::new(128, *addr))
+        room.lpm_v6 = Key::new(128, *addr);
+        COUNT_V6.get(&room.lpm_v6)
     } else {
-        COUNT_V4.get(Key::new(32, [addr[0], addr[1], addr[2], addr[3]]))
+        room.lpm_v4 = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+        COUNT_V4.get(&room.lpm_v4)
     };
     found.copied().unwrap_or(0)
 }
@@ -387,8 +533,10 @@ fn transport(
             // Both ends out of enforce scope: the replies pass anyway, so keep no state.
             if standing.network() == NO_NETWORK {
                 flow_event(FLOW_EVENT_UNTRACKED);
-            } else {
-                track_forward(&flow_key(l3, l4), rule, &segment(ctx, l3, l4), cfg);
+            } else if let Some(room) = scratch() {
+                room.key = flow_key(l3, l4);
+                room.seg = segment(ctx, l3, l4);
+                track_forward(&room.key, rule, &room.seg, cfg, &mut room.fresh);
             }
         }
         return Ok(Decision::Allow {
@@ -400,7 +548,10 @@ fn transport(
         return Err(DenyReason::NoRule);
     }
     let rule = if cfg.stateful() {
-        track_reply(&flow_key(l3, l4).reversed(), &segment(ctx, l3, l4), cfg)
+        let room = scratch().ok_or(DenyReason::NoRule)?;
+        room.key = flow_key(l3, l4).reversed();
+        room.seg = segment(ctx, l3, l4);
+        track_reply(&room.key, &room.seg, cfg)
     } else if stateless_reply(l3.proto, l4.flags) {
         standing.first_match::<false>(l3.proto, l4.sport, true)
     } else {
@@ -413,6 +564,14 @@ fn transport(
         }),
         None => Err(DenyReason::NoRule),
     }
+}
+
+/// The time flows and fragments are stamped with: the coarse monotonic clock (the last
+/// tick), which costs a load where `bpf_ktime_get_ns` reads the clock source; lifetimes
+/// are seconds, so a tick's lag changes nothing.
+#[inline(always)]
+fn now() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]
@@ -431,9 +590,9 @@ fn count_tracked(tracked: Tracked) {
 /// if it is there, else in the new-flow table, which it leaves once assured. The tracker
 /// is called once, on whichever entry applies, to keep the program small.
 #[inline(always)]
-fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut fresh = FlowValue::new(rule);
+fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config, fresh: &mut FlowValue) {
+    let now = now();
+    *fresh = FlowValue::new(rule);
     let mut stored = live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED);
     let established = stored.is_some();
     if !established {
@@ -448,12 +607,12 @@ fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config) {
     }
     let flow = match stored {
         Some(flow) => unsafe { &mut *flow },
-        None => &mut fresh,
+        None => &mut *fresh,
     };
     flow.rule = rule;
     count_tracked(track(flow, DIR_FORWARD, key.proto, seg, now));
     if stored.is_none() {
-        match FLOWS_NEW.insert(key, &fresh, 0) {
+        match FLOWS_NEW.insert(key, fresh, 0) {
             Ok(()) => flow_event(FLOW_EVENT_NEW_CREATED),
             Err(_) => flow_event(FLOW_EVENT_NEW_INSERT_FAILED),
         }
@@ -511,7 +670,7 @@ fn tracked_rule(key: &FlowKey, now: u64, cfg: &Config) -> Option<u32> {
 /// lookup); a new flow that the reply assures moves into it (a UDP reply does).
 #[inline(always)]
 fn track_reply(key: &FlowKey, seg: &Segment, cfg: &Config) -> Option<u32> {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now();
     let (flow, established) = match live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED) {
         Some(flow) => (flow, true),
         None => (
@@ -552,7 +711,8 @@ fn icmp(
         return Err(DenyReason::Icmp);
     }
     let rule = if cfg.stateful() {
-        let key = FlowKey::new(
+        let room = scratch().ok_or(DenyReason::Icmp)?;
+        room.key = FlowKey::new(
             quoted.src,
             quoted.dst,
             l3.v6,
@@ -560,8 +720,11 @@ fn icmp(
             quoted.sport,
             quoted.dport,
         );
-        let now = unsafe { bpf_ktime_get_ns() };
-        tracked_rule(&key, now, cfg).or_else(|| tracked_rule(&key.reversed(), now, cfg))
+        let now = now();
+        tracked_rule(&room.key, now, cfg).or_else(|| {
+            room.key = room.key.reversed();
+            tracked_rule(&room.key, now, cfg)
+        })
     } else {
         let mut about = Standing::new(&quoted.src, &quoted.dst, l3.v6, cfg);
         about
@@ -583,13 +746,14 @@ fn frag_key(l3: &L3) -> FragKey {
 /// An allowed first fragment lets the rest of its datagram through under the same rule.
 #[inline(always)]
 fn remember_first_fragment(l3: &L3, decision: Decision) {
-    if let Decision::Allow { rule, path } = decision {
-        let value = FragValue {
-            last_seen_ns: unsafe { bpf_ktime_get_ns() },
+    if let (Decision::Allow { rule, path }, Some(room)) = (decision, scratch()) {
+        room.frag_value = FragValue {
+            last_seen_ns: now(),
             rule,
             path: path as u32,
         };
-        let _ = FRAGS.insert(&frag_key(l3), &value, 0);
+        room.frag = frag_key(l3);
+        let _ = FRAGS.insert(&room.frag, &room.frag_value, 0);
     }
 }
 
@@ -599,12 +763,14 @@ fn later_fragment(l3: &L3, cfg: &Config) -> Result<Decision, DenyReason> {
     if l3.proto == PROTO_TCP && l3.frag_offset < MIN_TCP_FRAG_OFFSET {
         return Err(DenyReason::Malformed);
     }
-    let key = frag_key(l3);
-    let entry = FRAGS.get_ptr_mut(&key).ok_or(DenyReason::Fragment)?;
-    let now = unsafe { bpf_ktime_get_ns() };
+    let room = scratch().ok_or(DenyReason::Fragment)?;
+    room.frag = frag_key(l3);
+    let key = &room.frag;
+    let entry = FRAGS.get_ptr_mut(key).ok_or(DenyReason::Fragment)?;
+    let now = now();
     let entry = unsafe { &mut *entry };
     if expired(entry.last_seen_ns, cfg.fragment_timeout_ns, now) {
-        let _ = FRAGS.remove(&key);
+        let _ = FRAGS.remove(key);
         return Err(DenyReason::Fragment);
     }
     entry.last_seen_ns = now;

@@ -12,6 +12,7 @@
 //! - `hostnames` matches the spec's hostnames and groups the rules naming them; `dns`
 //!   reads DNS responses into learned (name, address, TTL) answers.
 
+pub mod addr_table;
 pub mod capacity;
 pub mod compile;
 pub mod dns;

@@ -10,7 +10,7 @@ use aya::{
 };
 use emis_common::{
     iface_index, Config, Counter, FlowKey, FlowValue, IfaceAction, Link, MAP_CONFIG, MAP_FLOWS,
-    MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_IFACE_STATS, MAP_STATS, PROGRAM_NAME_L3,
+    MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_IFACE_STATS, MAP_STATS, PROGRAM_NAME, PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
@@ -25,6 +25,36 @@ use emis::{
 };
 
 use crate::testrun::{self, RunResult};
+
+/// The verifier's and the JIT's view of one loaded program.
+#[derive(Clone, Debug)]
+pub struct ProgramStats {
+    pub program: String,
+    /// Instructions the verifier processed, out of its budget of 1,000,000.
+    pub verified_insns: u32,
+    /// Instructions after the verifier's rewrites.
+    pub xlated_insns: u32,
+    pub jited_bytes: u32,
+}
+
+/// The verifier's limit on processed instructions per program.
+pub const VERIFIER_BUDGET: u32 = 1_000_000;
+
+impl ProgramStats {
+    fn of(name: &str, program: &Xdp) -> Result<ProgramStats> {
+        let info = program
+            .info()
+            .with_context(|| format!("reading the kernel's info on {name}"))?;
+        Ok(ProgramStats {
+            program: name.to_string(),
+            verified_insns: info
+                .verified_instruction_count()
+                .context("the kernel does not report verified instructions (needs 5.16+)")?,
+            xlated_insns: info.size_translated().unwrap_or(0) / 8,
+            jited_bytes: info.size_jitted(),
+        })
+    }
+}
 
 /// The kernel program loaded with one policy, not attached anywhere.
 pub struct TestProgram {
@@ -239,6 +269,15 @@ impl TestProgram {
                 .context("no flow event map")?,
         )?;
         FlowTableStats::read(&flows, &events, self.options.flow_table_size)
+    }
+
+    /// What the kernel reports of the loaded `emis` and `emis_l3` programs: the
+    /// instructions its verifier processed (the log's "processed N insns") and the size
+    /// of the JIT-compiled code.
+    pub fn program_stats(&mut self) -> Result<Vec<ProgramStats>> {
+        let l3 = ProgramStats::of(PROGRAM_NAME_L3, self.program_l3()?)?;
+        let main = ProgramStats::of(PROGRAM_NAME, self.program_mut()?)?;
+        Ok(vec![main, l3])
     }
 
     pub fn set_mode(&mut self, mode: Mode) -> Result<()> {

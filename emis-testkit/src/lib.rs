@@ -17,6 +17,6 @@ pub mod fixture;
 pub mod programs;
 pub mod testrun;
 
-pub use enforcer::TestProgram;
+pub use enforcer::{ProgramStats, TestProgram, VERIFIER_BUDGET};
 pub use programs::BenchPrograms;
 pub use testrun::{run_repeat, RunResult, XDP_ABORTED, XDP_DROP, XDP_PASS};

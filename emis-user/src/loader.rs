@@ -2,21 +2,27 @@
 //! pinning and swapping programs belong to the daemon (`crate::daemon`); a program loaded
 //! here and dropped without being attached leaves nothing behind.
 
-use std::{os::fd::AsRawFd, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::fd::AsRawFd,
+    path::Path,
+};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError},
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData, MapError},
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use emis_common::{
-    new_flow_table_size, Config, PortKey, RuleSet, TraceMatch, MAP_ADDR_V4, MAP_ADDR_V6,
-    MAP_CONFIG, MAP_COUNT_V4, MAP_COUNT_V6, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS,
-    MAP_PORTS, MAP_STATS, MAP_TRACE_MATCH, PROGRAM_NAME, PROGRAM_NAME_EGRESS,
+    new_flow_table_size, port_slot, AddrBucket, AddrListV6, Config, PortKey, RuleSet, TraceMatch,
+    MAP_ADDR_V4, MAP_ADDR_V4_BUCKETS, MAP_ADDR_V4_INDEX, MAP_ADDR_V6, MAP_ADDR_V6_LIST, MAP_CONFIG,
+    MAP_COUNT_V4, MAP_COUNT_V6, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS,
+    MAP_RULE_SETS, MAP_STATS, MAP_TRACE_MATCH, PROGRAM_NAME, PROGRAM_NAME_EGRESS,
     PROGRAM_NAME_EGRESS_L3, PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
+    addr_table::{addr_list_v6, AddrTableV4},
     compile::Compiled,
     policy::{Mode, Replies},
 };
@@ -175,6 +181,10 @@ pub fn load_sharing(
     // New and half-open flows live apart, so however many arrive they never push out a
     // flow that has seen traffic both ways.
     loader.map_max_entries(MAP_FLOWS_NEW, new_flow_table_size(options.flow_table_size));
+    let ports = PortTables::new(&compiled.ports);
+    loader.map_max_entries(MAP_RULE_SETS, ports.sets.len() as u32);
+    let addr_v4 = AddrTableV4::new(&compiled.v4);
+    loader.map_max_entries(MAP_ADDR_V4_BUCKETS, addr_v4.buckets.len() as u32);
     if let Some(dir) = shared_pins {
         for name in SHARED_MAPS {
             loader.map_pin_path(name, dir.join(name));
@@ -186,7 +196,12 @@ pub fn load_sharing(
             size: options.flow_table_size,
             source,
         })?;
-    fill_maps(&mut ebpf, compiled, options)?;
+    fill_maps(&mut ebpf, compiled, &ports, options)?;
+    fill_addr_v4_table(&mut ebpf, &addr_v4)?;
+    let mut list: Array<_, AddrListV6> = Array::try_from(map_mut(&mut ebpf, MAP_ADDR_V6_LIST)?)
+        .map_err(map_error(format!("opening {MAP_ADDR_V6_LIST}")))?;
+    list.set(0, addr_list_v6(&compiled.v6), 0)
+        .map_err(map_error(format!("writing {MAP_ADDR_V6_LIST}")))?;
     program_mut(&mut ebpf)?
         .load()
         .map_err(LoadError::Verifier)?;
@@ -268,7 +283,66 @@ fn fill_trie<const N: usize, V: aya::Pod>(
     Ok(())
 }
 
-fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, options: LoadOptions) -> Result<(), LoadError> {
+/// The compiled port sets as the kernel reads them: each distinct set once (index 0 is
+/// the unused "no set"), and per port slot the index of its set.
+struct PortTables {
+    sets: Vec<RuleSet>,
+    slots: Vec<(u32, u16)>,
+}
+
+impl PortTables {
+    fn new(ports: &BTreeMap<PortKey, RuleSet>) -> PortTables {
+        let mut sets = vec![RuleSet::default()];
+        let mut index: HashMap<&[u8], u16> = HashMap::new();
+        let mut slots = Vec::with_capacity(ports.len());
+        for (key, set) in ports {
+            // Rules are TCP or UDP, so every key has a slot.
+            let Some(slot) = port_slot(key.proto, key.port) else {
+                continue;
+            };
+            // Plain `repr(C)` data with explicit padding (aya::Pod): its bytes are its value.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (set as *const RuleSet).cast::<u8>(),
+                    std::mem::size_of::<RuleSet>(),
+                )
+            };
+            let i = *index.entry(bytes).or_insert_with(|| {
+                sets.push(*set);
+                // At most MAX_PORT_ENTRIES (capacity) sets, so the index fits.
+                (sets.len() - 1) as u16
+            });
+            slots.push((slot, i));
+        }
+        PortTables { sets, slots }
+    }
+}
+
+/// The IPv4 enforce-scope classes by /16 (the trie stays filled for the buckets that defer to it).
+fn fill_addr_v4_table(ebpf: &mut Ebpf, table: &AddrTableV4) -> Result<(), LoadError> {
+    let mut buckets: Array<_, AddrBucket> = Array::try_from(map_mut(ebpf, MAP_ADDR_V4_BUCKETS)?)
+        .map_err(map_error(format!("opening {MAP_ADDR_V4_BUCKETS}")))?;
+    for (i, bucket) in table.buckets.iter().enumerate().skip(1) {
+        buckets.set(i as u32, bucket, 0).map_err(map_error(format!(
+            "writing bucket {i} into {MAP_ADDR_V4_BUCKETS}"
+        )))?;
+    }
+    let mut index: Array<_, u32> = Array::try_from(map_mut(ebpf, MAP_ADDR_V4_INDEX)?)
+        .map_err(map_error(format!("opening {MAP_ADDR_V4_INDEX}")))?;
+    for &(slot, bucket) in &table.slots {
+        index.set(slot, bucket, 0).map_err(map_error(format!(
+            "writing /16 slot {slot} into {MAP_ADDR_V4_INDEX}"
+        )))?;
+    }
+    Ok(())
+}
+
+fn fill_maps(
+    ebpf: &mut Ebpf,
+    compiled: &Compiled,
+    ports: &PortTables,
+    options: LoadOptions,
+) -> Result<(), LoadError> {
     let v4 = |n: &ipnet::Ipv4Net| (n.prefix_len(), n.network().octets());
     let v6 = |n: &ipnet::Ipv6Net| (n.prefix_len(), n.network().octets());
     fill_trie(
@@ -297,12 +371,18 @@ fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled, options: LoadOptions) -> Resu
             .iter()
             .map(|(n, c)| (v6(n).0, v6(n).1, *c)),
     )?;
-    let mut ports: HashMap<_, PortKey, RuleSet> = HashMap::try_from(map_mut(ebpf, MAP_PORTS)?)
+    let mut sets: Array<_, RuleSet> = Array::try_from(map_mut(ebpf, MAP_RULE_SETS)?)
+        .map_err(map_error(format!("opening {MAP_RULE_SETS}")))?;
+    for (i, set) in ports.sets.iter().enumerate().skip(1) {
+        sets.set(i as u32, set, 0).map_err(map_error(format!(
+            "writing rule set {i} into {MAP_RULE_SETS}"
+        )))?;
+    }
+    let mut index: Array<_, u16> = Array::try_from(map_mut(ebpf, MAP_PORTS)?)
         .map_err(map_error(format!("opening {MAP_PORTS}")))?;
-    for (key, set) in &compiled.ports {
-        ports.insert(key, set, 0).map_err(map_error(format!(
-            "inserting port {} into {MAP_PORTS}",
-            key.port
+    for &(slot, set) in &ports.slots {
+        index.set(slot, set, 0).map_err(map_error(format!(
+            "writing port slot {slot} into {MAP_PORTS}"
         )))?;
     }
     let mut config: Array<_, Config> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)
