@@ -24,7 +24,11 @@ fn site_reaches_emis_through_the_gateway_and_drop_removes_the_lab() {
     let [site, gw, emis] = lab.namespaces();
     assert_eq!(
         [site.as_str(), gw.as_str(), emis.as_str()],
-        ["emislabt1-site", "emislabt1-gw", "emislabt1-emis"]
+        [
+            format!("{}-site", isolated("emislabt1")),
+            format!("{}-gw", isolated("emislabt1")),
+            format!("{}-emis", isolated("emislabt1"))
+        ]
     );
     for ns in [&site, &gw, &emis] {
         assert!(exists(ns), "{ns} missing");
@@ -84,7 +88,7 @@ fn site_reaches_emis_through_the_gateway_and_drop_removes_the_lab() {
     // Sockets live in their namespaces: the root namespace has no such address.
     let e = tcp_probe(&site, Some(EMIS_PRIMARY), EMIS_PRIMARY, 443, T).unwrap_err();
     assert!(
-        format!("{e:#}").contains("in netns emislabt1-site"),
+        format!("{e:#}").contains(&format!("in netns {site}")),
         "{e:#}"
     );
 
@@ -133,12 +137,12 @@ fn create_replaces_leftovers_and_remove_cleans_up() {
     assert!(tcp_connects(&again.ns(Host::Site), EMIS_BACKUP, 443, T).unwrap());
     drop(servers);
     again.keep();
-    let mut removed = Lab::remove("emislabt3").unwrap();
+    let mut removed = Lab::remove(&isolated("emislabt3")).unwrap();
     removed.sort();
     let mut want = names.to_vec();
     want.sort();
     assert_eq!(removed, want);
-    assert!(Lab::remove("emislabt3").unwrap().is_empty());
+    assert!(Lab::remove(&isolated("emislabt3")).unwrap().is_empty());
     for ns in &names {
         assert!(!exists(ns), "{ns} left behind");
     }
@@ -156,7 +160,10 @@ fn errors_name_the_failing_ip_command() {
         .unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("`ip -n emislabt4-site route add 10.0.0.0/8 via 172.31.0.1` failed"),
+        msg.contains(&format!(
+            "`ip -n {} route add 10.0.0.0/8 via 172.31.0.1` failed",
+            format!("{}-site", isolated("emislabt4"))
+        )),
         "{msg}"
     );
     assert!(
