@@ -219,8 +219,8 @@ struct RunArgs {
     #[arg(long = "sample-allowed", value_name = "1/N", value_parser = daemon::config::parse_sample)]
     sample_allowed: Option<u32>,
     /// The kernel log: `debug` writes the program's trace of each allowed or denied
-    /// packet (interface, addresses, protocol, rule or reason, action) to emis's log. A
-    /// diagnostic: while it is on, the program writes no drop events [default: off].
+    /// packet (interface, addresses, protocol, rule or reason, action) to emis's log,
+    /// beside the drop events (`emis watch` still sees them) [default: off].
     #[arg(long = "kernel-log", value_name = "LEVEL", value_parser = kernel_log_parser())]
     kernel_log: Option<KernelLog>,
     /// Trace only packets from or to this address or prefix (ADDR or ADDR/LEN)

@@ -271,7 +271,7 @@ fn follow_kernel_log(
         }
     };
     tracing::info!(
-        "kernel log: tracing each allowed and denied packet (drop events are off meanwhile)"
+        "kernel log: tracing each allowed and denied packet (drop events go on as usual)"
     );
     std::thread::spawn(move || loop {
         let mut poll = libc::pollfd {
