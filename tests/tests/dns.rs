@@ -294,7 +294,7 @@ fn metric(text: &str, name: &str) -> u64 {
 /// The DNS keys of the config file: read at the start (`dns_rate = 0` hands nothing
 /// over), re-read and applied by a reload, which says so (a new ceiling holds a long TTL
 /// down, and the name expires by it); a floor above the ceiling refuses the reload with
-/// the file's line.
+/// the file's line. With the daemon stopped, `emis names` says no daemon runs.
 #[test]
 fn dns_keys_in_the_config_file_apply_at_start_and_on_reload() {
     let lab = Lab::create("emisdnc").expect("creating the lab namespaces (run as root)");
@@ -380,6 +380,11 @@ fn dns_keys_in_the_config_file_apply_at_start_and_on_reload() {
     assert!(expires <= 3, "still the 3 s ceiling: {expires}");
 
     daemon.stop().expect("stopping emis run");
+    // The names live in the daemon: without it, `emis names` says so.
+    let out = dirs.emis(&["names"]).expect("emis names");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no emis daemon runs with state dir"), "{err}");
     dirs.detach().expect("emis detach");
 }
 
