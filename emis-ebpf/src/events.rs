@@ -26,15 +26,14 @@ static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT_SLOT
 const ALLOWED: u32 = TRACE_CODE_ALLOWED;
 
 /// Reports a final decision if it denies the packet (or samples an allowed one) and
-/// someone listens; with the kernel log's trace on, traces it instead (one branch on the
-/// config in hand: writing both made the verifier walk `emit` twice on every path, past
-/// its budget).
+/// someone listens; with the kernel log's trace on, traces it too (inside `emit`, so the
+/// packet path keeps one call site and one check when both are off).
 #[inline(always)]
 pub fn report(ctx: &XdpContext, decision: Decision) {
     // Looked up again rather than passed in: the caller then keeps no config pointer live
     // across `count`, which would take a spill slot in its frame (464 bytes with this,
-    // 472 without, when written; 376 since issue 10). That frame plus emit's (48) must
-    // fit the 512 bytes of a call chain.
+    // 472 without, when written; 376 since issue 10). That frame plus emit's (48) and the
+    // trace's (40, called from emit) must fit the 512 bytes of a call chain.
     let Some(cfg) = crate::CONFIG.get(0) else {
         return;
     };
@@ -48,11 +47,7 @@ pub fn report(ctx: &XdpContext, decision: Decision) {
         Decision::Allow { rule, path } => (ALLOWED | path as u32, rule),
         Decision::Pass { .. } => return,
     };
-    if cfg.trace != 0 {
-        crate::trace::emis_trace_decision(ctx.ctx, code, id);
-    } else {
-        emit(ctx, cfg, code, id);
-    }
+    emit(ctx, cfg, code, id);
 }
 
 #[inline(always)]
@@ -67,6 +62,12 @@ fn bump(slot: u32) {
 /// the daemon reads addresses and ports from the captured bytes instead.
 #[inline(never)]
 fn emit(ctx: &XdpContext, cfg: &Config, code: u32, id: u32) {
+    // The trace sees every decision it matches, before the sampling and the rate limit
+    // below; the event is written as if it were off. Here rather than in `report`: a
+    // branch there made LLVM lay out `emit` twice, and the verifier walk it twice.
+    if cfg.trace != 0 {
+        crate::trace::emis_trace_decision(ctx.ctx, code, id);
+    }
     let allowed = code & ALLOWED != 0;
     if allowed {
         let n = cfg.sample_allowed;

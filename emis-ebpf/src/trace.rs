@@ -2,9 +2,9 @@
 //! one line per decided packet whose source or destination the filter
 //! (`EMIS_TRACE_MATCH`, see `emis_common::trace`) holds.
 //!
-//! `events::report` calls it, under the config flag it already reads for the events
-//! (which the daemon sets while it runs), in place of writing an event: off, the trace
-//! costs the packet path one more load and compare of the config it has in hand. On, it
+//! `events::emit` calls it, under the config flag `events::report` already reads for the
+//! events (which the daemon sets while it runs), before writing the event as usual: off,
+//! the trace costs an event one more load and compare of the config it has in hand. On, it
 //! runs in one out-of-line (global) function whose frame must fit beside the program's
 //! own in the 512 bytes of stack a call chain may use: it reads the addresses straight
 //! from the frame (no copy on the stack) and leaves their formatting and the names of

@@ -219,8 +219,8 @@ struct RunArgs {
     #[arg(long = "sample-allowed", value_name = "1/N", value_parser = daemon::config::parse_sample)]
     sample_allowed: Option<u32>,
     /// The kernel log: `debug` writes the program's trace of each allowed or denied
-    /// packet (interface, addresses, protocol, rule or reason, action) to emis's log. A
-    /// diagnostic: while it is on, the program writes no drop events [default: off].
+    /// packet (interface, addresses, protocol, rule or reason, action) to emis's log,
+    /// beside the drop events (`emis watch` still sees them) [default: off].
     #[arg(long = "kernel-log", value_name = "LEVEL", value_parser = kernel_log_parser())]
     kernel_log: Option<KernelLog>,
     /// Trace only packets from or to this address or prefix (ADDR or ADDR/LEN)
@@ -228,15 +228,19 @@ struct RunArgs {
     #[arg(long = "kernel-log-match", value_name = "ADDR[/LEN]", value_parser = emis::kernel_log::parse_match)]
     kernel_log_match: Option<ipnet::IpNet>,
     /// Seconds a name learned from DNS is kept past its TTL (a client may connect just
-    /// after the TTL ran out).
-    #[arg(long = "dns-grace", value_name = "SECONDS", default_value_t = emis_policy::dns::Expiry::default().grace_s)]
-    dns_grace: u64,
-    /// The shortest time a learned name is kept, whatever its TTL.
-    #[arg(long = "dns-ttl-floor", value_name = "SECONDS", default_value_t = emis_policy::dns::Expiry::default().floor_s)]
-    dns_ttl_floor: u64,
-    /// The longest time a learned name is kept, whatever its TTL.
-    #[arg(long = "dns-ttl-ceiling", value_name = "SECONDS", default_value_t = emis_policy::dns::Expiry::default().ceiling_s)]
-    dns_ttl_ceiling: u64,
+    /// after the TTL ran out) [default: 120].
+    #[arg(long = "dns-grace", value_name = "SECONDS")]
+    dns_grace: Option<u64>,
+    /// The shortest time a learned name is kept, whatever its TTL [default: 30].
+    #[arg(long = "dns-ttl-floor", value_name = "SECONDS")]
+    dns_ttl_floor: Option<u64>,
+    /// The longest time a learned name is kept, whatever its TTL [default: 86400].
+    #[arg(long = "dns-ttl-ceiling", value_name = "SECONDS")]
+    dns_ttl_ceiling: Option<u64>,
+    /// DNS responses each CPU hands to the daemon a second; the rest are counted in
+    /// emis_dns_suppressed_total (0 stops learning) [default: 1000].
+    #[arg(long = "dns-rate", value_name = "N")]
+    dns_rate: Option<u32>,
 }
 
 fn kernel_log_parser() -> impl clap::builder::TypedValueParser<Value = KernelLog> {
@@ -267,6 +271,10 @@ impl RunArgs {
             bpf_stats: self.bpf_stats.then_some(true),
             kernel_log: self.kernel_log,
             kernel_log_match: self.kernel_log_match,
+            dns_grace: self.dns_grace,
+            dns_ttl_floor: self.dns_ttl_floor,
+            dns_ttl_ceiling: self.dns_ttl_ceiling,
+            dns_rate: self.dns_rate,
         }
     }
 }
@@ -502,13 +510,7 @@ fn mode(args: &ModeArgs) -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     let config = args.config.clone();
-    let dns_expiry = emis_policy::dns::Expiry {
-        grace_s: args.dns_grace,
-        floor_s: args.dns_ttl_floor,
-        ceiling_s: args.dns_ttl_ceiling,
-    };
-    let mut settings = RunSettings::resolve(config.as_deref(), args.given())?;
-    settings.dns_expiry = dns_expiry;
+    let settings = RunSettings::resolve(config.as_deref(), args.given())?;
     let metrics = emis::metrics::MetricsOptions {
         bpf_stats: settings.bpf_stats,
     };

@@ -284,6 +284,110 @@ fn learned_hostnames_put_traffic_in_its_own_row() {
     dirs.detach().expect("emis detach");
 }
 
+/// The metric `name`'s value (0 if absent).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The DNS keys of the config file: read at the start (`dns_rate = 0` hands nothing
+/// over), re-read and applied by a reload, which says so (a new ceiling holds a long TTL
+/// down, and the name expires by it); a floor above the ceiling refuses the reload with
+/// the file's line. With the daemon stopped, `emis names` says no daemon runs.
+#[test]
+fn dns_keys_in_the_config_file_apply_at_start_and_on_reload() {
+    let lab = Lab::create("emisdnc").expect("creating the lab namespaces (run as root)");
+    let dirs = DaemonDirs::fresh(&emis_bin(), "dns-config", 19592).expect("fresh dirs");
+    std::fs::create_dir_all(&dirs.state_dir).unwrap();
+    let config = dirs.state_dir.join("emis.toml");
+    std::fs::write(&config, "dns_rate = 0\n").unwrap();
+    let mut daemon = Daemon::start(
+        &dirs,
+        &gateway_run_args(&lab, &["--config", config.to_str().unwrap()]),
+    )
+    .expect("emis run");
+    let answer = || {
+        send_responses(
+            &lab.ns(Host::Emis),
+            OUT_OF_SCOPE,
+            SocketAddrV4::new(SITE_ADDR, 40053),
+            vec![Response::new(
+                "ewcd01.emishealth.com",
+                vec![Rr::a(
+                    "ewcd01.emishealth.com",
+                    300,
+                    &EMIS_PRIMARY.to_string(),
+                )],
+            )
+            .build()],
+        )
+        .expect("sending the response")
+    };
+
+    answer();
+    let start = Instant::now();
+    while metric(&daemon.metrics().unwrap(), "emis_dns_suppressed_total") == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "dns_rate = 0 suppresses the answer: {}",
+            daemon.metrics().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(names(&dirs)["names"].as_array().unwrap().len(), 0);
+
+    std::fs::write(
+        &config,
+        "dns_grace = 0\ndns_ttl_floor = 1\ndns_ttl_ceiling = 3\n",
+    )
+    .unwrap();
+    let said = dirs.emis(&["reload"]).expect("emis reload");
+    let out = String::from_utf8_lossy(&said.stdout);
+    assert!(said.status.success(), "{out}");
+    assert!(
+        out.contains(
+            "DNS learning now: grace 0 s, TTL floor 1 s, ceiling 3 s, 1000 responses/s a CPU"
+        ),
+        "{out}"
+    );
+    answer();
+    await_learned(&dirs, "ewcd01.emishealth.com", &EMIS_PRIMARY.to_string());
+    let expires = names(&dirs)["names"][0]["expires_in"].as_u64().unwrap();
+    assert!(
+        expires <= 3,
+        "the TTL of 300 s is held to the 3 s ceiling: {expires}"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        learned(&dirs, "ewcd01.emishealth.com", &EMIS_PRIMARY.to_string()).is_none(),
+        "{}",
+        names(&dirs)
+    );
+
+    std::fs::write(&config, "dns_ttl_floor = 600\ndns_ttl_ceiling = 60\n").unwrap();
+    let said = dirs.emis(&["reload"]).expect("emis reload");
+    let err = String::from_utf8_lossy(&said.stderr);
+    assert!(!said.status.success());
+    assert!(
+        err.contains("reload refused") && err.contains("emis.toml:1:17: in `dns_ttl_floor`"),
+        "{err}"
+    );
+    // The settings in force stay.
+    answer();
+    await_learned(&dirs, "ewcd01.emishealth.com", &EMIS_PRIMARY.to_string());
+    let expires = names(&dirs)["names"][0]["expires_in"].as_u64().unwrap();
+    assert!(expires <= 3, "still the 3 s ceiling: {expires}");
+
+    daemon.stop().expect("stopping emis run");
+    // The names live in the daemon: without it, `emis names` says so.
+    let out = dirs.emis(&["names"]).expect("emis names");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no emis daemon runs with state dir"), "{err}");
+    dirs.detach().expect("emis detach");
+}
+
 /// A UDP frame from `src`:`sport` carrying `payload`.
 fn udp_with(src: &str, dst: &str, sport: u16, payload: &[u8]) -> Vec<u8> {
     let mut p = PacketSpec::udp(ip(src), ip(dst), sport, 40053);

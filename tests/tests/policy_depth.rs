@@ -741,6 +741,131 @@ fn learned_addresses_count_under_their_own_rows_and_never_open_enforce_scope() {
     }
 }
 
+/// Six rows naming hostnames, one of them covered by the row before it, and a row
+/// without names on 443: an address learned for all six names holds more rules than
+/// the kernel keeps.
+const OVERFLOW_SPEC: &str = r#"
+[[network]]
+name = "hosting"
+scope = "enforce"
+description = "hosting"
+prefixes = ["185.13.72.0/22"]
+
+[[rule]]
+slug = "any-443"
+description = "443 to the hosting network"
+protocol = "tcp"
+ports = [443]
+direction = "outbound"
+from = ["lan"]
+to = ["hosting"]
+
+[[rule]]
+slug = "a1"
+description = "a1"
+hostnames = ["a1.example.com"]
+protocol = "tcp"
+ports = [1001]
+direction = "outbound"
+from = ["lan"]
+to = ["hosting"]
+
+[[rule]]
+slug = "a1-again"
+description = "a1 again, covered by a1"
+hostnames = ["a1.example.com"]
+protocol = "tcp"
+ports = [1001]
+direction = "outbound"
+from = ["lan"]
+to = ["hosting"]
+
+[[rule]]
+slug = "a2"
+description = "a2"
+hostnames = ["a2.example.com"]
+protocol = "tcp"
+ports = [1002]
+direction = "outbound"
+from = ["lan"]
+to = ["hosting"]
+
+[[rule]]
+slug = "a3"
+description = "a3"
+hostnames = ["a3.example.com"]
+protocol = "tcp"
+ports = [1003]
+direction = "outbound"
+from = ["lan"]
+to = ["hosting"]
+
+[[rule]]
+slug = "a4"
+description = "a4"
+hostnames = ["a4.example.com"]
+protocol = "tcp"
+ports = [1004]
+direction = "outbound"
+from = ["lan"]
+to = ["hosting"]
+
+[[rule]]
+slug = "a5"
+description = "a5"
+hostnames = ["a5.example.com"]
+protocol = "tcp"
+ports = [443]
+direction = "outbound"
+from = ["lan"]
+to = ["hosting"]
+"#;
+
+/// An address learned for more rules than the kernel keeps (`MAX_LEARNED_ENTRIES`): the
+/// first ones in spec order (a covered one not taking a place) decide, and a packet only
+/// a cut rule would take is counted under the first matching row, in the kernel and in
+/// the model alike.
+#[test]
+fn an_address_learned_for_more_rules_than_the_kernel_keeps_falls_back_past_the_cut() {
+    use emis_policy::spec::{load_policy, SiteOptions, Source};
+    let site = SiteOptions {
+        site_nets: TEST_SITE.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let spec = Source {
+        name: "overflow.toml".into(),
+        text: OVERFLOW_SPEC.into(),
+    };
+    let policy = load_policy(&spec, &site).expect("the overflow spec loads");
+    let names = [
+        "a1.example.com",
+        "a2.example.com",
+        "a3.example.com",
+        "a4.example.com",
+        "a5.example.com",
+    ];
+    for replies in [Replies::Stateful, Replies::Stateless] {
+        let mut h = Harness::new(&policy, Mode::Enforce, replies);
+        let forward = |slug: &str| allow(rule_id(&policy, slug), Path::Forward);
+        let syn = |dst: &str, port: u16| tcp(SITE, dst, 40200, port, TCP_SYN);
+        // Under the limit: learned for a5 alone, 443 counts under a5.
+        h.learn(&["a5.example.com"], ip("185.13.72.11"));
+        assert_eq!(h.check(&syn("185.13.72.11", 443)).unwrap(), forward("a5"));
+        // Above it: a1, a2, a3, a4 are kept (a1-again is covered by a1), a5 is cut.
+        h.learn(&names, ip("185.13.72.10"));
+        assert_eq!(h.check(&syn("185.13.72.10", 1001)).unwrap(), forward("a1"));
+        assert_eq!(h.check(&syn("185.13.72.10", 1004)).unwrap(), forward("a4"));
+        assert_eq!(
+            h.check(&syn("185.13.72.10", 443)).unwrap(),
+            forward("any-443"),
+            "a5 did not fit: the first matching row"
+        );
+        // Learned for fewer names, a5 fits again.
+        h.learn(&names[1..], ip("185.13.72.10"));
+        assert_eq!(h.check(&syn("185.13.72.10", 443)).unwrap(), forward("a5"));
+    }
+}
+
 #[test]
 fn kernel_and_model_agree_on_a_million_packets_of_conversations() {
     let policy = default_policy(TEST_SITE, true);

@@ -7,10 +7,12 @@ use std::{
     net::IpAddr,
 };
 
+use emis_common::MAX_LEARNED_ENTRIES;
+
 use crate::{
     compile::endpoint_mask,
-    hostnames::{count_classes, Pattern},
-    policy::{Policy, Scope},
+    hostnames::{count_classes, rule_patterns, Pattern},
+    policy::{Policy, Rule, Scope},
 };
 
 /// Names learned per address.
@@ -37,9 +39,11 @@ impl LearnedNames {
 
     /// The rule a forward packet of `proto` to `dst`:`port` is counted under because of
     /// what `dst` was learned for: the first rule in spec order that names one of its
-    /// names, lists the port, and whose networks match. In this walk the destination's
-    /// count-scope classes are those of the learned rules' destinations, and only when
-    /// the packet is out of enforce scope (`out_of_scope`); the source's are none.
+    /// names, lists the port, and whose networks match, among the first
+    /// [`MAX_LEARNED_ENTRIES`] the kernel keeps ([`kernel_cut`]). In this walk the
+    /// destination's count-scope classes are those of all the learned rules'
+    /// destinations, and only when the packet is out of enforce scope (`out_of_scope`);
+    /// the source's are none.
     pub fn rule(
         &self,
         policy: &Policy,
@@ -73,7 +77,7 @@ impl LearnedNames {
             0
         };
         let (from, to) = (from & !count_mask, (to & !count_mask) | widen);
-        learned
+        kernel_cut(policy, learned)
             .into_iter()
             .find(|&i| {
                 let rule = &policy.rules[i];
@@ -84,4 +88,36 @@ impl LearnedNames {
             })
             .map(|i| i as u32)
     }
+}
+
+/// The learned rules an address's kernel entry keeps, as the daemon writes them
+/// (`HostnameGroups::learned`): spec order, leaving out a rule that an earlier kept one
+/// covers (same hostnames, protocol and ports, and networks at least as wide, so it could
+/// never be the first to match), at most [`MAX_LEARNED_ENTRIES`]. A packet only a later
+/// rule would match falls back to the first matching row, as the kernel does.
+fn kernel_cut(policy: &Policy, learned: Vec<usize>) -> Vec<usize> {
+    let shape = |rule: &Rule| {
+        let mut ports = rule.ports.clone();
+        ports.sort();
+        (rule_patterns(&rule.hostnames), rule.protocol, ports)
+    };
+    let mut kept: Vec<usize> = Vec::new();
+    for i in learned {
+        let rule = &policy.rules[i];
+        let (src, dst) = (endpoint_mask(&rule.from), endpoint_mask(&rule.to));
+        let covered = kept.iter().any(|&k| {
+            let earlier = &policy.rules[k];
+            shape(earlier) == shape(rule)
+                && endpoint_mask(&earlier.from) & src == src
+                && endpoint_mask(&earlier.to) & dst == dst
+        });
+        if covered {
+            continue;
+        }
+        if kept.len() == MAX_LEARNED_ENTRIES {
+            break;
+        }
+        kept.push(i);
+    }
+    kept
 }

@@ -4,7 +4,8 @@
 //! Errors carry file:line:column and the key, like spec errors.
 //!
 //! A reload re-reads the file for the policy inputs (`spec`, `site`, `site_nets`,
-//! `aws_ip_ranges`) and the drop-event settings (`event_rate`, `sample_allowed`), and
+//! `aws_ip_ranges`), the drop-event settings (`event_rate`, `sample_allowed`) and the DNS
+//! learning settings (`dns_grace`, `dns_ttl_floor`, `dns_ttl_ceiling`, `dns_rate`), and
 //! applies them; the other keys take effect when `emis run` restarts, and a reload that
 //! finds one of them changed says so ([`restart_keys_changed`]).
 
@@ -22,7 +23,7 @@ use super::{links::AttachMode, state::Sources, DEFAULT_PIN_DIR, DEFAULT_STATE_DI
 use crate::kernel_log::{parse_match, KernelLog, TraceFilter};
 
 /// Every key the file may hold.
-pub const KEYS: [&str; 18] = [
+pub const KEYS: [&str; 22] = [
     "interfaces",
     "spec",
     "site",
@@ -41,6 +42,10 @@ pub const KEYS: [&str; 18] = [
     "bpf_stats",
     "kernel_log",
     "kernel_log_match",
+    "dns_grace",
+    "dns_ttl_floor",
+    "dns_ttl_ceiling",
+    "dns_rate",
 ];
 
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9469";
@@ -69,6 +74,10 @@ pub struct Given {
     pub bpf_stats: Option<bool>,
     pub kernel_log: Option<KernelLog>,
     pub kernel_log_match: Option<ipnet::IpNet>,
+    pub dns_grace: Option<u64>,
+    pub dns_ttl_floor: Option<u64>,
+    pub dns_ttl_ceiling: Option<u64>,
+    pub dns_rate: Option<u32>,
 }
 
 impl Given {
@@ -93,6 +102,10 @@ impl Given {
             bpf_stats: self.bpf_stats.or(under.bpf_stats),
             kernel_log: self.kernel_log.or(under.kernel_log),
             kernel_log_match: self.kernel_log_match.or(under.kernel_log_match),
+            dns_grace: self.dns_grace.or(under.dns_grace),
+            dns_ttl_floor: self.dns_ttl_floor.or(under.dns_ttl_floor),
+            dns_ttl_ceiling: self.dns_ttl_ceiling.or(under.dns_ttl_ceiling),
+            dns_rate: self.dns_rate.or(under.dns_rate),
         }
     }
 }
@@ -123,6 +136,69 @@ pub struct RunSettings {
     /// How long a name learned from DNS is kept (`--dns-grace`, `--dns-ttl-floor`,
     /// `--dns-ttl-ceiling`).
     pub dns_expiry: emis_policy::dns::Expiry,
+    /// DNS responses a second each CPU hands to the daemon (`--dns-rate`).
+    pub dns_rate: u32,
+}
+
+/// The DNS learning settings, which a reload re-reads and applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsSettings {
+    pub expiry: emis_policy::dns::Expiry,
+    pub rate: u32,
+}
+
+impl DnsSettings {
+    /// The given values over the defaults; a floor above the ceiling is an error (the
+    /// file's own pair is caught with its line by [`parse`]; this catches a flag set
+    /// against the file's other key).
+    fn of(given: &Given, config: Option<&Path>) -> Result<DnsSettings, SpecError> {
+        let default = emis_policy::dns::Expiry::default();
+        let expiry = emis_policy::dns::Expiry {
+            grace_s: given.dns_grace.unwrap_or(default.grace_s),
+            floor_s: given.dns_ttl_floor.unwrap_or(default.floor_s),
+            ceiling_s: given.dns_ttl_ceiling.unwrap_or(default.ceiling_s),
+        };
+        if expiry.floor_s > expiry.ceiling_s {
+            let mut err = SpecError::new(
+                config.map_or("command line".into(), |c| c.display().to_string()),
+                format!(
+                    "the DNS TTL floor ({} s) is above the ceiling ({} s)",
+                    expiry.floor_s, expiry.ceiling_s
+                ),
+            );
+            err.field = Some("dns_ttl_floor".into());
+            err.hint = Some(
+                "make --dns-ttl-floor / dns_ttl_floor at most --dns-ttl-ceiling / dns_ttl_ceiling"
+                    .into(),
+            );
+            return Err(err);
+        }
+        Ok(DnsSettings {
+            expiry,
+            rate: given.dns_rate.unwrap_or(emis_common::DEFAULT_DNS_RATE),
+        })
+    }
+
+    /// The settings as a reload finds them: the flags `emis run` was given over the config
+    /// file as it is now, over the defaults.
+    pub fn reread(sources: &Sources) -> Result<DnsSettings, SpecError> {
+        let file = sources
+            .config
+            .as_deref()
+            .map(read)
+            .transpose()?
+            .unwrap_or_default();
+        DnsSettings::of(&sources.flags().over(file), sources.config.as_deref())
+    }
+
+    /// For the reload's report: "grace 120 s, TTL floor 30 s, ceiling 86400 s, 1000
+    /// responses/s a CPU".
+    pub fn describe(&self) -> String {
+        format!(
+            "grace {} s, TTL floor {} s, ceiling {} s, {} responses/s a CPU",
+            self.expiry.grace_s, self.expiry.floor_s, self.expiry.ceiling_s, self.rate
+        )
+    }
 }
 
 /// The drop-event settings, which a reload re-reads and applies.
@@ -166,6 +242,13 @@ impl RunSettings {
         EventSettings {
             event_rate: self.event_rate,
             sample_allowed: self.sample_allowed,
+        }
+    }
+
+    pub fn dns(&self) -> DnsSettings {
+        DnsSettings {
+            expiry: self.dns_expiry,
+            rate: self.dns_rate,
         }
     }
 }
@@ -217,9 +300,14 @@ impl RunSettings {
             bpf_stats: flags.bpf_stats,
             kernel_log: flags.kernel_log,
             kernel_log_match: flags.kernel_log_match,
+            dns_grace: flags.dns_grace,
+            dns_ttl_floor: flags.dns_ttl_floor,
+            dns_ttl_ceiling: flags.dns_ttl_ceiling,
+            dns_rate: flags.dns_rate,
         };
         let given = flags.over(file);
         let events = EventSettings::of(&given);
+        let dns = DnsSettings::of(&given, config)?;
         let interfaces = given.interfaces.unwrap_or_default();
         if interfaces.is_empty() {
             let mut err = SpecError::new(
@@ -255,7 +343,8 @@ impl RunSettings {
                     prefix: given.kernel_log_match,
                 },
             ),
-            dns_expiry: emis_policy::dns::Expiry::default(),
+            dns_expiry: dns.expiry,
+            dns_rate: dns.rate,
         })
     }
 }
@@ -401,6 +490,19 @@ pub fn parse(source: &Source, base: &Path) -> Result<Given, SpecError> {
         }
     };
     let flow_table_size = integer("flow_table_size", 1)?;
+    let seconds = |key: &str| Ok::<_, SpecError>(integer(key, 0)?.map(u64::from));
+    let (dns_ttl_floor, dns_ttl_ceiling) = (seconds("dns_ttl_floor")?, seconds("dns_ttl_ceiling")?);
+    if let (Some(floor), Some(ceiling)) = (dns_ttl_floor, dns_ttl_ceiling) {
+        if floor > ceiling {
+            let mut e = err(
+                "dns_ttl_floor",
+                value("dns_ttl_floor").and_then(|(_, span)| span),
+                format!("`dns_ttl_floor` ({floor}) is above `dns_ttl_ceiling` ({ceiling})"),
+            );
+            e.hint = Some("the floor is the shortest time a learned name is kept, the ceiling the longest: make the floor at most the ceiling".into());
+            return Err(e);
+        }
+    }
     Ok(Given {
         interfaces: strings("interfaces")?,
         spec: path("spec")?,
@@ -449,6 +551,10 @@ pub fn parse(source: &Source, base: &Path) -> Result<Given, SpecError> {
             parse_match,
             err,
         )?,
+        dns_grace: seconds("dns_grace")?,
+        dns_ttl_floor,
+        dns_ttl_ceiling,
+        dns_rate: integer("dns_rate", 0)?,
     })
 }
 
@@ -502,9 +608,22 @@ sample_allowed = "1/100"
 bpf_stats = true
 kernel_log = "debug"
 kernel_log_match = "192.168.10.0/24"
+dns_grace = 60
+dns_ttl_floor = 10
+dns_ttl_ceiling = 3600
+dns_rate = 200
 "#,
         )
         .unwrap();
+        assert_eq!(
+            (
+                given.dns_grace,
+                given.dns_ttl_floor,
+                given.dns_ttl_ceiling,
+                given.dns_rate
+            ),
+            (Some(60), Some(10), Some(3600), Some(200))
+        );
         assert_eq!(given.interfaces.unwrap(), ["eth0", "eth1"]);
         assert_eq!(given.spec.unwrap(), Path::new("/etc/emis/spec.toml"));
         assert_eq!(given.site.unwrap(), Path::new("/srv/site.toml"));
@@ -545,6 +664,92 @@ kernel_log_match = "192.168.10.0/24"
         let e = parse_text("bpf_stats = \"yes\"\n").unwrap_err();
         assert!(e.to_string().contains("true or false"), "{e}");
         assert_eq!(parse_text("event_rate = 0\n").unwrap().event_rate, Some(0));
+    }
+
+    #[test]
+    fn dns_keys_are_checked_and_a_floor_above_the_ceiling_is_refused_where_it_is() {
+        let e = parse_text("interfaces = [\"eth0\"]\ndns_ttl_floor = 600\ndns_ttl_ceiling = 300\n")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("emis.toml:2:17: in `dns_ttl_floor`: `dns_ttl_floor` (600) is above `dns_ttl_ceiling` (300)"),
+            "{e}"
+        );
+        assert!(e.hint.is_some());
+        let e = parse_text("dns_grace = -5\n").unwrap_err();
+        assert!(e.to_string().contains("between 0 and"), "{e}");
+        let e = parse_text("dns_rate = \"fast\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("`dns_rate` must be an integer"),
+            "{e}"
+        );
+        // A floor equal to the ceiling is fine.
+        let given = parse_text("dns_ttl_floor = 60\ndns_ttl_ceiling = 60\n").unwrap();
+        assert_eq!(given.dns_ttl_floor, Some(60));
+
+        // A flag set against the file's other key: refused when the settings resolve.
+        let dir = std::env::temp_dir().join(format!("emis-config-dns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("emis.toml");
+        std::fs::write(&path, "interfaces = [\"eth0\"]\ndns_ttl_ceiling = 300\n").unwrap();
+        let flags = Given {
+            dns_ttl_floor: Some(600),
+            ..Given::default()
+        };
+        let e = RunSettings::resolve(Some(&path), flags).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("floor (600 s) is above the ceiling (300 s)"),
+            "{e}"
+        );
+        let defaults = RunSettings::resolve(Some(&path), Given::default()).unwrap();
+        assert_eq!(
+            (defaults.dns_expiry.grace_s, defaults.dns_expiry.floor_s),
+            (120, 30)
+        );
+        assert_eq!(defaults.dns_expiry.ceiling_s, 300);
+        assert_eq!(defaults.dns_rate, emis_common::DEFAULT_DNS_RATE);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_reload_rereads_the_dns_keys_under_the_flags_it_was_started_with() {
+        let dir = std::env::temp_dir().join(format!("emis-config-dnsr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("emis.toml");
+        std::fs::write(
+            &path,
+            "interfaces = [\"eth0\"]\ndns_grace = 5\ndns_rate = 50\n",
+        )
+        .unwrap();
+        let flags = Given {
+            dns_rate: Some(7),
+            ..Given::default()
+        };
+        let started = RunSettings::resolve(Some(&path), flags).unwrap();
+        assert_eq!((started.dns_expiry.grace_s, started.dns_rate), (5, 7));
+        std::fs::write(
+            &path,
+            "interfaces = [\"eth0\"]\ndns_grace = 9\ndns_ttl_ceiling = 600\ndns_rate = 50\n",
+        )
+        .unwrap();
+        let now = DnsSettings::reread(&started.sources).unwrap();
+        assert_eq!(
+            (now.expiry.grace_s, now.expiry.ceiling_s, now.rate),
+            (9, 600, 7),
+            "the file's new values, under the flag"
+        );
+        assert!(
+            restart_keys_changed(&started).is_empty(),
+            "applied on reload"
+        );
+        std::fs::write(&path, "dns_ttl_floor = 900\ndns_ttl_ceiling = 600\n").unwrap();
+        let e = DnsSettings::reread(&started.sources).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(1), Some("dns_ttl_floor"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

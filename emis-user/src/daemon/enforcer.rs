@@ -22,7 +22,7 @@ use emis_policy::{
 use serde::Serialize;
 
 use super::{
-    config::{policy_inputs, restart_keys_changed, EventSettings, RunSettings},
+    config::{policy_inputs, restart_keys_changed, DnsSettings, EventSettings, RunSettings},
     diff::PolicyDiff,
     egress,
     error::What as _,
@@ -65,6 +65,8 @@ pub struct ReloadReport {
     pub total_ms: u64,
     /// The drop-event settings, if the reload changed them: "rate 1000/s, sampling off".
     pub events_changed: Option<String>,
+    /// The DNS learning settings, if the reload changed them.
+    pub dns_changed: Option<String>,
     /// Config-file keys whose change waits for a restart of `emis run`.
     pub restart_keys_changed: Vec<String>,
 }
@@ -80,6 +82,9 @@ impl ReloadReport {
         );
         if let Some(events) = &self.events_changed {
             summary.push_str(&format!("\ndrop events now: {events}"));
+        }
+        if let Some(dns) = &self.dns_changed {
+            summary.push_str(&format!("\nDNS learning now: {dns}"));
         }
         if !self.restart_keys_changed.is_empty() {
             summary.push_str(&format!(
@@ -162,10 +167,13 @@ impl Enforcer {
         let result = EventSettings::reread(&self.settings.sources)
             .map_err(Error::from)
             .and_then(|events| {
+                let dns = DnsSettings::reread(&self.settings.sources)?;
                 let policy = read_policy(&self.settings)?;
                 let settings = RunSettings {
                     event_rate: events.event_rate,
                     sample_allowed: events.sample_allowed,
+                    dns_expiry: dns.expiry,
+                    dns_rate: dns.rate,
                     ..self.settings.clone()
                 };
                 let install = install(
@@ -203,6 +211,7 @@ impl Enforcer {
                     events.sampling()
                 )
             }),
+            dns_changed: (settings.dns() != self.settings.dns()).then(|| settings.dns().describe()),
             restart_keys_changed: restart_keys_changed(&settings)
                 .into_iter()
                 .map(String::from)

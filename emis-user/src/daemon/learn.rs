@@ -2,7 +2,8 @@
 //! (`EMIS_DNS`), keeps each (name, address) a rule's hostnames match until its TTL plus
 //! grace runs out, and writes each address's union of live names into the learned maps
 //! the kernel reads (`EMIS_LEARNED_V4`/`_V6`, pinned, so they outlive reloads; a reload
-//! rewrites every value for the new rules). `emis names` asks for the table over the
+//! rewrites every value for the new rules, and applies new expiry and hand-off rate
+//! settings). `emis names` asks for the table over the
 //! control socket; the metrics read its counters.
 
 use std::{
@@ -14,7 +15,7 @@ use std::{
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use emis_common::{
-    DnsConfig, DnsMessage, DEFAULT_DNS_RATE, DNS_COUNT_DOT, DNS_COUNT_HANDED, DNS_COUNT_RING_FULL,
+    DnsConfig, DnsMessage, DNS_COUNT_DOT, DNS_COUNT_HANDED, DNS_COUNT_RING_FULL,
     DNS_COUNT_SUPPRESSED, DNS_MESSAGE_SIZE, DNS_SNAP_LEN, MAP_DNS, MAP_DNS_CONFIG, MAP_DNS_COUNTS,
     MAP_LEARNED_V4, MAP_LEARNED_V6,
 };
@@ -124,6 +125,19 @@ impl Learner {
             }
             self.write(addr);
         }
+    }
+
+    /// New expiry settings (a reload): answers read from now on are kept for what they
+    /// say. Names already learned keep the time they were given (their TTLs are not
+    /// kept), except that a lower ceiling shortens them to it from `now`.
+    pub fn set_expiry(&mut self, expiry: Expiry, now: Instant) {
+        let longest = now + Duration::from_secs(expiry.ceiling_s.max(expiry.floor_s));
+        for names in self.table.values_mut() {
+            for until in names.values_mut() {
+                *until = (*until).min(longest);
+            }
+        }
+        self.expiry = expiry;
     }
 
     /// Learns from one DNS response (`snapped`: the kernel's copy was cut).
@@ -289,13 +303,15 @@ impl DnsCounts {
     }
 }
 
-/// Switches the kernel's hand-off on (the daemon learns) or off (nobody reads the ring).
-pub fn set_handoff(pins: &Pins, on: bool) -> Result<(), Error> {
+/// Switches the kernel's hand-off on (the daemon learns) or off (nobody reads the ring);
+/// `rate`: responses a second each CPU hands off (`--dns-rate`). The map is pinned, so
+/// the value holds across reloads until written again.
+pub fn set_handoff(pins: &Pins, on: bool, rate: u32) -> Result<(), Error> {
     let mut config: Array<MapData, DnsConfig> = Array::try_from(pins.open_map(MAP_DNS_CONFIG)?)
         .what(|| format!("pinned map {MAP_DNS_CONFIG} has an unexpected type"))?;
     let value = DnsConfig {
         enabled: on as u32,
-        rate: DEFAULT_DNS_RATE,
+        rate,
     };
     config
         .set(0, value, 0)
@@ -404,6 +420,30 @@ mod tests {
         l.sweep(t0 + Duration::from_secs(31));
         assert!(l.report(t0).names.is_empty());
         assert!(l.addresses_by_rule().is_empty());
+    }
+
+    #[test]
+    fn new_expiry_settings_apply_to_later_answers_and_a_lower_ceiling_to_all() {
+        let mut l = learner(Expiry::default());
+        let t0 = Instant::now();
+        let answer =
+            |name: &str, ttl| Response::new(name, vec![Rr::a(name, ttl, "185.13.72.10")]).build();
+        l.handle(&answer("a.emis-x.uk", 600), false, t0);
+        l.handle(&answer("b.emis-x.uk", 60), false, t0);
+        let expires =
+            |l: &Learner| -> Vec<u64> { l.report(t0).names.iter().map(|r| r.expires_in).collect() };
+        assert_eq!(expires(&l), [720, 180]);
+        l.set_expiry(
+            Expiry {
+                grace_s: 5,
+                floor_s: 1,
+                ceiling_s: 300,
+            },
+            t0,
+        );
+        assert_eq!(expires(&l), [300, 180], "cut to the new ceiling, or kept");
+        l.handle(&answer("c.emis-x.uk", 60), false, t0);
+        assert_eq!(expires(&l), [300, 180, 65], "the new grace");
     }
 
     #[test]

@@ -141,7 +141,7 @@ fn serve(
     if let Ok(mut learner) = learner.lock() {
         learner.forget_earlier();
     }
-    learn::set_handoff(&enforcer.pins, true)?;
+    learn::set_handoff(&enforcer.pins, true, enforcer.settings.dns_rate)?;
     let interface_names = events::interface_names(
         &enforcer.settings.interfaces,
         enforcer.settings.netns.as_deref(),
@@ -230,7 +230,7 @@ fn serve(
         }
     });
     // Nobody reads the ring buffers once the daemon is gone.
-    if let Err(e) = learn::set_handoff(&enforcer.pins, false) {
+    if let Err(e) = learn::set_handoff(&enforcer.pins, false, enforcer.settings.dns_rate) {
         tracing::warn!(error = %super::chain(&e), "turning the DNS hand-off off");
     }
     if let Ok(mut view) = view.lock() {
@@ -271,7 +271,7 @@ fn follow_kernel_log(
         }
     };
     tracing::info!(
-        "kernel log: tracing each allowed and denied packet (drop events are off meanwhile)"
+        "kernel log: tracing each allowed and denied packet (drop events go on as usual)"
     );
     std::thread::spawn(move || loop {
         let mut poll = libc::pollfd {
@@ -284,10 +284,15 @@ fn follow_kernel_log(
     });
 }
 
-/// After a reload, the learned addresses are written again for the rules now in force.
+/// After a reload, the learned addresses are written again for the rules now in force,
+/// under the DNS settings now in force.
 fn relearn(enforcer: &Enforcer, learner: &Mutex<learn::Learner>) {
     if let Ok(mut learner) = learner.lock() {
+        learner.set_expiry(enforcer.settings.dns_expiry, std::time::Instant::now());
         learner.set_policy(&enforcer.policy, enforcer.hostnames.clone());
+    }
+    if let Err(e) = learn::set_handoff(&enforcer.pins, true, enforcer.settings.dns_rate) {
+        tracing::warn!(error = %super::chain(&e), "setting the DNS hand-off rate");
     }
 }
 

@@ -41,6 +41,15 @@ pub struct Sources {
     pub kernel_log: Option<crate::kernel_log::KernelLog>,
     #[serde(default)]
     pub kernel_log_match: Option<ipnet::IpNet>,
+    /// `--dns-grace`, `--dns-ttl-floor`, `--dns-ttl-ceiling`, `--dns-rate` as given.
+    #[serde(default)]
+    pub dns_grace: Option<u64>,
+    #[serde(default)]
+    pub dns_ttl_floor: Option<u64>,
+    #[serde(default)]
+    pub dns_ttl_ceiling: Option<u64>,
+    #[serde(default)]
+    pub dns_rate: Option<u32>,
 }
 
 /// The kernel log level as its name in the state file.
@@ -69,6 +78,10 @@ impl Sources {
             event_rate: self.event_rate,
             sample_allowed: self.sample_allowed,
             bpf_stats: self.bpf_stats,
+            dns_grace: self.dns_grace,
+            dns_ttl_floor: self.dns_ttl_floor,
+            dns_ttl_ceiling: self.dns_ttl_ceiling,
+            dns_rate: self.dns_rate,
             ..Default::default()
         }
     }
