@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 pub struct LoadStats {
     /// Bytes of the ip-ranges.json file.
     pub file_bytes: u64,
+    /// Opening the file: it is streamed, so its reading is part of `policy_ms`.
     pub read_ms: f64,
     /// Parsing and validating spec, site and ip-ranges into a policy.
     pub policy_ms: f64,
+    /// Setting up the loader (it parses and drops the kernel's BTF) and compiling.
     pub compile_ms: f64,
     /// Loading the object through the verifier and filling every map.
     pub load_ms: f64,
