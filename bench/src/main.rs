@@ -54,6 +54,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// `load-child` names the process it runs as; the command line is the interface.
+#[allow(clippy::enum_variant_names)]
 enum Child {
     /// (internal) Compile and load the policy with this ip-ranges.json; print time and memory.
     #[command(hide = true)]
