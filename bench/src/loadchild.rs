@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 pub struct LoadStats {
     /// Bytes of the ip-ranges.json file.
     pub file_bytes: u64,
+    /// Opening the file: it is streamed, so its reading is part of `policy_ms`.
     pub read_ms: f64,
     /// Parsing and validating spec, site and ip-ranges into a policy.
     pub policy_ms: f64,
+    /// Setting up the loader (it parses and drops the kernel's BTF) and compiling.
     pub compile_ms: f64,
     /// Loading the object through the verifier and filling every map.
     pub load_ms: f64,
@@ -29,6 +31,11 @@ pub struct LoadStats {
     pub v6_entries: usize,
     /// Peak resident set of the process (VmHWM), in KiB.
     pub peak_rss_kib: u64,
+    /// The peak so far after each stage, in KiB: where the peak is reached.
+    #[serde(default)]
+    pub peak_after_policy_kib: u64,
+    #[serde(default)]
+    pub peak_after_compile_kib: u64,
 }
 
 fn status_kib(field: &str) -> Result<u64> {
@@ -49,14 +56,26 @@ fn status_kib(field: &str) -> Result<u64> {
 /// The child's side: measure and print one JSON line.
 pub fn child(path: &Path) -> Result<()> {
     let start = Instant::now();
-    let source = Source::read(path)?;
-    let file_bytes = source.text.len() as u64;
+    // As `emis run` does: the file is streamed, never held whole.
+    let source = Source::stream(path)?;
+    let file_bytes = std::fs::metadata(path)?.len();
     let read = start.elapsed();
     let policy = crate::cost::policy(Some(source))?;
     let policy_done = start.elapsed();
-    let compiled = compile(&policy)?;
-    let compile_done = start.elapsed();
-    let ebpf = loader::load(&compiled, LoadOptions::default())?;
+    let peak_after_policy_kib = status_kib("VmHWM")?;
+    // Compiled inside the load, as the daemon does (the loader sets up first).
+    let mut compile_done = policy_done;
+    let mut peak_after_compile_kib = 0;
+    let (ebpf, compiled) = loader::load_compiling(
+        || -> Result<_> {
+            let compiled = compile(&policy)?;
+            compile_done = start.elapsed();
+            peak_after_compile_kib = status_kib("VmHWM")?;
+            Ok(compiled)
+        },
+        LoadOptions::default(),
+        None,
+    )?;
     let load_done = start.elapsed();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let stats = LoadStats {
@@ -70,6 +89,8 @@ pub fn child(path: &Path) -> Result<()> {
         v4_entries: compiled.v4.len() + compiled.count_v4.len(),
         v6_entries: compiled.v6.len() + compiled.count_v6.len(),
         peak_rss_kib: status_kib("VmHWM")?,
+        peak_after_policy_kib,
+        peak_after_compile_kib,
     };
     drop(ebpf);
     println!("{}", serde_json::to_string(&stats)?);

@@ -54,12 +54,17 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// `load-child` names the process it runs as; the command line is the interface.
+#[allow(clippy::enum_variant_names)]
 enum Child {
     /// (internal) Compile and load the policy with this ip-ranges.json; print time and memory.
     #[command(hide = true)]
     LoadChild { ip_ranges: PathBuf },
     /// Only the TC egress program's per-packet cost (egress-cost.json).
     EgressCost,
+    /// (internal) Write the synthetic ip-ranges.json of `size` prefixes the scaling step uses.
+    #[command(hide = true)]
+    Synth { size: usize, out: PathBuf },
 }
 
 fn main() {
@@ -67,6 +72,9 @@ fn main() {
     let result = match &cli.child {
         Some(Child::LoadChild { ip_ranges }) => loadchild::child(ip_ranges),
         Some(Child::EgressCost) => egress_only(&cli),
+        Some(Child::Synth { size, out }) => {
+            std::fs::write(out, synth::Synthetic::new(*size).to_json()).map_err(Into::into)
+        }
         None => run(&cli),
     };
     if let Err(e) = result {

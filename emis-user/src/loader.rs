@@ -172,11 +172,48 @@ pub fn load_sharing(
     options: LoadOptions,
     shared_pins: Option<&Path>,
 ) -> Result<Ebpf, LoadError> {
+    let loader = new_loader(options)?;
+    load_with(loader, compiled, options, shared_pins)
+}
+
+/// As [`load_sharing`], calling `compile` only once the loader is set up: setting it up
+/// parses the kernel's BTF (about 18 MB at its peak, whatever the policy), and with a
+/// million count-scope prefixes compiled beside it that parse was the daemon's peak memory.
+/// Returns the program and what `compile` gave.
+pub fn load_compiling<E: From<LoadError>>(
+    compile: impl FnOnce() -> Result<Compiled, E>,
+    options: LoadOptions,
+    shared_pins: Option<&Path>,
+) -> Result<(Ebpf, Compiled), E> {
+    let loader = new_loader(options)?;
+    let compiled = compile()?;
+    let ebpf = load_with(loader, &compiled, options, shared_pins)?;
+    Ok((ebpf, compiled))
+}
+
+/// A loader without the kernel's BTF: `EbpfLoader::new` parses it for CO-RE relocations,
+/// which the object has none of (a test checks), so it is dropped at once.
+fn new_loader(options: LoadOptions) -> Result<EbpfLoader<'static>, LoadError> {
     preflight()?;
     if options.flow_table_size == 0 {
         return Err(LoadError::EmptyFlowTable);
     }
     let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    // Hand the parse's freed pages back now, or they stay resident beside what comes next.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
+    Ok(loader)
+}
+
+fn load_with(
+    mut loader: EbpfLoader<'static>,
+    compiled: &Compiled,
+    options: LoadOptions,
+    shared_pins: Option<&Path>,
+) -> Result<Ebpf, LoadError> {
     loader.map_max_entries(MAP_FLOWS, options.flow_table_size);
     // New and half-open flows live apart, so however many arrive they never push out a
     // flow that has seen traffic both ways.
@@ -196,6 +233,7 @@ pub fn load_sharing(
             size: options.flow_table_size,
             source,
         })?;
+    drop(loader);
     fill_maps(&mut ebpf, compiled, &ports, options)?;
     fill_addr_v4_table(&mut ebpf, &addr_v4)?;
     let mut list: Array<_, AddrListV6> = Array::try_from(map_mut(&mut ebpf, MAP_ADDR_V6_LIST)?)
@@ -361,7 +399,7 @@ fn fill_maps(
         compiled
             .count_v4
             .iter()
-            .map(|(n, c)| (v4(n).0, v4(n).1, *c)),
+            .map(|(n, c)| (v4(&n).0, v4(&n).1, c)),
     )?;
     fill_trie(
         ebpf,
@@ -369,7 +407,7 @@ fn fill_maps(
         compiled
             .count_v6
             .iter()
-            .map(|(n, c)| (v6(n).0, v6(n).1, *c)),
+            .map(|(n, c)| (v6(&n).0, v6(&n).1, c)),
     )?;
     let mut sets: Array<_, RuleSet> = Array::try_from(map_mut(ebpf, MAP_RULE_SETS)?)
         .map_err(map_error(format!("opening {MAP_RULE_SETS}")))?;
@@ -438,4 +476,15 @@ pub fn join_netns(name: &str) -> Result<(), LoadError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod btf_tests {
+    /// The loader drops the kernel's BTF ([`super::new_loader`]): only CO-RE relocations
+    /// would need it.
+    #[test]
+    fn object_has_no_btf_relocations() {
+        let object = aya_obj::Object::parse(super::PROGRAM_OBJECT).expect("the object parses");
+        assert!(!object.has_btf_relocations());
+    }
 }

@@ -428,7 +428,7 @@ fn load(args: &PolicyArgs) -> Result<Policy> {
         aws_ip_ranges: args
             .aws_ip_ranges
             .as_deref()
-            .map(Source::read)
+            .map(Source::stream)
             .transpose()?,
     };
     Ok(load_policy(&spec, &site)?)

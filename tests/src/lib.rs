@@ -36,10 +36,7 @@ pub const TEST_AWS_RANGES: &str = r#"{
 pub fn default_policy(site_nets: &[&str], with_aws: bool) -> Policy {
     let site = SiteOptions {
         site_nets: site_nets.iter().map(|s| s.to_string()).collect(),
-        aws_ip_ranges: with_aws.then(|| Source {
-            name: "test-ip-ranges.json".into(),
-            text: TEST_AWS_RANGES.into(),
-        }),
+        aws_ip_ranges: with_aws.then(|| Source::new("test-ip-ranges.json", TEST_AWS_RANGES)),
         ..Default::default()
     };
     let mut policy = load_policy(&Source::default_spec(), &site).expect("the embedded spec loads");

@@ -86,6 +86,154 @@ fn aws_prefix(raw: &str, v6: bool) -> Result<IpNet, (String, String)> {
     }
 }
 
+/// Streams `path` entry by entry, keeping only the wanted regions' prefixes; any error
+/// (of the JSON or of a prefix) is `Err(())`, and the caller re-reads the file whole to
+/// report it exactly as [`load_aws`] does.
+fn stream_aws(
+    path: &std::path::Path,
+    wanted: &HashMap<&str, Vec<usize>>,
+    out: &mut [Vec<IpNet>],
+) -> Result<(), ()> {
+    use serde::de::DeserializeSeed as _;
+    let file = std::fs::File::open(path).map_err(|_| ())?;
+    let mut de =
+        serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, file));
+    stream::Ranges { wanted, out }
+        .deserialize(&mut de)
+        .map_err(|_| ())?;
+    de.end().map_err(|_| ())
+}
+
+/// The serde visitors of [`stream_aws`]: the top-level object, its two lists and their
+/// entries, with only the fields emis reads and each entry's strings dropped at once.
+mod stream {
+    use std::collections::HashMap;
+    use std::fmt;
+
+    use ipnet::IpNet;
+    use serde::de::{
+        self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+    };
+
+    pub(super) struct Ranges<'w, 'o> {
+        pub wanted: &'w HashMap<&'w str, Vec<usize>>,
+        pub out: &'o mut [Vec<IpNet>],
+    }
+
+    impl<'de> DeserializeSeed<'de> for Ranges<'_, '_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Ranges<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("Amazon's ip-ranges.json")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let (mut v4, mut v6) = (false, false);
+            while let Some(key) = map.next_key::<String>()? {
+                let is_v6 = match key.as_str() {
+                    "prefixes" => false,
+                    "ipv6_prefixes" => true,
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                };
+                let seen = if is_v6 { &mut v6 } else { &mut v4 };
+                if std::mem::replace(seen, true) {
+                    return Err(de::Error::custom("duplicate list"));
+                }
+                map.next_value_seed(List {
+                    wanted: self.wanted,
+                    out: &mut *self.out,
+                    v6: is_v6,
+                })?;
+            }
+            if !v4 {
+                return Err(de::Error::custom("no prefixes"));
+            }
+            Ok(())
+        }
+    }
+
+    struct List<'w, 'o> {
+        wanted: &'w HashMap<&'w str, Vec<usize>>,
+        out: &'o mut [Vec<IpNet>],
+        v6: bool,
+    }
+
+    impl<'de> DeserializeSeed<'de> for List<'_, '_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for List<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of prefixes")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some((raw, region)) = seq.next_element_seed(Entry { v6: self.v6 })? {
+                let Some(nets) = self.wanted.get(region.as_str()) else {
+                    continue;
+                };
+                let net = super::aws_prefix(&raw, self.v6)
+                    .map_err(|(message, _)| de::Error::custom(message))?;
+                for &n in nets {
+                    self.out[n].push(net);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// One entry: (prefix text, region).
+    struct Entry {
+        v6: bool,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Entry {
+        type Value = (String, String);
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Entry {
+        type Value = (String, String);
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an entry with a prefix and a region")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let field = if self.v6 { "ipv6_prefix" } else { "ip_prefix" };
+            let (mut prefix, mut region) = (None, None);
+            while let Some(key) = map.next_key::<String>()? {
+                let slot = if key == field {
+                    &mut prefix
+                } else if key == "region" {
+                    &mut region
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                };
+                if slot.replace(map.next_value::<String>()?).is_some() {
+                    return Err(de::Error::custom("duplicate field"));
+                }
+            }
+            match (prefix, region) {
+                (Some(p), Some(r)) => Ok((p, r)),
+                _ => Err(de::Error::custom("missing field")),
+            }
+        }
+    }
+}
+
 /// Adds every prefix of a wanted region to the networks asking for it (`out[network]`).
 fn load_aws(
     source: &Source,
@@ -163,7 +311,22 @@ pub(super) fn add_regions(
         }
     }
     let mut aws: Vec<Vec<IpNet>> = vec![Vec::new(); networks.len()];
-    load_aws(source, &wanted, &mut aws)?;
+    if let Some(path) = source.streamed_path() {
+        if stream_aws(path, &wanted, &mut aws).is_err() {
+            // Read whole only to place the error; the streamed parse accepts what
+            // `load_aws` accepts, so this finds it unless the file changed meanwhile.
+            drop(aws);
+            let whole = source.whole()?;
+            let mut again = vec![Vec::new(); networks.len()];
+            load_aws(&whole, &wanted, &mut again)?;
+            return Err(
+                SpecError::new(&source.name, "the file changed while it was read")
+                    .with_hint("read it again when it is no longer being written"),
+            );
+        }
+    } else {
+        load_aws(source, &wanted, &mut aws)?;
+    }
     for (n, mut list) in aws.into_iter().enumerate() {
         let Some((region, _)) = &metas[n].aws_region else {
             continue;
@@ -198,7 +361,13 @@ pub(super) fn add_regions(
         if meta.duplicate_example.is_none() {
             meta.duplicate_example = example;
         }
-        network.prefixes.extend(list);
+        // Moved, not copied, when the spec lists none: a region can bring a million.
+        list.shrink_to_fit();
+        if network.prefixes.is_empty() {
+            network.prefixes = list;
+        } else {
+            network.prefixes.extend(list);
+        }
     }
     Ok(())
 }
@@ -293,6 +462,62 @@ mod tests {
         // Entries of other regions are not read.
         let json = aws_json(&[("garbage", "us-east-1")], &[]);
         load_policy(&Source::default_spec(), &aws_site(json)).unwrap();
+    }
+
+    /// A streamed file gives what the same text gives: the policy, its sha256, and
+    /// every error (placed by re-reading the file whole).
+    #[test]
+    fn streamed_file_equals_text() {
+        let dir = std::env::temp_dir().join(format!("emis-aws-stream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ip-ranges.json");
+        let both = |json: &str| {
+            std::fs::write(&path, json).unwrap();
+            let mut streamed = SiteOptions {
+                aws_ip_ranges: Some(Source::stream(&path).unwrap()),
+                ..Default::default()
+            };
+            let text = aws_site(json.to_owned());
+            // The same name, so errors compare whole.
+            streamed.aws_ip_ranges.as_mut().unwrap().name = "ip-ranges.json".into();
+            (
+                load_policy(&Source::default_spec(), &streamed),
+                load_policy(&Source::default_spec(), &text),
+            )
+        };
+        let good = aws_json(
+            &[
+                ("3.8.0.0/16", "eu-west-2"),
+                ("3.5.140.0/22", "ap-northeast-2"),
+                ("3.8.0.0/16", "eu-west-2"),
+                ("3.8.1.0/24", "eu-west-2"),
+                ("garbage", "us-east-1"),
+            ],
+            &[("2a05:d01c::/36", "eu-west-2")],
+        );
+        let (streamed, text) = both(&good);
+        let (streamed, text) = (streamed.unwrap(), text.unwrap());
+        assert_eq!(streamed.networks, text.networks);
+        assert_eq!(streamed.warnings, text.warnings);
+        assert_eq!(streamed.sha256, text.sha256);
+        // Lists in the other order, unknown keys, an entry's fields in any order.
+        let reordered = r#"{"ipv6_prefixes": [{"region": "eu-west-2", "x": [1, {"y": 2}], "ipv6_prefix": "2a05:d01c::/36"}], "syncToken": "1", "prefixes": [{"region": "eu-west-2", "ip_prefix": "3.8.0.0/16"}]}"#;
+        let (streamed, text) = both(reordered);
+        assert_eq!(streamed.unwrap().networks, text.unwrap().networks);
+        for bad in [
+            "{\n  \"prefixes\": [\n    {\"ip_prefix\": \"3.8.0.0/16\", \"region\": \"eu-west-2\"},\n    {\"ip_prefix\": 5, \"region\": \"x\"}\n  ]\n}\n",
+            "{\"prefixes\": [,]}",
+            "{\"ipv6_prefixes\": []}",
+            "{\"prefixes\": []} trailing",
+            "{\"prefixes\": [{\"ip_prefix\": \"3.8.0.0/16\"}]}",
+            "{\"prefixes\": [], \"prefixes\": []}",
+            &aws_json(&[("3.8.0.0/16", "eu-west-2"), ("3.8.0.1/16", "eu-west-2")], &[]),
+            &aws_json(&[], &[("nonsense", "eu-west-2")]),
+        ] {
+            let (streamed, text) = both(bad);
+            assert_eq!(streamed.unwrap_err(), text.unwrap_err(), "{bad}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// AWS-scale input loads whole; how fast is the benchmark's business (`cargo xtask bench`).

@@ -76,7 +76,7 @@ mod testutil;
 mod tree;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -96,7 +96,10 @@ pub const DEFAULT_SPEC_NAME: &str = "<embedded spec>";
 pub struct Source {
     /// The file path as given (or [`DEFAULT_SPEC_NAME`]); errors start with it.
     pub name: String,
+    /// Empty for a [`Source::stream`]ed file.
     pub text: String,
+    /// Set by [`Source::stream`]: the file is read piece by piece where it is used.
+    streamed: Option<PathBuf>,
 }
 
 impl Source {
@@ -104,6 +107,36 @@ impl Source {
         Source {
             name: name.into(),
             text: text.into(),
+            streamed: None,
+        }
+    }
+
+    /// A file read only where it is used, piece by piece, never held whole: for the
+    /// ip-ranges file, whose text (about 150 MB at a million prefixes) would otherwise be
+    /// the loader's peak memory. Only the ip-ranges reader streams; use [`Source::read`]
+    /// for specs and site files.
+    pub fn stream(path: &Path) -> Result<Source, SpecError> {
+        let name = path.display().to_string();
+        match std::fs::File::open(path) {
+            Ok(_) => Ok(Source {
+                name,
+                text: String::new(),
+                streamed: Some(path.to_path_buf()),
+            }),
+            Err(e) => Err(SpecError::new(name, format!("cannot read the file: {e}"))),
+        }
+    }
+
+    /// The file a [`Source::stream`] reads.
+    pub fn streamed_path(&self) -> Option<&Path> {
+        self.streamed.as_deref()
+    }
+
+    /// The whole text, read now for a streamed source (for error reports).
+    fn whole(&self) -> Result<Source, SpecError> {
+        match &self.streamed {
+            Some(path) => Source::read(path).map(|s| Source::new(self.name.clone(), s.text)),
+            None => Ok(self.clone()),
         }
     }
 
@@ -114,7 +147,7 @@ impl Source {
     pub fn read(path: &Path) -> Result<Source, SpecError> {
         let name = path.display().to_string();
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Source { name, text }),
+            Ok(text) => Ok(Source::new(name, text)),
             Err(e) => Err(SpecError::new(name, format!("cannot read the file: {e}"))),
         }
     }
@@ -215,7 +248,7 @@ fn load_with_limits(
         networks,
         roles,
         rules,
-        sha256: sha256(spec, site),
+        sha256: sha256(spec, site)?,
         warnings,
         shadowed,
         options,
@@ -230,7 +263,7 @@ fn over_limit(tables: &[Table], limit: usize, error: CapacityError) -> SpecError
 }
 
 /// The policy's identity: every input, in order, separated by a zero byte.
-fn sha256(spec: &Source, site: &SiteOptions) -> String {
+fn sha256(spec: &Source, site: &SiteOptions) -> Result<String, SpecError> {
     let mut hasher = Sha256::new();
     hasher.update(spec.text.as_bytes());
     if let Some(file) = &site.site_file {
@@ -243,13 +276,23 @@ fn sha256(spec: &Source, site: &SiteOptions) -> String {
     }
     if let Some(file) = &site.aws_ip_ranges {
         hasher.update([0u8]);
-        hasher.update(file.text.as_bytes());
+        match file.streamed_path() {
+            Some(path) => {
+                let mut reader = std::fs::File::open(path).map_err(|e| {
+                    SpecError::new(&file.name, format!("cannot read the file: {e}"))
+                })?;
+                std::io::copy(&mut reader, &mut hasher).map_err(|e| {
+                    SpecError::new(&file.name, format!("cannot read the file: {e}"))
+                })?;
+            }
+            None => hasher.update(file.text.as_bytes()),
+        }
     }
-    hasher
+    Ok(hasher
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

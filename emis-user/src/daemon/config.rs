@@ -372,7 +372,7 @@ pub fn policy_inputs(sources: &Sources) -> Result<(Source, SiteOptions), SpecErr
             .clone()
             .or(file.site_nets)
             .unwrap_or_default(),
-        aws_ip_ranges: aws_path.as_deref().map(Source::read).transpose()?,
+        aws_ip_ranges: aws_path.as_deref().map(Source::stream).transpose()?,
     };
     Ok((spec, site))
 }

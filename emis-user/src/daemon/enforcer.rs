@@ -252,7 +252,6 @@ fn install(
         .map(|s| s.slots.clone())
         .unwrap_or_default()
         .assign(&slugs)?;
-    let compiled = compile_with_slots(policy, &assignment.of_rule)?;
     // Which program each interface takes, asked again here since a reload may follow a
     // change of the interfaces themselves.
     let link_types = links::check_interfaces(&settings.interfaces, settings.netns.as_deref())?;
@@ -263,8 +262,10 @@ fn install(
         .partition(|iface| link_types.get(iface) != Some(&Link::Ip));
     pins.prepare()?;
     let shared_existed = pins.map(MAP_STATS).exists();
-    let mut ebpf = loader::load_sharing(
-        &compiled,
+    // Compiled once the loader is set up, so a million prefixes never sit beside the
+    // kernel BTF it parses (the daemon's peak memory, docs/BENCHMARKS.md).
+    let (mut ebpf, compiled) = loader::load_compiling(
+        || compile_with_slots(policy, &assignment.of_rule).map_err(Error::from),
         LoadOptions {
             mode: settings.mode,
             replies: settings.replies,
