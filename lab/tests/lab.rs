@@ -161,8 +161,8 @@ fn errors_name_the_failing_ip_command() {
     let msg = format!("{err:#}");
     assert!(
         msg.contains(&format!(
-            "`ip -n {} route add 10.0.0.0/8 via 172.31.0.1` failed",
-            format!("{}-site", isolated("emislabt4"))
+            "`ip -n {}-site route add 10.0.0.0/8 via 172.31.0.1` failed",
+            isolated("emislabt4")
         )),
         "{msg}"
     );

@@ -832,10 +832,7 @@ fn an_address_learned_for_more_rules_than_the_kernel_keeps_falls_back_past_the_c
         site_nets: TEST_SITE.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
-    let spec = Source {
-        name: "overflow.toml".into(),
-        text: OVERFLOW_SPEC.into(),
-    };
+    let spec = Source::new("overflow.toml", OVERFLOW_SPEC);
     let policy = load_policy(&spec, &site).expect("the overflow spec loads");
     let names = [
         "a1.example.com",
