@@ -34,7 +34,8 @@ use emis_common::{
 
 use crate::parse::{bytes_at, parse_frame, parse_tcp, parse_udp, Frame, L3, L4};
 use crate::{
-    count_classes, flow_event, live_flow, lookup, now, promote, rule_set, CONFIG, FLOWS, FLOWS_NEW,
+    count_classes, flow_event, live_flow, lookup, now, promote, rule_set, segment, CONFIG, FLOWS,
+    FLOWS_NEW,
 };
 
 /// TCX_NEXT: egress never decides a packet, so programs after it on the interface run
@@ -157,22 +158,4 @@ fn destination_match(set: &RuleSet, l3: &L3, dst_info: AddrInfo, cfg: &Config) -
         }
     }
     None
-}
-
-/// What the flow tracker reads of a TCP segment; UDP carries nothing.
-#[inline(always)]
-fn segment(ctx: &impl Frame, l3: &L3, l4: &L4) -> Segment {
-    let mut seg = Segment {
-        flags: l4.flags,
-        ..Segment::default()
-    };
-    if l3.proto != PROTO_TCP || l3.l4_offset > MAX_L4_OFFSET {
-        return seg;
-    }
-    if let Some(tcp) = bytes_at::<TCP_HLEN>(ctx, l3.l4_offset) {
-        seg.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-        seg.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
-        seg.len = l3.l4_len.saturating_sub(tcp_header_len(tcp[12])) as u32;
-    }
-    seg
 }

@@ -35,7 +35,7 @@ mod learned;
 mod parse;
 mod trace;
 
-use parse::{bytes_at, parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_udp, L3, L4};
+use parse::{bytes_at, parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_udp, Frame, L3, L4};
 
 #[map(name = "EMIS_ADDR_V4")]
 static ADDR_V4: LpmTrie<[u8; 4], AddrInfo> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
@@ -501,9 +501,10 @@ fn flow_key(l3: &L3, l4: &L4) -> FlowKey {
     FlowKey::new(l3.src, l3.dst, l3.v6, l3.proto, l4.sport, l4.dport)
 }
 
-/// What the flow tracker reads of a TCP segment; UDP carries nothing.
+/// What the flow tracker reads of a TCP segment; UDP carries nothing. Shared with the
+/// egress programs.
 #[inline(always)]
-fn segment(ctx: &XdpContext, l3: &L3, l4: &L4) -> Segment {
+fn segment(ctx: &impl Frame, l3: &L3, l4: &L4) -> Segment {
     let mut seg = Segment {
         flags: l4.flags,
         ..Segment::default()

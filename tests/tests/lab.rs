@@ -8,7 +8,7 @@ use emis_lab::{
     daemon::{gateway_run_args, Daemon, DaemonDirs},
     tcp_connects, Host, Lab, TcpServers, EMIS_INTERNET, EMIS_PRIMARY, OUT_OF_SCOPE,
 };
-use emis_tests::emis_bin;
+use emis_tests::{emis_bin, metric_sample, metric_value};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -60,25 +60,6 @@ impl Enforcer {
         assert!(said.contains("detached from gw-emis, gw-site"), "{said}");
         assert!(dirs.pins_left().is_empty(), "{:?}", dirs.pins_left());
     }
-}
-
-/// The value of the sample whose name and labels contain every one of `parts`.
-fn sample(metrics: &str, name: &str, parts: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && parts.iter().all(|p| l.contains(p)))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
-/// The value of a metric without labels.
-fn value(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
-        .parse()
-        .unwrap()
 }
 
 fn connects(lab: &Lab, addr: Ipv4Addr, port: u16) -> bool {
@@ -135,7 +116,7 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
     let metrics = enforcer.metrics();
     let spine = ["rule=\"client-spine-messaging\"", "direction=\"outbound\""];
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_rule_packets_total",
             &[spine[0], spine[1], "path=\"forward\""]
@@ -143,7 +124,7 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
         "{metrics}"
     );
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_rule_packets_total",
             &[spine[0], "path=\"reply\""]
@@ -151,7 +132,7 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
         "{metrics}"
     );
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_rule_bytes_total",
             &[spine[0], "path=\"forward\""]
@@ -159,13 +140,13 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
         "{metrics}"
     );
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_rule_packets_total",
             &["rule=\"web-mobile-openapi\"", "path=\"forward\""]
         ) >= 2
     );
-    let dropped = sample(
+    let dropped = metric_sample(
         &metrics,
         "emis_denied_packets_total",
         &[
@@ -178,7 +159,7 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
     // The same packets by interface: the SYNs arrive on the site side, the replies of the
     // allowed connections on the EMIS side, and every drop is a SYN from the site.
     let on = |iface: &str, action: &str| {
-        sample(
+        metric_sample(
             &metrics,
             "emis_interface_packets_total",
             &[
@@ -189,7 +170,7 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
     };
     assert_eq!(
         on("gw-site", "drop"),
-        sample(&metrics, "emis_denied_packets_total", &["action=\"drop\""]),
+        metric_sample(&metrics, "emis_denied_packets_total", &["action=\"drop\""]),
         "{metrics}"
     );
     assert_eq!(on("gw-emis", "drop"), 0, "{metrics}");
@@ -201,7 +182,7 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
         "the overflow slot is exported, empty: {metrics}"
     );
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_interface_bytes_total",
             &["iface=\"gw-site\"", "action=\"drop\""]
@@ -209,7 +190,7 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
         "{metrics}"
     );
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_passed_packets_total",
             &["reason=\"out_of_scope\""]
@@ -222,12 +203,15 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
     );
     // Each allowed connection is a tracked flow; its replies crossed the other interface.
     assert!(
-        value(&metrics, "emis_flows_created_total") >= 2,
+        metric_value(&metrics, "emis_flows_created_total") >= 2,
         "{metrics}"
     );
-    assert!(value(&metrics, "emis_flow_table_entries") >= 2, "{metrics}");
-    assert_eq!(value(&metrics, "emis_flow_table_capacity"), 131_072);
-    assert_eq!(value(&metrics, "emis_flows_evicted_total"), 0);
+    assert!(
+        metric_value(&metrics, "emis_flow_table_entries") >= 2,
+        "{metrics}"
+    );
+    assert_eq!(metric_value(&metrics, "emis_flow_table_capacity"), 131_072);
+    assert_eq!(metric_value(&metrics, "emis_flows_evicted_total"), 0);
 
     let stats: serde_json::Value =
         serde_json::from_str(&enforcer.emis(&["stats", "--json"])).unwrap();
@@ -251,7 +235,7 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
     );
     let metrics = enforcer.metrics();
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_denied_packets_total",
             &["reason=\"no_rule\"", "action=\"audit\""]
@@ -259,7 +243,7 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
         "{metrics}"
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_denied_packets_total",
             &[
@@ -279,7 +263,7 @@ fn enforce_then_audit_on_a_routed_gateway_with_counters_over_http() {
     // EMIS side.
     for iface in ["gw-site", "gw-emis"] {
         assert!(
-            sample(
+            metric_sample(
                 &metrics,
                 "emis_interface_packets_total",
                 &[&format!("iface=\"{iface}\""), "action=\"audit\""]
@@ -314,7 +298,7 @@ fn started_in_audit_mode_nothing_is_dropped_but_everything_is_counted() {
     );
     let metrics = enforcer.metrics();
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_denied_packets_total",
             &[
@@ -326,12 +310,12 @@ fn started_in_audit_mode_nothing_is_dropped_but_everything_is_counted() {
         "the SYN and the server's reply are both counted as would-deny: {metrics}"
     );
     assert_eq!(
-        sample(&metrics, "emis_denied_packets_total", &["action=\"drop\""]),
+        metric_sample(&metrics, "emis_denied_packets_total", &["action=\"drop\""]),
         0
     );
     assert!(connects(&lab, EMIS_PRIMARY, 443));
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_rule_packets_total",
             &["rule=\"client-spine-messaging\""]
@@ -339,7 +323,7 @@ fn started_in_audit_mode_nothing_is_dropped_but_everything_is_counted() {
     );
     let metrics = enforcer.metrics();
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_rule_packets_total",
             &["rule=\"client-spine-messaging\""]

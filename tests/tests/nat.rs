@@ -19,31 +19,12 @@ use emis_lab::{
     daemon::{gateway_run_args, Daemon, DaemonDirs},
     tcp_connects, Host, Lab, TcpServers, EMIS_INTERNET, EMIS_PRIMARY, GW_EMIS_IFACE,
 };
-use emis_tests::emis_bin;
+use emis_tests::{emis_bin, metric_sample, metric_value};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The value of the samples whose name and labels contain every one of `parts`, summed.
-fn sample(metrics: &str, name: &str, parts: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && parts.iter().all(|p| l.contains(p)))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
-/// The value of a metric without labels.
-fn value(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
-        .parse()
-        .unwrap()
-}
-
 fn rule_packets(metrics: &str, rule: &str, path: &str) -> u64 {
-    sample(
+    metric_sample(
         metrics,
         "emis_rule_packets_total",
         &[&format!("rule=\"{rule}\""), &format!("path=\"{path}\"")],
@@ -197,7 +178,7 @@ fn masqueraded_and_gateway_opened_connections_get_their_replies() {
         );
     }
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "emis_denied_packets_total",
             &[
@@ -209,7 +190,7 @@ fn masqueraded_and_gateway_opened_connections_get_their_replies() {
         "{metrics}"
     );
     assert!(
-        value(&metrics, "emis_egress_flows_created_total") >= 2,
+        metric_value(&metrics, "emis_egress_flows_created_total") >= 2,
         "{metrics}"
     );
 
