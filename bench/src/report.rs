@@ -157,6 +157,15 @@ impl Report {
         s
     }
 
+    /// The machine, the programs and the per-packet cost (`emis-bench cost`).
+    pub fn cost_only_table(&self) -> String {
+        let mut s = String::new();
+        self.machine_line(&mut s);
+        self.program_table(&mut s);
+        self.cost_table(&mut s);
+        s
+    }
+
     fn machine_line(&self, w: &mut String) {
         let _ = writeln!(
             w,

@@ -24,18 +24,20 @@
 //! program counted the forward packet on the way in) and never drops one; it counts only
 //! flow events. See docs/DECISIONS.md, "NAT and flows the router opens".
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 use emis_common::{
-    tcp_header_len, track, AddrInfo, Config, FlowKey, FlowValue, Link, RuleSet, Segment,
-    DIR_FORWARD, FLOW_EVENT_EGRESS_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_NEW_CREATED,
-    FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED, FLOW_ORIGIN_EGRESS, MAX_CANDIDATES,
-    MAX_L4_OFFSET, NO_NETWORK, PROTO_TCP, PROTO_UDP, TCP_HLEN,
+    track, AddrInfo, Config, FlowKey, FlowValue, Link, RuleSet, Segment, DIR_FORWARD,
+    FLOW_EVENT_EGRESS_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED,
+    FLOW_EVENT_NEW_INSERT_FAILED, FLOW_ORIGIN_EGRESS, MAX_CANDIDATES, NO_NETWORK, PROTO_TCP,
+    PROTO_UDP,
 };
 
-use crate::parse::{bytes_at, parse_frame, parse_tcp, parse_udp, Frame, L3, L4};
+use crate::parse::{parse_frame, parse_tcp, parse_udp, L3};
 use crate::{
-    count_classes, flow_event, live_flow, lookup, now, promote, rule_set, segment, CONFIG, FLOWS,
-    FLOWS_NEW,
+    count_classes, flow_event, live_flow, lookup, new_flow, now, promote, rule_set, segment,
+    CONFIG, FLOWS, FLOWS_NEW,
 };
 
 /// TCX_NEXT: egress never decides a packet, so programs after it on the interface run
@@ -62,8 +64,9 @@ fn egress(ctx: &TcContext, link: Link) {
     if !cfg.stateful() {
         return;
     }
-    let mut l3 = L3::EMPTY;
-    if parse_frame(ctx, link, &mut l3).is_err() || l3.malformed {
+    let mut l3_slot = MaybeUninit::uninit();
+    let l3 = L3::zeroed(&mut l3_slot);
+    if parse_frame(ctx, link, l3).is_err() || l3.malformed {
         return;
     }
     // A later fragment has no ports; its first fragment carried the flow.
@@ -90,7 +93,7 @@ fn egress(ctx: &TcContext, link: Link) {
         return;
     }
     let key = FlowKey::new(l3.src, l3.dst, l3.v6, l3.proto, l4.sport, l4.dport);
-    let seg = segment(ctx, &l3, &l4);
+    let seg = segment(ctx, l3, &l4);
     // The flows' clock: the XDP program stamps the same entries with it.
     let now = now();
     let (stored, established) = match live_flow(&FLOWS, &key, now, cfg, FLOW_EVENT_EXPIRED) {
@@ -112,12 +115,14 @@ fn egress(ctx: &TcContext, link: Link) {
         }
         return;
     }
-    let Some(rule) = destination_match(set, &l3, dst_info, cfg) else {
+    let Some(rule) = destination_match(set, l3, dst_info, cfg) else {
         return;
     };
-    let mut fresh = FlowValue::new(rule);
-    track_egress(&mut fresh, key.proto, &seg, now);
-    match FLOWS_NEW.insert(&key, &fresh, 0) {
+    let mut slot = MaybeUninit::uninit();
+    new_flow(slot.as_mut_ptr(), rule);
+    let fresh = unsafe { slot.assume_init_mut() };
+    track_egress(fresh, key.proto, &seg, now);
+    match FLOWS_NEW.insert(&key, fresh, 0) {
         Ok(()) => {
             flow_event(FLOW_EVENT_NEW_CREATED);
             flow_event(FLOW_EVENT_EGRESS_CREATED);

@@ -106,17 +106,18 @@ fn emit(ctx: &XdpContext, cfg: &Config, code: u32, id: u32) {
     };
     let event = entry.as_mut_ptr();
     let frame_len = (ctx.data_end() - ctx.data()) as u32;
+    // Word by word, not a `memset` call (see `crate::zero`); the ring's memory holds
+    // earlier events, and a frame shorter than the snapshot leaves its tail zero.
+    crate::zero::zero(event);
     unsafe {
         (*event).time_ns = now;
         (*event).ifindex = ctx.ingress_ifindex() as u32;
         (*event).frame_len = frame_len;
-        (*event).captured_len = 0;
         (*event).reason = reason;
         (*event).network = network;
         (*event).action = action;
         (*event).kind = kind;
         (*event).rule = rule;
-        (*event).frame = [0; EVENT_SNAP_LEN];
     }
     let captured = copy_frame(ctx, unsafe { &mut (*event).frame }, frame_len);
     unsafe { (*event).captured_len = captured };

@@ -7,6 +7,8 @@
 // Map keys go by reference: a copy per call would cost BPF stack, of which there is 512 bytes.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::bpf_ktime_get_coarse_ns,
@@ -21,10 +23,10 @@ use emis_common::{
     IcmpClass, Link, PassReason, Path, RuleSet, Segment, Tracked, ADDR_V4_SLOTS,
     DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT, FLOW_EVENT_CREATED,
     FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED,
-    FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_UNTRACKED, FRAG_TABLE_SIZE,
-    MAX_ADDR_V4_BUCKETS, MAX_CANDIDATES, MAX_L4_OFFSET, MAX_LEARNED_ENTRIES, MAX_PREFIXES,
-    MAX_RULE_SETS, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_HLEN,
+    FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_UNTRACKED, FLOW_NEW,
+    FLOW_ORIGIN_INGRESS, FRAG_TABLE_SIZE, MAX_ADDR_V4_BUCKETS, MAX_CANDIDATES, MAX_L4_OFFSET,
+    MAX_LEARNED_ENTRIES, MAX_PREFIXES, MAX_RULE_SETS, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_HLEN,
 };
 
 mod dns;
@@ -34,6 +36,7 @@ mod iface;
 mod learned;
 mod parse;
 mod trace;
+mod zero;
 
 use parse::{bytes_at, parse_frame, parse_icmp, parse_quoted, parse_tcp, parse_udp, Frame, L3, L4};
 
@@ -332,11 +335,12 @@ const NO_RULE: u32 = u32::MAX;
 
 #[inline(always)]
 fn decide(ctx: &XdpContext, cfg: &Config, link: Link) -> Decision {
-    let mut l3 = L3::EMPTY;
-    if let Err(reason) = parse_frame(ctx, link, &mut l3) {
+    let mut slot = MaybeUninit::uninit();
+    let l3 = L3::zeroed(&mut slot);
+    if let Err(reason) = parse_frame(ctx, link, l3) {
         return Decision::Pass { reason };
     }
-    if !forget_parse_path(&mut l3) {
+    if !forget_parse_path(l3) {
         return Decision::Pass {
             reason: PassReason::Unparsed,
         };
@@ -346,25 +350,25 @@ fn decide(ctx: &XdpContext, cfg: &Config, link: Link) -> Decision {
         return standing.deny_or_pass(DenyReason::Malformed);
     }
     if l3.fragment && l3.frag_offset != 0 {
-        return later_fragment(&l3, cfg).unwrap_or_else(|reason| standing.deny_or_pass(reason));
+        return later_fragment(l3, cfg).unwrap_or_else(|reason| standing.deny_or_pass(reason));
     }
     let judged = match l3.proto {
-        PROTO_TCP | PROTO_UDP => match transport_header(ctx, &l3) {
+        PROTO_TCP | PROTO_UDP => match transport_header(ctx, l3) {
             Some(l4) => {
                 // DNS answers to the daemon, DoT counted; the verdict is not touched.
                 dns::observe(ctx, l3.proto, l4.sport, l4.dport, l3.l4_offset, l3.l4_len);
-                transport(ctx, &l3, &l4, &mut standing, cfg)
+                transport(ctx, l3, &l4, &mut standing, cfg)
             }
             None => Err(DenyReason::Malformed),
         },
-        PROTO_ICMP if !l3.v6 => icmp(ctx, &l3, &mut standing, cfg),
-        PROTO_ICMPV6 if l3.v6 => icmp(ctx, &l3, &mut standing, cfg),
+        PROTO_ICMP if !l3.v6 => icmp(ctx, l3, &mut standing, cfg),
+        PROTO_ICMPV6 if l3.v6 => icmp(ctx, l3, &mut standing, cfg),
         _ => Err(DenyReason::Protocol),
     };
     match judged {
         Ok(decision) => {
             if l3.fragment {
-                remember_first_fragment(&l3, decision);
+                remember_first_fragment(l3, decision);
             }
             decision
         }
@@ -593,7 +597,7 @@ fn count_tracked(tracked: Tracked) {
 #[inline(always)]
 fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config, fresh: &mut FlowValue) {
     let now = now();
-    *fresh = FlowValue::new(rule);
+    new_flow(fresh, rule);
     let mut stored = live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED);
     let established = stored.is_some();
     if !established {
@@ -602,7 +606,7 @@ fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config, fresh: &
         if let Some(flow) = stored {
             let flow = unsafe { &mut *flow };
             if flow_expired(flow, now, cfg) {
-                *flow = FlowValue::new(rule);
+                new_flow(flow, rule);
             }
         }
     }
@@ -619,6 +623,18 @@ fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config, fresh: &
         }
     } else if !established && flow.assured() {
         promote(key, flow);
+    }
+}
+
+/// `FlowValue::new(rule)` written into `*flow` in place, which may be uninitialised:
+/// an assignment of the value compiles to a `memset` call (see [`zero`]).
+#[inline(always)]
+fn new_flow(flow: *mut FlowValue, rule: u32) {
+    zero::zero(flow);
+    unsafe {
+        (*flow).rule = rule;
+        (*flow).state = FLOW_NEW;
+        (*flow).origin = FLOW_ORIGIN_INGRESS;
     }
 }
 

@@ -3,6 +3,8 @@
 //! options, IPv6 with a bounded extension-header walk, TCP, UDP, and the packet an ICMP
 //! error quotes. Every read is bounds-checked; no parser looks anything up.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::programs::{TcContext, XdpContext};
 use emis_common::{
     ip_version, ipv4_header_len, ipv6_ext_header_len, is_bare_syn, is_ipv6_ext_header, is_vlan,
@@ -13,6 +15,8 @@ use emis_common::{
     PPPOE_HLEN, PPP_IPV4, PPP_IPV6, PPP_PROTO_LEN, PROTO_TCP, PROTO_UDP, TCP_HLEN, UDP_HLEN,
     VLAN_HLEN,
 };
+
+use crate::zero::zero;
 
 /// What the parsers read of a program's context: where the frame starts and ends. XDP
 /// and TC (the egress program) both hand over a linear window of the packet.
@@ -61,14 +65,13 @@ pub fn be16(b: &[u8], i: usize) -> u16 {
     u16::from_be_bytes([b[i], b[i + 1]])
 }
 
+/// An IPv4 address in the 16-byte form, from two words: written byte by byte, the
+/// twelve zero bytes became a `memset` call (see `crate::zero`).
 #[inline(always)]
 fn v4_addr(b: &[u8], i: usize) -> Addr {
-    let mut a = [0u8; 16];
-    a[0] = b[i];
-    a[1] = b[i + 1];
-    a[2] = b[i + 2];
-    a[3] = b[i + 3];
-    a
+    let low = u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], 0, 0, 0, 0]);
+    let words: [u64; 2] = [low, 0];
+    unsafe { core::mem::transmute::<[u64; 2], Addr>(words) }
 }
 
 #[inline(always)]
@@ -96,20 +99,14 @@ pub struct L3 {
 }
 
 impl L3 {
-    /// What [`parse_frame`] fills in; every field is written before any is read, so no
-    /// path leaves a register undefined for the verifier to reject.
-    pub const EMPTY: L3 = L3 {
-        src: [0; 16],
-        dst: [0; 16],
-        v6: false,
-        proto: 0,
-        l4_offset: 0,
-        l4_len: 0,
-        malformed: false,
-        fragment: false,
-        frag_offset: 0,
-        frag_id: 0,
-    };
+    /// What [`parse_frame`] fills in: all zero (every field's "nothing yet"), so no path
+    /// leaves a byte undefined for the verifier to reject. Zeroed in place word by word,
+    /// as a constant it was a `memset` call on every packet (see `crate::zero`).
+    #[inline(always)]
+    pub fn zeroed(slot: &mut MaybeUninit<L3>) -> &mut L3 {
+        zero(slot.as_mut_ptr());
+        unsafe { slot.assume_init_mut() }
+    }
 }
 
 /// A frame that is not IP to the program: why it passes (the EtherType's class, or

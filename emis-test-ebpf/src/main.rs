@@ -26,6 +26,8 @@ use emis_common::{Link, PROTO_TCP, PROTO_UDP};
 #[allow(dead_code)]
 #[path = "../../emis-ebpf/src/parse.rs"]
 mod parse;
+#[path = "../../emis-ebpf/src/zero.rs"]
+mod zero;
 
 use parse::{parse_frame, parse_tcp, parse_udp, L3};
 
@@ -52,8 +54,9 @@ pub fn emis_tx(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn emis_parse_only(ctx: XdpContext) -> u32 {
     let mut sink: u32 = 0;
-    let mut l3 = L3::EMPTY;
-    if parse_frame(&ctx, Link::Ethernet, &mut l3).is_ok() {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let l3 = L3::zeroed(&mut slot);
+    if parse_frame(&ctx, Link::Ethernet, l3).is_ok() {
         let whole = !l3.fragment;
         let l4 = match l3.proto {
             PROTO_TCP => parse_tcp(&ctx, l3.l4_offset, l3.l4_len),

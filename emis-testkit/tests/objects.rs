@@ -51,3 +51,43 @@ fn the_emis_object_has_btf_the_kernel_accepts() {
         "a BTF type name with `<` is left in the object"
     );
 }
+
+/// The compiler's memory routines are functions in the object that move one byte per
+/// loop turn; LLVM calls them where it merges stores (16 zero bytes or more). One such
+/// call per packet doubled the drop path's cost once (see emis-ebpf/src/zero.rs), so
+/// no program in the shipped object may call them.
+#[test]
+fn the_emis_object_calls_no_byte_loop_memory_routine() {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
+    const ROUTINES: [&str; 5] = ["memset", "memcpy", "memmove", "memcmp", "bcmp"];
+    let file = object::File::parse(emis::loader::PROGRAM_OBJECT).expect("parsing the emis object");
+    let mut calls = Vec::new();
+    for section in file.sections() {
+        for (offset, relocation) in section.relocations() {
+            let RelocationTarget::Symbol(index) = relocation.target() else {
+                continue;
+            };
+            let Ok(symbol) = file.symbol_by_index(index) else {
+                continue;
+            };
+            let name = symbol.name().unwrap_or_default();
+            if !ROUTINES.contains(&name) {
+                continue;
+            }
+            // The function whose code holds the call.
+            let caller = file
+                .symbols()
+                .filter(|s| s.section_index() == Some(section.index()) && s.size() > 0)
+                .find(|s| (s.address()..s.address() + s.size()).contains(&offset))
+                .and_then(|s| s.name().ok().map(str::to_string))
+                .unwrap_or_else(|| format!("{}+{offset:#x}", section.name().unwrap_or("?")));
+            calls.push(format!("{caller} calls {name}"));
+        }
+    }
+    assert!(
+        calls.is_empty(),
+        "the emis object calls byte-loop memory routines (zero such values with \
+         emis-ebpf's `zero`, or build them word by word):\n{}",
+        calls.join("\n")
+    );
+}
