@@ -9,10 +9,16 @@
 //! ([`LearnedEntry`], spec order), so the kernel's walk is over that address's few rules
 //! rather than over every rule of the port.
 
+use crate::flow::Addr;
+
 /// Hash map from an IPv4 address (4 bytes) to [`LearnedValue`].
 pub const MAP_LEARNED_V4: &str = "EMIS_LEARNED_V4";
 /// Hash map from an IPv6 address (16 bytes) to [`LearnedValue`].
 pub const MAP_LEARNED_V6: &str = "EMIS_LEARNED_V6";
+/// Array of `u64` words, [`LEARNED_FILTER_WORDS`] of them: bit [`learned_filter_bit`] of
+/// every address in either learned map is set, so the program asks a learned map (a
+/// hash lookup, a helper call) only for an address whose bit is set.
+pub const MAP_LEARNED_FILTER: &str = "EMIS_LEARNED_FILTER";
 /// Ring buffer of [`DnsMessage`]s: DNS responses the program saw.
 pub const MAP_DNS: &str = "EMIS_DNS";
 /// One-entry array of [`DnsConfig`].
@@ -29,6 +35,30 @@ pub const MAX_HOSTNAME_GROUPS: u32 = 32;
 pub const MAX_LEARNED_ENTRIES: usize = 4;
 /// Learned addresses each family's map holds.
 pub const MAX_LEARNED: u32 = 16 * 1024;
+
+/// Words of the learned filter: 65,536 bits, so with the maps full (16,384 addresses a
+/// family) most addresses still find their bit clear.
+pub const LEARNED_FILTER_WORDS: u32 = 1024;
+/// Bits of the learned filter.
+pub const LEARNED_FILTER_BITS: u32 = LEARNED_FILTER_WORDS * 64;
+
+/// An address's bit in the learned filter: a multiplicative hash of the IPv4 address (the
+/// first 4 bytes of `addr`), or of the IPv6 address's four words folded into one, kept to
+/// its top 16 bits. The daemon sets the bit before it writes the address into a learned
+/// map and clears bits only after the addresses behind them are gone, so a clear bit
+/// means "not learned" and a set one "ask the map".
+#[inline(always)]
+pub const fn learned_filter_bit(addr: &Addr, v6: bool) -> u32 {
+    const fn word(addr: &Addr, i: usize) -> u32 {
+        u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]])
+    }
+    let folded = if v6 {
+        word(addr, 0) ^ word(addr, 4) ^ word(addr, 8) ^ word(addr, 12)
+    } else {
+        word(addr, 0)
+    };
+    folded.wrapping_mul(0x9E37_79B1) >> 16
+}
 
 /// The port DNS answers come from.
 pub const DNS_PORT: u16 = 53;
@@ -117,6 +147,38 @@ pub const DNS_MESSAGE_SIZE: usize = core::mem::size_of::<DnsMessage>();
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_bits_stay_in_the_filter_and_spread() {
+        let mut seen = [false; LEARNED_FILTER_BITS as usize];
+        let mut distinct = 0;
+        for i in 0..4096u32 {
+            let mut addr = [0u8; 16];
+            // Neighbouring addresses of one network, as a CDN answers with.
+            addr[..4].copy_from_slice(&(0x0d20_0000 + i).to_be_bytes());
+            let bit = learned_filter_bit(&addr, false);
+            assert!(bit < LEARNED_FILTER_BITS);
+            distinct += !seen[bit as usize] as u32;
+            seen[bit as usize] = true;
+        }
+        assert!(
+            distinct > 3_900,
+            "4096 neighbours share too few bits: {distinct}"
+        );
+        // IPv4 reads only its 4 bytes; IPv6 reads all 16.
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[192, 0, 2, 1]);
+        let mut noisy = v4;
+        noisy[15] = 9;
+        assert_eq!(
+            learned_filter_bit(&v4, false),
+            learned_filter_bit(&noisy, false)
+        );
+        assert_ne!(
+            learned_filter_bit(&v4, true),
+            learned_filter_bit(&noisy, true)
+        );
+    }
 
     #[test]
     fn records_keep_their_layout() {

@@ -87,6 +87,13 @@ impl TestProgram {
     /// `names`; no rule naming any of them removes it.
     pub fn learn(&mut self, names: &[&str], addr: std::net::IpAddr) -> Result<()> {
         let value = emis::learned::value_for(&self.hostnames, names.iter().copied());
+        // The filter's bit first, as the daemon sets it (a stale bit costs only a lookup).
+        let filter = self
+            .ebpf
+            .map_mut(emis_common::MAP_LEARNED_FILTER)
+            .context("no learned filter map")?;
+        emis::learned::set_filter_bit(filter, addr)
+            .with_context(|| format!("setting {addr}'s learned filter bit"))?;
         let name = emis::learned::map_name(addr);
         let map = self
             .ebpf

@@ -1,10 +1,14 @@
 //! Writing learned addresses into the kernel's maps (`EMIS_LEARNED_V4`/`_V6`): one value
-//! per address, the union of what its live names mean ([`HostnameGroups::learned`]).
+//! per address, the union of what its live names mean ([`HostnameGroups::learned`]); and
+//! the learned filter (`EMIS_LEARNED_FILTER`), whose bit for an address is set before the
+//! address is written and cleared only after it is gone.
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap, Map, MapData, MapError};
-use emis_common::{LearnedValue, MAP_LEARNED_V4, MAP_LEARNED_V6};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use emis_common::{
+    learned_filter_bit, LearnedValue, LEARNED_FILTER_WORDS, MAP_LEARNED_V4, MAP_LEARNED_V6,
+};
 use emis_policy::hostnames::HostnameGroups;
 
 /// Writes `value` for `addr` into `map`, the learned map of `addr`'s family
@@ -72,5 +76,67 @@ pub fn clear(map: &mut Map, v6: bool) -> Result<usize, MapError> {
         clear_keys::<16>(map)
     } else {
         clear_keys::<4>(map)
+    }
+}
+
+/// `addr`'s bit in the learned filter.
+pub fn filter_bit(addr: IpAddr) -> u32 {
+    let mut bytes = [0u8; 16];
+    match addr {
+        IpAddr::V4(a) => bytes[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => bytes = a.octets(),
+    }
+    learned_filter_bit(&bytes, addr.is_ipv6())
+}
+
+/// The learned filter's words with the bits of `addrs` set.
+pub fn filter_words(addrs: impl IntoIterator<Item = IpAddr>) -> Vec<u64> {
+    let mut words = vec![0u64; LEARNED_FILTER_WORDS as usize];
+    for addr in addrs {
+        let bit = filter_bit(addr);
+        words[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+    words
+}
+
+/// Writes word `index` of the learned filter `map`.
+pub fn write_filter_word(map: &mut Map, index: u32, word: u64) -> Result<(), MapError> {
+    let mut filter: Array<&mut MapData, u64> = Array::try_from(map)?;
+    filter.set(index, word, 0)
+}
+
+/// Sets `addr`'s bit in the learned filter `map`, keeping the others (a read, then a write).
+pub fn set_filter_bit(map: &mut Map, addr: IpAddr) -> Result<(), MapError> {
+    let bit = filter_bit(addr);
+    let mut filter: Array<&mut MapData, u64> = Array::try_from(map)?;
+    let word = filter.get(&(bit / 64), 0)?;
+    filter.set(bit / 64, word | 1 << (bit % 64), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_holds_each_address_bit_as_the_kernel_computes_it() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        let words = filter_words([v4, v6]);
+        assert_eq!(words.len(), LEARNED_FILTER_WORDS as usize);
+        let mut v4_bytes = [0u8; 16];
+        v4_bytes[..4].copy_from_slice(&[192, 0, 2, 7]);
+        let v6_bytes = "2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        for (bit, addr) in [
+            (learned_filter_bit(&v4_bytes, false), v4),
+            (learned_filter_bit(&v6_bytes, true), v6),
+        ] {
+            assert_eq!(filter_bit(addr), bit);
+            assert_ne!(words[(bit / 64) as usize] & 1 << (bit % 64), 0, "{addr}");
+        }
+        let set: u32 = words.iter().map(|w| w.count_ones()).sum();
+        assert!(set <= 2);
     }
 }

@@ -37,7 +37,7 @@ pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT
 /// reading across a reload.
 /// So are the learned addresses and the DNS hand-off (ring, counters, switch): what the
 /// daemon learned outlives a reload, which rewrites the values for the new rules.
-pub const SHARED_MAPS: [&str; 14] = [
+pub const SHARED_MAPS: [&str; 15] = [
     MAP_STATS,
     MAP_FLOWS,
     MAP_FLOWS_NEW,
@@ -50,6 +50,7 @@ pub const SHARED_MAPS: [&str; 14] = [
     emis_common::MAP_KERNEL_LOG,
     emis_common::MAP_LEARNED_V4,
     emis_common::MAP_LEARNED_V6,
+    emis_common::MAP_LEARNED_FILTER,
     emis_common::MAP_DNS,
     emis_common::MAP_DNS_COUNTS,
     emis_common::MAP_DNS_CONFIG,

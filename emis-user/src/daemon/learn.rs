@@ -16,8 +16,8 @@ use std::{
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use emis_common::{
     DnsConfig, DnsMessage, DNS_COUNT_DOT, DNS_COUNT_HANDED, DNS_COUNT_RING_FULL,
-    DNS_COUNT_SUPPRESSED, DNS_MESSAGE_SIZE, DNS_SNAP_LEN, MAP_DNS, MAP_DNS_CONFIG, MAP_DNS_COUNTS,
-    MAP_LEARNED_V4, MAP_LEARNED_V6,
+    DNS_COUNT_SUPPRESSED, DNS_MESSAGE_SIZE, DNS_SNAP_LEN, LEARNED_FILTER_WORDS, MAP_DNS,
+    MAP_DNS_CONFIG, MAP_DNS_COUNTS, MAP_LEARNED_FILTER, MAP_LEARNED_V4, MAP_LEARNED_V6,
 };
 use emis_policy::{
     dns::{read_response, Expiry, Reject},
@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use super::{error::What as _, pins::Pins, Error};
-use crate::learned::{clear, map_name, value_for, write};
+use crate::learned::{
+    clear, filter_bit, filter_words, map_name, value_for, write, write_filter_word,
+};
 
 /// How often expired names are swept out.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -42,8 +44,13 @@ pub struct Learner {
     expiry: Expiry,
     /// Per address, its live names and when each expires.
     table: HashMap<IpAddr, BTreeMap<String, Instant>>,
-    /// The pinned learned maps, by name, opened on first use.
+    /// The pinned learned maps and filter, by name, opened on first use.
     maps: HashMap<&'static str, aya::maps::Map>,
+    /// The learned filter's words as written (all clear after [`Learner::forget_earlier`]).
+    filter: Vec<u64>,
+    /// An address left the maps since the filter was last rebuilt, so bits may be set
+    /// that no address needs (harmless: they cost the kernel a map lookup).
+    filter_stale: bool,
     pub stats: LearnStats,
 }
 
@@ -91,6 +98,8 @@ impl Learner {
             expiry,
             table: HashMap::new(),
             maps: HashMap::new(),
+            filter: vec![0; LEARNED_FILTER_WORDS as usize],
+            filter_stale: false,
             stats: LearnStats::default(),
         }
     }
@@ -112,6 +121,15 @@ impl Learner {
                 Err(e) => tracing::warn!(error = %e, "emptying {name}"),
             }
         }
+        // After the maps: a bit still set meanwhile only costs the kernel a lookup.
+        let Some(map) = self.map(MAP_LEARNED_FILTER) else {
+            return;
+        };
+        let cleared = (0..LEARNED_FILTER_WORDS).try_for_each(|i| write_filter_word(map, i, 0));
+        if let Err(e) = cleared {
+            tracing::warn!(error = %e, "emptying {MAP_LEARNED_FILTER}");
+        }
+        self.filter.fill(0);
     }
 
     /// A reload changed the rules: every address's value is written again for them.
@@ -125,6 +143,7 @@ impl Learner {
             }
             self.write(addr);
         }
+        self.rebuild_filter();
     }
 
     /// New expiry settings (a reload): answers read from now on are kept for what they
@@ -169,6 +188,7 @@ impl Learner {
         for addr in touched {
             self.write(addr);
         }
+        self.rebuild_filter();
     }
 
     fn reject(&mut self, reason: Reject) {
@@ -188,6 +208,7 @@ impl Learner {
         for addr in changed {
             self.write(addr);
         }
+        self.rebuild_filter();
     }
 
     /// Writes `addr`'s value for its live names, or removes it.
@@ -204,8 +225,26 @@ impl Learner {
         if let Some((_, true)) = value {
             self.stats.overflow += 1;
         }
-        let name = map_name(addr);
-        // Opened once: the pinned maps are the same across reloads.
+        // The filter's bit before the address: the kernel asks the map only where it is set.
+        if value.is_some() && !self.set_filter_bit(addr) {
+            return;
+        }
+        let Some(map) = self.map(map_name(addr)) else {
+            return;
+        };
+        let result = write(map, addr, value.as_ref().map(|(v, _)| v));
+        if let Err(e) = result {
+            self.stats.map_errors += 1;
+            tracing::warn!(%addr, error = %e, "writing a learned address");
+        }
+        if value.is_none() {
+            self.filter_stale = true;
+        }
+    }
+
+    /// The pinned map `name`, opened once (the pinned maps are the same across reloads);
+    /// `None` (counted and logged) if it cannot be opened.
+    fn map(&mut self, name: &'static str) -> Option<&mut aya::maps::Map> {
         if !self.maps.contains_key(name) {
             match self.pins.open_map(name) {
                 Ok(map) => {
@@ -213,16 +252,58 @@ impl Learner {
                 }
                 Err(e) => {
                     self.stats.map_errors += 1;
-                    tracing::warn!(%addr, error = %e, "opening the learned map");
-                    return;
+                    tracing::warn!(error = %e, "opening {name}");
+                    return None;
                 }
             }
         }
-        let map = self.maps.get_mut(name).expect("inserted above");
-        let result = write(map, addr, value.as_ref().map(|(v, _)| v));
-        if let Err(e) = result {
+        self.maps.get_mut(name)
+    }
+
+    /// Sets `addr`'s bit in the kernel's learned filter; `false` if writing it failed.
+    fn set_filter_bit(&mut self, addr: IpAddr) -> bool {
+        let bit = filter_bit(addr);
+        let (index, mask) = (bit / 64, 1u64 << (bit % 64));
+        let word = self.filter[index as usize];
+        if word & mask != 0 {
+            return true;
+        }
+        let Some(map) = self.map(MAP_LEARNED_FILTER) else {
+            return false;
+        };
+        if let Err(e) = write_filter_word(map, index, word | mask) {
             self.stats.map_errors += 1;
-            tracing::warn!(%addr, error = %e, "writing a learned address");
+            tracing::warn!(%addr, error = %e, "setting a learned filter bit");
+            return false;
+        }
+        self.filter[index as usize] = word | mask;
+        true
+    }
+
+    /// Clears the filter bits no learned address needs any more, once addresses left.
+    fn rebuild_filter(&mut self) {
+        if !self.filter_stale {
+            return;
+        }
+        let wanted = filter_words(self.table.keys().copied());
+        let mut written = std::mem::take(&mut self.filter);
+        let result: Result<(), aya::maps::MapError> = match self.map(MAP_LEARNED_FILTER) {
+            Some(map) => wanted.iter().enumerate().try_for_each(|(index, &word)| {
+                if word != written[index] {
+                    write_filter_word(map, index as u32, word)?;
+                    written[index] = word;
+                }
+                Ok(())
+            }),
+            None => Ok(()),
+        };
+        self.filter = written;
+        match result {
+            Ok(()) => self.filter_stale = self.filter != wanted,
+            Err(e) => {
+                self.stats.map_errors += 1;
+                tracing::warn!(error = %e, "clearing learned filter bits");
+            }
         }
     }
 
