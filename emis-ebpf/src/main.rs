@@ -17,16 +17,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use emis_common::{
-    addr_v4_slot, denial_network, deny_or_pass, expired, icmp_class, new_flow_table_size,
-    port_slot, stateless_reply, stats_index, tcp_header_len, track, Addr, AddrBucket, AddrInfo,
-    AddrListV6, Config, Counter, Decision, DenyReason, FlowKey, FlowValue, FragKey, FragValue,
-    IcmpClass, Link, PassReason, Path, RuleSet, Segment, Tracked, ADDR_V4_SLOTS,
-    DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT, FLOW_EVENT_CREATED,
-    FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED,
-    FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_UNTRACKED, FLOW_NEW,
-    FLOW_ORIGIN_INGRESS, FRAG_TABLE_SIZE, MAX_ADDR_V4_BUCKETS, MAX_CANDIDATES, MAX_L4_OFFSET,
-    MAX_LEARNED_ENTRIES, MAX_PREFIXES, MAX_RULE_SETS, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_HLEN,
+    addr_v4_slot, denial_network, deny_or_pass, expired, icmp_class, is_bare_syn,
+    new_flow_table_size, port_slot, stateless_reply, stats_index, tcp_header_len, track, Addr,
+    AddrBucket, AddrInfo, AddrListV6, Config, Counter, Decision, DenyReason, FlowKey, FlowValue,
+    FragKey, FragValue, IcmpClass, Link, PassReason, Path, RuleSet, Segment, Tracked,
+    ADDR_V4_SLOTS, DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT,
+    FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED,
+    FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED,
+    FLOW_EVENT_UNTRACKED, FLOW_NEW, FLOW_ORIGIN_INGRESS, FRAG_TABLE_SIZE, MAX_ADDR_V4_BUCKETS,
+    MAX_CANDIDATES, MAX_L4_OFFSET, MAX_LEARNED_ENTRIES, MAX_PREFIXES, MAX_RULE_SETS,
+    MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    STATS_LEN, TCP_ACK, TCP_HLEN, TCP_SYN,
 };
 
 mod dns;
@@ -598,16 +599,26 @@ fn count_tracked(tracked: Tracked) {
 fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config, fresh: &mut FlowValue) {
     let now = now();
     new_flow(fresh, rule);
-    let mut stored = live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED);
-    let established = stored.is_some();
-    if !established {
-        // An expired established flow starts over as a new flow, which must earn its place again.
-        stored = FLOWS_NEW.get_ptr_mut(key);
-        if let Some(flow) = stored {
-            let flow = unsafe { &mut *flow };
-            if flow_expired(flow, now, cfg) {
-                new_flow(flow, rule);
-            }
+    // A SYN opens a new flow (or retries one): its table first saves a lookup.
+    let found = if is_bare_syn(seg.flags) {
+        match FLOWS_NEW.get_ptr_mut(key) {
+            Some(flow) => Some((flow, false)),
+            None => live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED).map(|flow| (flow, true)),
+        }
+    } else {
+        match live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED) {
+            Some(flow) => Some((flow, true)),
+            None => FLOWS_NEW.get_ptr_mut(key).map(|flow| (flow, false)),
+        }
+    };
+    let established = matches!(found, Some((_, true)));
+    let stored = found.map(|(flow, _)| flow);
+    if let (Some(flow), false) = (stored, established) {
+        // An expired established flow starts over as a new flow, which must earn its place
+        // again; so does an expired new one.
+        let flow = unsafe { &mut *flow };
+        if flow_expired(flow, now, cfg) {
+            new_flow(flow, rule);
         }
     }
     let flow = match stored {
@@ -688,12 +699,20 @@ fn tracked_rule(key: &FlowKey, now: u64, cfg: &Config) -> Option<u32> {
 #[inline(always)]
 fn track_reply(key: &FlowKey, seg: &Segment, cfg: &Config) -> Option<u32> {
     let now = now();
-    let (flow, established) = match live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED) {
-        Some(flow) => (flow, true),
-        None => (
-            live_flow(&FLOWS_NEW, key, now, cfg, FLOW_EVENT_NEW_EXPIRED)?,
-            false,
-        ),
+    // A SYN-ACK answers a flow that is still new: its table first saves a lookup.
+    let (flow, established) = if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        match live_flow(&FLOWS_NEW, key, now, cfg, FLOW_EVENT_NEW_EXPIRED) {
+            Some(flow) => (flow, false),
+            None => (live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED)?, true),
+        }
+    } else {
+        match live_flow(&FLOWS, key, now, cfg, FLOW_EVENT_EXPIRED) {
+            Some(flow) => (flow, true),
+            None => (
+                live_flow(&FLOWS_NEW, key, now, cfg, FLOW_EVENT_NEW_EXPIRED)?,
+                false,
+            ),
+        }
     };
     let flow = unsafe { &mut *flow };
     count_tracked(track(flow, DIR_REPLY, key.proto, seg, now));
