@@ -112,7 +112,7 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Per-packet cost of each class on the three programs.
+/// Per-packet cost of each class on the four programs.
 fn cost_panel(area: &Area, report: &Report) -> Result<()> {
     let classes: Vec<String> = report.cost.iter().map(|c| c.class.clone()).collect();
     bars(
@@ -125,6 +125,10 @@ fn cost_panel(area: &Area, report: &Report) -> Result<()> {
             (
                 "parse only",
                 report.cost.iter().map(|c| c.parse_ns).collect(),
+            ),
+            (
+                "parse + flow lookup",
+                report.cost.iter().map(|c| c.flow_lookup_ns).collect(),
             ),
             ("emis", report.cost.iter().map(|c| c.emis_ns).collect()),
         ],

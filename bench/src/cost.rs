@@ -163,8 +163,12 @@ pub struct ClassCost {
     pub class: String,
     pub noop_ns: f64,
     pub parse_ns: f64,
+    /// The parsers and one flow-table lookup (`emis_flow_lookup`): what any program that
+    /// tracks flows pays at least.
+    pub flow_lookup_ns: f64,
     pub emis_ns: f64,
     pub parse_ratio: f64,
+    pub flow_lookup_ratio: f64,
     pub emis_ratio: f64,
 }
 
@@ -191,6 +195,7 @@ pub fn measure(
 ) -> Result<Vec<ClassCost>> {
     let noop = bench.program(programs::NOOP_PASS)?;
     let parse = bench.program(programs::PARSE_ONLY)?;
+    let flow_lookup = bench.program(programs::FLOW_LOOKUP)?;
     // Once each, in order: checks the verdicts and opens the flow the reply answers.
     for class in classes {
         for frame in &class.prelude {
@@ -208,28 +213,36 @@ pub fn measure(
     }
     let mut out = Vec::new();
     for class in classes {
-        let (mut n, mut p, mut e) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut n, mut p, mut f, mut e) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
             let rn = run_repeat(noop, &class.frame, repeat)?;
             let rp = run_repeat(parse, &class.frame, repeat)?;
+            let rf = run_repeat(flow_lookup, &class.frame, repeat)?;
             let re = enforcer
                 .run_repeat(&class.frame, repeat)
                 .with_context(|| format!("running the enforcer on `{}`", class.name))?;
-            if rn.action != XDP_PASS || rp.action != XDP_PASS || re.action != class.expect {
+            if rn.action != XDP_PASS
+                || rp.action != XDP_PASS
+                || rf.action != XDP_PASS
+                || re.action != class.expect
+            {
                 bail!(
-                    "unexpected actions on `{}`: no-op {}, parse-only {}, emis {}",
+                    "unexpected actions on `{}`: no-op {}, parse-only {}, flow lookup {}, emis {}",
                     class.name,
                     rn.action,
                     rp.action,
+                    rf.action,
                     re.action
                 );
             }
             n.push(rn.ns_per_run as f64);
             p.push(rp.ns_per_run as f64);
+            f.push(rf.ns_per_run as f64);
             e.push(re.ns_per_run as f64);
             tick();
         }
-        let (noop_ns, parse_ns, emis_ns) = (median(n), median(p), median(e));
+        let (noop_ns, parse_ns, flow_lookup_ns, emis_ns) =
+            (median(n), median(p), median(f), median(e));
         if noop_ns <= 0.0 {
             bail!(
                 "the kernel reported 0 ns per run for the no-op program on `{}`",
@@ -240,8 +253,10 @@ pub fn measure(
             class: class.name.to_string(),
             noop_ns,
             parse_ns,
+            flow_lookup_ns,
             emis_ns,
             parse_ratio: parse_ns / noop_ns,
+            flow_lookup_ratio: flow_lookup_ns / noop_ns,
             emis_ratio: emis_ns / noop_ns,
         });
     }

@@ -7,6 +7,10 @@
 //!   limit on veth.
 //! - `emis_parse_only`: the enforcer's own parsers (Ethernet, VLAN, IPv4/IPv6, TCP/UDP) and
 //!   nothing else: no map lookup, no decision, no counter.
+//! - `emis_flow_lookup`: those parsers, then one lookup of the frame's flow key in an LRU
+//!   flow table of the enforcer's default size (the key inserted on first sight, so every
+//!   later run finds it): the least any stateful program pays per packet, which the
+//!   benchmark sets beside the enforcer's classes that track flows.
 //! - `emis_tx`: the live-frames packet generator; every frame goes back out (XDP_TX) of
 //!   the interface named in the test run's context.
 //! - `emis_noop_tc`: a TC classifier that returns TCX_NEXT at once: the floor the egress
@@ -16,10 +20,11 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_UNSPEC},
-    macros::{classifier, xdp},
+    macros::{classifier, map, xdp},
+    maps::LruHashMap,
     programs::{TcContext, XdpContext},
 };
-use emis_common::{Link, PROTO_TCP, PROTO_UDP};
+use emis_common::{FlowKey, FlowValue, Link, DEFAULT_FLOW_TABLE_SIZE, PROTO_TCP, PROTO_UDP};
 
 // The enforcer's parser itself, not a copy: what `emis_parse_only` measures is what the
 // enforcer runs. Only part of it is used here.
@@ -70,6 +75,31 @@ pub fn emis_parse_only(ctx: XdpContext) -> u32 {
     }
     // A volatile store keeps every read above: the parse is the work being measured.
     unsafe { core::ptr::write_volatile(&mut sink, sink) };
+    xdp_action::XDP_PASS
+}
+
+#[map(name = "EMIS_BENCH_FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+#[xdp]
+pub fn emis_flow_lookup(ctx: XdpContext) -> u32 {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let l3 = L3::zeroed(&mut slot);
+    if parse_frame(&ctx, Link::Ethernet, l3).is_err() {
+        return xdp_action::XDP_PASS;
+    }
+    let l4 = match l3.proto {
+        PROTO_TCP => parse_tcp(&ctx, l3.l4_offset, l3.l4_len),
+        PROTO_UDP => parse_udp(&ctx, l3.l4_offset, l3.l4_len, !l3.fragment),
+        _ => None,
+    };
+    if let Some(l4) = l4 {
+        let key = FlowKey::new(l3.src, l3.dst, l3.v6, l3.proto, l4.sport, l4.dport);
+        if FLOWS.get_ptr(&key).is_none() {
+            let _ = FLOWS.insert(&key, &FlowValue::new(0), 0);
+        }
+    }
     xdp_action::XDP_PASS
 }
 

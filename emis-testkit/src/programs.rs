@@ -18,9 +18,11 @@ pub const NOOP_PASS: &str = "emis_noop_pass";
 pub const NOOP_DROP: &str = "emis_noop_drop";
 /// The enforcer's parsers only: no map lookup, decision or counter; XDP_PASS.
 pub const PARSE_ONLY: &str = "emis_parse_only";
+/// The parsers and one lookup in an LRU flow table: the floor of a stateful program.
+pub const FLOW_LOOKUP: &str = "emis_flow_lookup";
 /// XDP_TX on every frame: the live-frames generator.
 pub const TX: &str = "emis_tx";
-pub const ALL: [&str; 4] = [NOOP_PASS, NOOP_DROP, PARSE_ONLY, TX];
+pub const ALL: [&str; 5] = [NOOP_PASS, NOOP_DROP, PARSE_ONLY, FLOW_LOOKUP, TX];
 /// TCX_NEXT on every packet: the floor the TC egress program is measured against.
 pub const NOOP_TC: &str = "emis_noop_tc";
 /// The TC programs of the object.
