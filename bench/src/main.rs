@@ -6,6 +6,8 @@
 //!    and peak memory of compiling and loading each size (in a child process).
 //! 3. Throughput on veth: a live-frames generator into a namespace gateway running, in
 //!    turn, a no-op XDP_DROP, emis (drop and pass), xdp-filter and nftables.
+//! 4. Reload: the daemon's start and reload on a namespace gateway, with the embedded
+//!    spec and with the largest prefix list of step 2.
 //!
 //! Prints a table, writes `bench.json` and `bench.svg` under `--out`, and says MET or
 //! MISSED for each target of issue 4. A missed target does not fail the run; a
@@ -16,6 +18,7 @@ mod cost;
 mod egress;
 mod history;
 mod loadchild;
+mod reload;
 mod report;
 mod synth;
 mod targets;
@@ -65,6 +68,8 @@ enum Child {
     /// Only step 1, the per-packet cost of each class (printed, nothing written): for
     /// measuring one change to the kernel program in a minute. `--quick` takes fewer runs.
     Cost,
+    /// Only step 4, the daemon's start and reloads (printed, nothing written).
+    Reload,
     /// (internal) Write the synthetic ip-ranges.json of `size` prefixes the scaling step uses.
     #[command(hide = true)]
     Synth { size: usize, out: PathBuf },
@@ -76,6 +81,7 @@ fn main() {
         Some(Child::LoadChild { ip_ranges }) => loadchild::child(ip_ranges),
         Some(Child::EgressCost) => egress_only(&cli),
         Some(Child::Cost) => cost_only(&cli),
+        Some(Child::Reload) => reload_only(&cli),
         Some(Child::Synth { size, out }) => {
             std::fs::write(out, synth::Synthetic::new(*size).to_json()).map_err(Into::into)
         }
@@ -122,6 +128,7 @@ fn run(cli: &Cli) -> Result<()> {
     egress_cost(&programs, &policy, &settings, &cli.out)?;
     let scaling = scaling(&programs, &classes, &settings)?;
     let samples = throughput_samples(&mut programs, &policy, &settings, cli.quick)?;
+    let reload = reload_step(&settings)?;
 
     let mut report = Report {
         quick: cli.quick,
@@ -131,6 +138,7 @@ fn run(cli: &Cli) -> Result<()> {
         cost,
         scaling,
         throughput: throughput(&samples),
+        reload,
         targets: Vec::new(),
     };
     report.targets = targets::targets(&report);
@@ -171,9 +179,29 @@ fn cost_only(cli: &Cli) -> Result<()> {
         cost,
         scaling: Vec::new(),
         throughput: Vec::new(),
+        reload: Vec::new(),
         targets: Vec::new(),
     };
     print!("{}", report.cost_only_table());
+    Ok(())
+}
+
+/// `emis-bench reload`: step 4 alone, printed.
+fn reload_only(cli: &Cli) -> Result<()> {
+    emis_lab::require_root("the benchmark attaches XDP programs in network namespaces")?;
+    let settings = settings(cli);
+    let report = Report {
+        quick: cli.quick,
+        machine: Machine::read(),
+        reload: reload_step(&settings)?,
+        settings,
+        programs: Vec::new(),
+        cost: Vec::new(),
+        scaling: Vec::new(),
+        throughput: Vec::new(),
+        targets: Vec::new(),
+    };
+    print!("{}", report.reload_only_table());
     Ok(())
 }
 
@@ -327,6 +355,25 @@ fn throughput_samples(
     runs?;
     finished?;
     Ok(samples)
+}
+
+/// Step 4, reload: the embedded spec, then the largest size of step 2.
+fn reload_step(settings: &Settings) -> Result<Vec<reload::ReloadRow>> {
+    step("reload: the daemon's start and reload on a namespace gateway");
+    let tmp = std::env::temp_dir().join(format!("emisbench-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let largest = settings.scaling_sizes.iter().copied().max().unwrap_or(0);
+    let result = (|| -> Result<Vec<reload::ReloadRow>> {
+        let mut rows = vec![reload::measure(0, None, &tmp)?];
+        if largest > 0 {
+            let path = tmp.join(format!("ip-ranges-{largest}.json"));
+            std::fs::write(&path, synth::Synthetic::new(largest).to_json())?;
+            rows.push(reload::measure(largest, Some(&path), &tmp)?);
+        }
+        Ok(rows)
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
 }
 
 /// Each contender's median, and its ratio to the no-op's.

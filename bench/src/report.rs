@@ -97,6 +97,7 @@ pub struct Report {
     pub cost: Vec<ClassCost>,
     pub scaling: Vec<Scale>,
     pub throughput: Vec<Throughput>,
+    pub reload: Vec<crate::reload::ReloadRow>,
     pub targets: Vec<Target>,
 }
 
@@ -153,6 +154,8 @@ impl Report {
         let _ = writeln!(s);
         self.throughput_table(&mut s);
         let _ = writeln!(s);
+        self.reload_table(&mut s);
+        let _ = writeln!(s);
         self.targets_list(&mut s);
         s
     }
@@ -163,6 +166,14 @@ impl Report {
         self.machine_line(&mut s);
         self.program_table(&mut s);
         self.cost_table(&mut s);
+        s
+    }
+
+    /// The machine and the reload step (`emis-bench reload`).
+    pub fn reload_only_table(&self) -> String {
+        let mut s = String::new();
+        self.machine_line(&mut s);
+        self.reload_table(&mut s);
         s
     }
 
@@ -310,6 +321,41 @@ impl Report {
     }
 
     /// MET or MISSED for each target of the issue.
+    /// The daemon's start and reloads at each policy size.
+    fn reload_table(&self, w: &mut String) {
+        let _ = writeln!(
+            w,
+            "Reload: the daemon's start and reloads on a namespace gateway (ms; medians of the reloads)"
+        );
+        let _ = writeln!(
+            w,
+            "| count-scope prefixes | start | reload | swap | reloads | swaps |"
+        );
+        let _ = writeln!(w, "|---:|---:|---:|---:|---|---|");
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for r in &self.reload {
+            let _ = writeln!(
+                w,
+                "| {} | {:.0} | {:.0} | {:.2} | {} | {} |",
+                if r.prefixes == 0 {
+                    "embedded spec".to_string()
+                } else {
+                    thousands(r.prefixes)
+                },
+                r.start_ms,
+                r.reload_ms,
+                r.swap_ms,
+                list(&r.reloads_ms),
+                list(&r.swaps_ms)
+            );
+        }
+    }
+
     fn targets_list(&self, w: &mut String) {
         let _ = writeln!(w, "Targets");
         for t in &self.targets {

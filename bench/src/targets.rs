@@ -19,6 +19,35 @@ pub fn targets(report: &Report) -> Vec<Target> {
     out.extend(cost_targets(report));
     out.extend(throughput_targets(report));
     out.extend(scaling_targets(report));
+    out.extend(reload_targets(report));
+    out
+}
+
+/// Issue 10's reload targets: the embedded spec's swap well under 50 ms; the largest
+/// prefix list's whole reload under 5 s.
+fn reload_targets(report: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    if let Some(r) = report.reload.iter().find(|r| r.prefixes == 0) {
+        out.push(Target {
+            name: "reload swap, embedded spec".into(),
+            wanted: "< 50 ms".into(),
+            measured: format!("{:.2} ms (reload {:.0} ms)", r.swap_ms, r.reload_ms),
+            met: r.swap_ms < 50.0,
+        });
+    }
+    if let Some(r) = report
+        .reload
+        .iter()
+        .filter(|r| r.prefixes > 0)
+        .max_by_key(|r| r.prefixes)
+    {
+        out.push(Target {
+            name: format!("reload at {} count-scope prefixes", r.prefixes),
+            wanted: "< 5 s".into(),
+            measured: format!("{:.2} s (swap {:.2} ms)", r.reload_ms / 1000.0, r.swap_ms),
+            met: r.reload_ms < 5000.0,
+        });
+    }
     out
 }
 
