@@ -21,6 +21,7 @@
 
 pub mod addr_table;
 pub mod config;
+pub mod count_table;
 pub mod decision;
 pub mod events;
 pub mod flow;
@@ -33,6 +34,7 @@ pub mod wire;
 
 pub use addr_table::*;
 pub use config::*;
+pub use count_table::*;
 pub use decision::*;
 pub use events::*;
 pub use flow::*;
@@ -48,6 +50,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for AddrInfo {}
     unsafe impl aya::Pod for AddrBucket {}
+    unsafe impl aya::Pod for CountChunk {}
     unsafe impl aya::Pod for AddrListV6 {}
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for RuleEntry {}

@@ -17,17 +17,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use emis_common::{
-    addr_v4_slot, denial_network, deny_or_pass, expired, icmp_class, is_bare_syn,
+    addr_v4_slot, count_v4_lookup, denial_network, deny_or_pass, expired, icmp_class, is_bare_syn,
     new_flow_table_size, port_slot, stateless_reply, stats_index, tcp_header_len, track, Addr,
-    AddrBucket, AddrInfo, AddrListV6, Config, Counter, Decision, DenyReason, FlowKey, FlowValue,
-    FragKey, FragValue, IcmpClass, Link, PassReason, Path, RuleSet, Segment, Tracked,
-    ADDR_V4_SLOTS, DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT,
-    FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED,
-    FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED,
-    FLOW_EVENT_UNTRACKED, FLOW_NEW, FLOW_ORIGIN_INGRESS, FRAG_TABLE_SIZE, MAX_ADDR_V4_BUCKETS,
-    MAX_CANDIDATES, MAX_L4_OFFSET, MAX_LEARNED_ENTRIES, MAX_PREFIXES, MAX_RULE_SETS,
-    MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    STATS_LEN, TCP_ACK, TCP_HLEN, TCP_SYN,
+    AddrBucket, AddrInfo, AddrListV6, Config, CountChunk, Counter, Decision, DenyReason, FlowKey,
+    FlowValue, FragKey, FragValue, IcmpClass, Link, PassReason, Path, RuleSet, Segment, Tracked,
+    ADDR_V4_SLOTS, COUNT_V4_CODES, COUNT_V4_SLOTS, DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY,
+    FLOW_EVENT_COUNT, FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED,
+    FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED,
+    FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_UNTRACKED, FLOW_NEW, FLOW_ORIGIN_INGRESS, FRAG_TABLE_SIZE,
+    MAX_ADDR_V4_BUCKETS, MAX_CANDIDATES, MAX_COUNT_V4_CHUNKS, MAX_L4_OFFSET, MAX_LEARNED_ENTRIES,
+    MAX_PREFIXES, MAX_RULE_SETS, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_ACK, TCP_HLEN, TCP_SYN,
 };
 
 mod dns;
@@ -53,6 +53,12 @@ static ADDR_V4_BUCKETS: Array<AddrBucket> = Array::with_max_entries(MAX_ADDR_V4_
 static ADDR_V6_LIST: Array<AddrListV6> = Array::with_max_entries(1, 0);
 #[map(name = "EMIS_COUNT_V4")]
 static COUNT_V4: LpmTrie<[u8; 4], u64> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map(name = "EMIS_COUNT_V4_INDEX")]
+static COUNT_V4_INDEX: Array<u32> = Array::with_max_entries(COUNT_V4_SLOTS, 0);
+#[map(name = "EMIS_COUNT_V4_CHUNKS")]
+static COUNT_V4_CHUNKS: Array<CountChunk> = Array::with_max_entries(MAX_COUNT_V4_CHUNKS, 0);
+#[map(name = "EMIS_COUNT_V4_SETS")]
+static COUNT_V4_SETS: Array<u64> = Array::with_max_entries(COUNT_V4_CODES, 0);
 #[map(name = "EMIS_COUNT_V6")]
 static COUNT_V6: LpmTrie<[u8; 16], u64> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map(name = "EMIS_PORT_INDEX")]
@@ -475,9 +481,22 @@ fn count_needed(set: &RuleSet, from: u64, to: u64, count_mask: u64) -> (bool, bo
     (from_wants & count_mask != 0, to_wants & count_mask != 0)
 }
 
-/// The classes of the count-scope networks holding an address.
+/// The classes of the count-scope networks holding an address: for IPv4 from the /16
+/// index and its chunk (array reads), the trie only where they defer to it.
 #[inline(always)]
 fn count_classes(addr: &Addr, v6: bool) -> u64 {
+    if !v6 {
+        let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+        let found = count_v4_lookup(
+            a,
+            |slot| COUNT_V4_INDEX.get(slot).copied(),
+            |chunk, byte| COUNT_V4_CHUNKS.get(chunk).map(|c| c.bytes[byte]),
+            |code| COUNT_V4_SETS.get(code).copied(),
+        );
+        if let Some(classes) = found {
+            return classes;
+        }
+    }
     let Some(room) = scratch() else {
         return 0;
     };

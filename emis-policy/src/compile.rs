@@ -55,6 +55,23 @@ impl<N: Copy> CountTrie<N> {
     }
 }
 
+impl CountTrie<Ipv4Net> {
+    /// The flattened IPv4 trie of `prefixes`, each with its classes, as [`compile`] builds
+    /// a count-scope network's.
+    pub fn v4(prefixes: impl IntoIterator<Item = (Ipv4Net, u64)>) -> CountTrie<Ipv4Net> {
+        let mut trie = CountTrie::default();
+        for (net, classes) in prefixes {
+            let id = intern(&mut trie.classes, classes);
+            trie.entries.push((net.trunc(), id));
+        }
+        count_trie(
+            trie,
+            |n| (u32::from(n.network()) as u128, n.prefix_len()),
+            |a, b| a.contains(b),
+        )
+    }
+}
+
 /// The index of `classes` in `table`, added if new (the table stays a handful long).
 fn intern(table: &mut Vec<u64>, classes: u64) -> u32 {
     match table.iter().position(|&c| c == classes) {

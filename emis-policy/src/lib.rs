@@ -15,6 +15,7 @@
 pub mod addr_table;
 pub mod capacity;
 pub mod compile;
+pub mod count_table;
 pub mod dns;
 pub mod explain;
 pub mod hostnames;

@@ -14,16 +14,18 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use emis_common::{
-    new_flow_table_size, port_slot, AddrBucket, AddrListV6, Config, PortKey, RuleSet, TraceMatch,
-    MAP_ADDR_V4, MAP_ADDR_V4_BUCKETS, MAP_ADDR_V4_INDEX, MAP_ADDR_V6, MAP_ADDR_V6_LIST, MAP_CONFIG,
-    MAP_COUNT_V4, MAP_COUNT_V6, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS,
-    MAP_RULE_SETS, MAP_STATS, MAP_TRACE_MATCH, PROGRAM_NAME, PROGRAM_NAME_EGRESS,
-    PROGRAM_NAME_EGRESS_L3, PROGRAM_NAME_L3,
+    new_flow_table_size, port_slot, AddrBucket, AddrListV6, Config, CountChunk, PortKey, RuleSet,
+    TraceMatch, MAP_ADDR_V4, MAP_ADDR_V4_BUCKETS, MAP_ADDR_V4_INDEX, MAP_ADDR_V6, MAP_ADDR_V6_LIST,
+    MAP_CONFIG, MAP_COUNT_V4, MAP_COUNT_V4_CHUNKS, MAP_COUNT_V4_INDEX, MAP_COUNT_V4_SETS,
+    MAP_COUNT_V6, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS, MAP_RULE_SETS,
+    MAP_STATS, MAP_TRACE_MATCH, PROGRAM_NAME, PROGRAM_NAME_EGRESS, PROGRAM_NAME_EGRESS_L3,
+    PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
     addr_table::{addr_list_v6, AddrTableV4},
     compile::Compiled,
+    count_table::CountTableV4,
     policy::{Mode, Replies},
 };
 
@@ -223,6 +225,8 @@ fn load_with(
     loader.map_max_entries(MAP_RULE_SETS, ports.sets.len() as u32);
     let addr_v4 = AddrTableV4::new(&compiled.v4);
     loader.map_max_entries(MAP_ADDR_V4_BUCKETS, addr_v4.buckets.len() as u32);
+    let count_v4 = CountTableV4::new(&compiled.count_v4);
+    loader.map_max_entries(MAP_COUNT_V4_CHUNKS, count_v4.chunked.len().max(1) as u32);
     if let Some(dir) = shared_pins {
         for name in SHARED_MAPS {
             loader.map_pin_path(name, dir.join(name));
@@ -237,6 +241,7 @@ fn load_with(
     drop(loader);
     fill_maps(&mut ebpf, compiled, &ports, options)?;
     fill_addr_v4_table(&mut ebpf, &addr_v4)?;
+    fill_count_v4_table(&mut ebpf, &count_v4, compiled)?;
     let mut list: Array<_, AddrListV6> = Array::try_from(map_mut(&mut ebpf, MAP_ADDR_V6_LIST)?)
         .map_err(map_error(format!("opening {MAP_ADDR_V6_LIST}")))?;
     list.set(0, addr_list_v6(&compiled.v6), 0)
@@ -372,6 +377,40 @@ fn fill_addr_v4_table(ebpf: &mut Ebpf, table: &AddrTableV4) -> Result<(), LoadEr
         index.set(slot, bucket, 0).map_err(map_error(format!(
             "writing /16 slot {slot} into {MAP_ADDR_V4_INDEX}"
         )))?;
+    }
+    Ok(())
+}
+
+/// The front of the IPv4 count trie; the chunks are built and written one at a time.
+fn fill_count_v4_table(
+    ebpf: &mut Ebpf,
+    table: &CountTableV4,
+    compiled: &Compiled,
+) -> Result<(), LoadError> {
+    let mut sets: Array<_, u64> = Array::try_from(map_mut(ebpf, MAP_COUNT_V4_SETS)?)
+        .map_err(map_error(format!("opening {MAP_COUNT_V4_SETS}")))?;
+    for (code, &classes) in table.sets.iter().enumerate() {
+        sets.set(code as u32, classes, 0)
+            .map_err(map_error(format!(
+                "writing class set {code} into {MAP_COUNT_V4_SETS}"
+            )))?;
+    }
+    let mut chunks: Array<_, CountChunk> = Array::try_from(map_mut(ebpf, MAP_COUNT_V4_CHUNKS)?)
+        .map_err(map_error(format!("opening {MAP_COUNT_V4_CHUNKS}")))?;
+    table.for_each_chunk(&compiled.count_v4, |number, chunk| {
+        chunks.set(number, chunk, 0).map_err(map_error(format!(
+            "writing chunk {number} into {MAP_COUNT_V4_CHUNKS}"
+        )))
+    })?;
+    // The index last: until it points at them, the chunks are never read.
+    let mut index: Array<_, u32> = Array::try_from(map_mut(ebpf, MAP_COUNT_V4_INDEX)?)
+        .map_err(map_error(format!("opening {MAP_COUNT_V4_INDEX}")))?;
+    for (slot, &entry) in table.index.iter().enumerate() {
+        if entry != emis_common::COUNT_V4_NONE {
+            index.set(slot as u32, entry, 0).map_err(map_error(format!(
+                "writing /16 slot {slot} into {MAP_COUNT_V4_INDEX}"
+            )))?;
+        }
     }
     Ok(())
 }

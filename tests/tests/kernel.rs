@@ -552,3 +552,76 @@ fn the_kernel_log_traces_the_decisions_of_matching_packets_only() {
     log.flush();
     assert!(lines.0.lock().unwrap().is_empty());
 }
+
+/// Count-scope IPv4 classes come from the /16 index and its chunks, and from the trie only
+/// in a /24 holding a longer prefix (emis_common::count_table): every way through gives
+/// the model's decision and counter. Nested AWS prefixes from /14 to /26, on both sides
+/// of every edge.
+#[test]
+fn count_scope_addresses_decide_alike_through_the_index_the_chunks_and_the_trie() {
+    use emis_policy::spec::{load_policy, SiteOptions, Source};
+    const RANGES: &str = r#"{
+  "syncToken": "1", "createDate": "2026-11-01-00-00-00",
+  "prefixes": [
+    {"ip_prefix": "3.8.0.0/14", "region": "eu-west-2", "service": "AMAZON", "network_border_group": "eu-west-2"},
+    {"ip_prefix": "3.8.16.0/20", "region": "eu-west-2", "service": "EC2", "network_border_group": "eu-west-2"},
+    {"ip_prefix": "3.8.16.64/26", "region": "eu-west-2", "service": "EC2", "network_border_group": "eu-west-2"},
+    {"ip_prefix": "18.130.0.0/16", "region": "eu-west-2", "service": "EC2", "network_border_group": "eu-west-2"},
+    {"ip_prefix": "35.176.4.0/24", "region": "eu-west-2", "service": "EC2", "network_border_group": "eu-west-2"},
+    {"ip_prefix": "35.176.9.128/25", "region": "eu-west-2", "service": "EC2", "network_border_group": "eu-west-2"},
+    {"ip_prefix": "52.95.0.0/16", "region": "us-east-1", "service": "AMAZON", "network_border_group": "us-east-1"}
+  ],
+  "ipv6_prefixes": []
+}"#;
+    let site = SiteOptions {
+        site_nets: TEST_SITE.iter().map(|s| s.to_string()).collect(),
+        aws_ip_ranges: Some(Source::new("nested-ip-ranges.json", RANGES)),
+        ..Default::default()
+    };
+    let policy = load_policy(&Source::default_spec(), &site).expect("the embedded spec loads");
+    let mut h = Harness::new(&policy, Mode::Enforce, Replies::Stateless);
+    let edges = [
+        "3.8.0.0/14",
+        "3.8.16.0/20",
+        "3.8.16.64/26",
+        "18.130.0.0/16",
+        "35.176.4.0/24",
+        "35.176.9.128/25",
+        "52.95.0.0/16",
+    ];
+    let mut probes: Vec<std::net::Ipv4Addr> = Vec::new();
+    for net in edges {
+        let (addr, len) = net.split_once('/').unwrap();
+        let first = u32::from(addr.parse::<std::net::Ipv4Addr>().unwrap());
+        let last = first | (u32::MAX >> len.parse::<u32>().unwrap());
+        for a in [
+            first - 1,
+            first,
+            first + 1,
+            (first + last) / 2,
+            last,
+            last + 1,
+        ] {
+            probes.push(a.into());
+        }
+    }
+    let (mut counted, mut outside) = (0, 0);
+    for dst in probes {
+        for dport in [443, 444] {
+            let syn =
+                PacketSpec::tcp(ip("192.168.10.2"), IpAddr::V4(dst), 40000, dport, TCP_SYN).build();
+            match h
+                .check(&syn)
+                .unwrap_or_else(|e| panic!("to {dst}:{dport}: {e:#}"))
+            {
+                Decision::Allow { .. } => counted += 1,
+                _ => outside += 1,
+            }
+        }
+    }
+    // The probes must reach both the count-scope rule and the traffic outside it.
+    assert!(
+        counted >= 20 && outside >= 20,
+        "counted {counted}, outside {outside}"
+    );
+}
