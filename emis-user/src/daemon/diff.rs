@@ -1,9 +1,10 @@
 //! What a reload changes: rules added, removed and changed (by slug), prefixes added and
 //! removed (per network or site role).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use emis_policy::policy::{Endpoint, Policy, Role, Rule};
+use ipnet::IpNet;
 use serde::Serialize;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -37,18 +38,40 @@ fn rule_meaning(policy: &Policy, rule: &Rule) -> String {
     )
 }
 
-fn prefixes(policy: &Policy) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// Each network's and site role's prefixes, by name, sorted. Borrowed: a count-scope
+/// network may hold a million prefixes, and a string per prefix for both policies was
+/// most of a reload's time and memory at that size.
+fn prefixes(policy: &Policy) -> BTreeMap<&str, Vec<&IpNet>> {
+    let mut out: BTreeMap<&str, Vec<&IpNet>> = BTreeMap::new();
     for network in &policy.networks {
-        for prefix in &network.prefixes {
-            out.insert(format!("{} {prefix}", network.name));
-        }
+        out.entry(network.name.as_str())
+            .or_default()
+            .extend(&network.prefixes);
     }
     for role in Role::ALL {
-        for prefix in policy.role(role).unwrap_or_default() {
-            out.insert(format!("{} {prefix}", role.name()));
+        out.entry(role.name())
+            .or_default()
+            .extend(policy.role(role).unwrap_or_default());
+    }
+    for list in out.values_mut() {
+        list.sort_unstable();
+        list.dedup();
+    }
+    out
+}
+
+/// `"owner prefix"` for each prefix `new` has and `old` has not, owner by owner, sorted.
+fn added(old: &BTreeMap<&str, Vec<&IpNet>>, new: &BTreeMap<&str, Vec<&IpNet>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (owner, list) in new {
+        let before = old.get(owner).map(Vec::as_slice).unwrap_or_default();
+        for prefix in list {
+            if before.binary_search(prefix).is_err() {
+                out.push(format!("{owner} {prefix}"));
+            }
         }
     }
+    out.sort_unstable();
     out
 }
 
@@ -78,8 +101,8 @@ impl PolicyDiff {
                 .filter(|(s, m)| before.get(*s).is_some_and(|old| old != *m))
                 .map(|(s, _)| s.clone())
                 .collect(),
-            prefixes_added: new_prefixes.difference(&old_prefixes).cloned().collect(),
-            prefixes_removed: old_prefixes.difference(&new_prefixes).cloned().collect(),
+            prefixes_added: added(&old_prefixes, &new_prefixes),
+            prefixes_removed: added(&new_prefixes, &old_prefixes),
         }
     }
 
@@ -142,12 +165,30 @@ mod tests {
         assert_eq!(diff.rules_removed, [gone]);
         assert_eq!(diff.rules_changed, [b.rules[0].slug.clone()]);
         assert_eq!(diff.prefixes_removed.len(), 1);
+        assert!(diff.prefixes_removed[0].starts_with(&format!("{} ", a.networks[0].name)));
         let back = PolicyDiff::between(&b, &a);
         assert_eq!(back.rules_added, diff.rules_removed);
         assert!(
             back.summary().contains("rules added (1)"),
             "{}",
             back.summary()
+        );
+    }
+
+    #[test]
+    fn a_prefix_moved_between_networks_is_removed_from_one_and_added_to_the_other() {
+        let a = policy(&Source::default_spec().text);
+        let mut b = a.clone();
+        let moved = b.networks[0].prefixes.remove(0);
+        b.networks[1].prefixes.push(moved);
+        let diff = PolicyDiff::between(&a, &b);
+        assert_eq!(
+            diff.prefixes_removed,
+            [format!("{} {moved}", a.networks[0].name)]
+        );
+        assert_eq!(
+            diff.prefixes_added,
+            [format!("{} {moved}", a.networks[1].name)]
         );
     }
 }
