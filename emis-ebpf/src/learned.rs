@@ -16,15 +16,21 @@ static LEARNED_V6: HashMap<[u8; 16], LearnedValue> = HashMap::with_max_entries(M
 #[map(name = "EMIS_LEARNED_FILTER")]
 static FILTER: Array<u64> = Array::with_max_entries(LEARNED_FILTER_WORDS, 0);
 
+/// Whether `addr` may have been learned: its bit in the learned filter is set. A clear
+/// bit means it was not, and the packet needs no map lookup (nor the out-of-line walk).
+#[inline(always)]
+pub fn may_be_learned(addr: &Addr, v6: bool) -> bool {
+    let bit = learned_filter_bit(addr, v6);
+    FILTER
+        .get(bit / 64)
+        .is_some_and(|word| *word & (1u64 << (bit % 64)) != 0)
+}
+
 /// What `addr` was learned for, if it was: the rules of the names it answered and the
-/// count-scope classes they name. Read in place (the value is too large to copy to the stack).
+/// count-scope classes they name. Read in place (the value is too large to copy to the
+/// stack). Asked after [`may_be_learned`].
 #[inline(always)]
 pub fn lookup(addr: &Addr, v6: bool) -> Option<&'static LearnedValue> {
-    let bit = learned_filter_bit(addr, v6);
-    let word = FILTER.get(bit / 64)?;
-    if *word & (1u64 << (bit % 64)) == 0 {
-        return None;
-    }
     if v6 {
         unsafe { LEARNED_V6.get(addr) }
     } else {

@@ -235,7 +235,8 @@ impl<'a> Standing<'a> {
         let dst = dst_info.classes_with(self.unset_roles);
         // In the rule's direction: a reply is the rule's traffic reversed.
         let (mut from, mut to) = if reply { (dst, src) } else { (src, dst) };
-        if LEARN {
+        // The port's and the filter's checks here, so most packets skip the call.
+        if LEARN && set.hostnames != 0 && learned::may_be_learned(self.dst.addr, self.dst.v6) {
             // LEARN is a forward packet's walk: the destination is the rule's destination.
             let mut flags = 0;
             if self.dst.v6 {
@@ -308,12 +309,10 @@ impl<'a> Standing<'a> {
 /// walk compares would keep the verifier from merging states). In the walk the
 /// destination's count-scope classes are those it was learned for, and only when the
 /// packet is out of enforce scope (`LEARN_OUT_OF_SCOPE`), so a learned address never
-/// allows anything there. Out of line, so the packet path carries one call.
+/// allows anything there. Out of line, so the packet path carries one call; called only
+/// for a port a hostname rule lists and an address whose learned-filter bit is set.
 #[inline(never)]
 fn learned_match(set: &RuleSet, addr: &Addr, flags: u32, from: u64, to: u64) -> u32 {
-    if set.hostnames == 0 {
-        return NO_RULE;
-    }
     let Some(learned) = learned::lookup(addr, flags & LEARN_V6 != 0) else {
         return NO_RULE;
     };
