@@ -81,3 +81,18 @@ pub fn count_v4_lookup(
     };
     set(code)
 }
+
+/// Name of the IPv6 count filter: an array of `u64` words, [`COUNT_V6_FILTER_WORDS`] of
+/// them, one bit per /16 of the IPv6 space, set where some count-scope prefix covers
+/// part of that /16. The IPv6 count trie is walked only for an address whose bit is set:
+/// the count-scope networks (Amazon's ranges) sit in a few /16s, so most IPv6 traffic
+/// skips the walk.
+pub const MAP_COUNT_V6_FILTER: &str = "EMIS_COUNT_V6_FILTER";
+/// Words of [`MAP_COUNT_V6_FILTER`]: 65,536 bits.
+pub const COUNT_V6_FILTER_WORDS: u32 = 1024;
+
+/// The bit of an IPv6 address in [`MAP_COUNT_V6_FILTER`]: its top 16 bits.
+#[inline(always)]
+pub const fn count_v6_bit(addr: &crate::Addr) -> u32 {
+    (addr[0] as u32) << 8 | addr[1] as u32
+}

@@ -17,17 +17,18 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use emis_common::{
-    addr_v4_slot, count_v4_lookup, denial_network, deny_or_pass, expired, icmp_class, is_bare_syn,
-    new_flow_table_size, port_slot, stateless_reply, stats_index, tcp_header_len, track, Addr,
-    AddrBucket, AddrInfo, AddrListV6, Config, CountChunk, Counter, Decision, DenyReason, FlowKey,
-    FlowValue, FragKey, FragValue, IcmpClass, Link, PassReason, Path, RuleSet, Segment, Tracked,
-    ADDR_V4_SLOTS, COUNT_V4_CODES, COUNT_V4_SLOTS, DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY,
-    FLOW_EVENT_COUNT, FLOW_EVENT_CREATED, FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED,
-    FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED, FLOW_EVENT_NEW_INSERT_FAILED,
-    FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_UNTRACKED, FLOW_NEW, FLOW_ORIGIN_INGRESS, FRAG_TABLE_SIZE,
-    MAX_ADDR_V4_BUCKETS, MAX_CANDIDATES, MAX_COUNT_V4_CHUNKS, MAX_L4_OFFSET, MAX_LEARNED_ENTRIES,
-    MAX_PREFIXES, MAX_RULE_SETS, MIN_TCP_FRAG_OFFSET, NO_NETWORK, PORT_SLOTS, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_ACK, TCP_HLEN, TCP_SYN,
+    addr_v4_slot, count_v4_lookup, count_v6_bit, denial_network, deny_or_pass, expired, icmp_class,
+    is_bare_syn, new_flow_table_size, port_slot, stateless_reply, stats_index, tcp_header_len,
+    track, Addr, AddrBucket, AddrInfo, AddrListV6, Config, CountChunk, Counter, Decision,
+    DenyReason, FlowKey, FlowValue, FragKey, FragValue, IcmpClass, Link, PassReason, Path, RuleSet,
+    Segment, Tracked, ADDR_V4_SLOTS, COUNT_V4_CODES, COUNT_V4_SLOTS, COUNT_V6_FILTER_WORDS,
+    DEFAULT_FLOW_TABLE_SIZE, DIR_FORWARD, DIR_REPLY, FLOW_EVENT_COUNT, FLOW_EVENT_CREATED,
+    FLOW_EVENT_EXPIRED, FLOW_EVENT_INSERT_FAILED, FLOW_EVENT_NEW_CREATED, FLOW_EVENT_NEW_EXPIRED,
+    FLOW_EVENT_NEW_INSERT_FAILED, FLOW_EVENT_NEW_PROMOTED, FLOW_EVENT_UNTRACKED, FLOW_NEW,
+    FLOW_ORIGIN_INGRESS, FRAG_TABLE_SIZE, MAX_ADDR_V4_BUCKETS, MAX_CANDIDATES, MAX_COUNT_V4_CHUNKS,
+    MAX_L4_OFFSET, MAX_LEARNED_ENTRIES, MAX_PREFIXES, MAX_RULE_SETS, MIN_TCP_FRAG_OFFSET,
+    NO_NETWORK, PORT_SLOTS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, STATS_LEN, TCP_ACK,
+    TCP_HLEN, TCP_SYN,
 };
 
 mod dns;
@@ -59,6 +60,8 @@ static COUNT_V4_INDEX: Array<u32> = Array::with_max_entries(COUNT_V4_SLOTS, 0);
 static COUNT_V4_CHUNKS: Array<CountChunk> = Array::with_max_entries(MAX_COUNT_V4_CHUNKS, 0);
 #[map(name = "EMIS_COUNT_V4_SETS")]
 static COUNT_V4_SETS: Array<u64> = Array::with_max_entries(COUNT_V4_CODES, 0);
+#[map(name = "EMIS_COUNT_V6_FILTER")]
+static COUNT_V6_FILTER: Array<u64> = Array::with_max_entries(COUNT_V6_FILTER_WORDS, 0);
 #[map(name = "EMIS_COUNT_V6")]
 static COUNT_V6: LpmTrie<[u8; 16], u64> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map(name = "EMIS_PORT_INDEX")]
@@ -485,10 +488,19 @@ fn count_needed(set: &RuleSet, from: u64, to: u64, count_mask: u64) -> (bool, bo
 }
 
 /// The classes of the count-scope networks holding an address: for IPv4 from the /16
-/// index and its chunk (array reads), the trie only where they defer to it.
+/// index and its chunk (array reads), the trie only where they defer to it; for IPv6
+/// from the trie, only if the address's /16 holds a count-scope prefix.
 #[inline(always)]
 fn count_classes(addr: &Addr, v6: bool) -> u64 {
-    if !v6 {
+    if v6 {
+        let bit = count_v6_bit(addr);
+        let held = COUNT_V6_FILTER
+            .get(bit / 64)
+            .is_some_and(|word| *word & (1u64 << (bit % 64)) != 0);
+        if !held {
+            return 0;
+        }
+    } else {
         let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
         let found = count_v4_lookup(
             a,

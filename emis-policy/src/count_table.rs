@@ -7,9 +7,9 @@
 
 use emis_common::{
     CountChunk, COUNT_BYTE_ASK, COUNT_BYTE_NONE, COUNT_V4_ASK, COUNT_V4_CHUNK, COUNT_V4_CODES,
-    COUNT_V4_NONE, COUNT_V4_SET, COUNT_V4_SLOTS,
+    COUNT_V4_NONE, COUNT_V4_SET, COUNT_V4_SLOTS, COUNT_V6_FILTER_WORDS,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::compile::CountTrie;
 
@@ -123,6 +123,20 @@ impl CountTableV4 {
     }
 }
 
+/// The IPv6 count filter's words (`emis_common::MAP_COUNT_V6_FILTER`): the bit of every
+/// /16 that a prefix of `trie` covers, in whole or in part.
+pub fn count_v6_filter(trie: &CountTrie<Ipv6Net>) -> Vec<u64> {
+    let mut words = vec![0u64; COUNT_V6_FILTER_WORDS as usize];
+    for &(net, _) in &trie.entries {
+        let first = (u128::from(net.network()) >> 112) as usize;
+        let last = (u128::from(net.broadcast()) >> 112) as usize;
+        for bit in first..=last {
+            words[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -216,6 +230,32 @@ mod tests {
             let class = longest(&trie, addr);
             !table.sets.contains(&class)
         });
+    }
+
+    #[test]
+    fn the_ipv6_filter_holds_the_16s_of_every_prefix_and_no_other() {
+        let nets: [(&str, u64); 3] = [
+            ("2a05:d01c::/36", 1),
+            ("2600:1f00::/24", 2),
+            ("2406::/12", 1),
+        ];
+        let mut trie = CountTrie::default();
+        for (i, (net, _)) in nets.iter().enumerate() {
+            trie.entries
+                .push((net.parse::<Ipv6Net>().unwrap(), i as u32));
+        }
+        let words = count_v6_filter(&trie);
+        let set = |top: u32| words[(top / 64) as usize] & 1 << (top % 64) != 0;
+        let addr_top =
+            |a: &str| emis_common::count_v6_bit(&a.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        for inside in ["2a05:d01c::1", "2600:1f00::5", "2400::1", "240f:ffff::1"] {
+            assert!(set(addr_top(inside)), "{inside}");
+        }
+        for outside in ["2a06::1", "2001:db8::1", "2410::1", "2601::1"] {
+            assert!(!set(addr_top(outside)), "{outside}");
+        }
+        // 2406::/12 covers 16 /16s, the others one each.
+        assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 18);
     }
 
     #[test]

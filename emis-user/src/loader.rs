@@ -17,15 +17,15 @@ use emis_common::{
     new_flow_table_size, port_slot, AddrBucket, AddrListV6, Config, CountChunk, PortKey, RuleSet,
     TraceMatch, MAP_ADDR_V4, MAP_ADDR_V4_BUCKETS, MAP_ADDR_V4_INDEX, MAP_ADDR_V6, MAP_ADDR_V6_LIST,
     MAP_CONFIG, MAP_COUNT_V4, MAP_COUNT_V4_CHUNKS, MAP_COUNT_V4_INDEX, MAP_COUNT_V4_SETS,
-    MAP_COUNT_V6, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS, MAP_PORTS, MAP_RULE_SETS,
-    MAP_STATS, MAP_TRACE_MATCH, PROGRAM_NAME, PROGRAM_NAME_EGRESS, PROGRAM_NAME_EGRESS_L3,
-    PROGRAM_NAME_L3,
+    MAP_COUNT_V6, MAP_COUNT_V6_FILTER, MAP_FLOWS, MAP_FLOWS_NEW, MAP_FLOW_EVENTS, MAP_FRAGS,
+    MAP_PORTS, MAP_RULE_SETS, MAP_STATS, MAP_TRACE_MATCH, PROGRAM_NAME, PROGRAM_NAME_EGRESS,
+    PROGRAM_NAME_EGRESS_L3, PROGRAM_NAME_L3,
 };
 
 use emis_policy::{
     addr_table::{addr_list_v6, AddrTableV4},
     compile::Compiled,
-    count_table::CountTableV4,
+    count_table::{count_v6_filter, CountTableV4},
     policy::{Mode, Replies},
 };
 
@@ -381,7 +381,8 @@ fn fill_addr_v4_table(ebpf: &mut Ebpf, table: &AddrTableV4) -> Result<(), LoadEr
     Ok(())
 }
 
-/// The front of the IPv4 count trie; the chunks are built and written one at a time.
+/// The front of the IPv4 count trie (the chunks built and written one at a time), and the
+/// IPv6 count filter.
 fn fill_count_v4_table(
     ebpf: &mut Ebpf,
     table: &CountTableV4,
@@ -409,6 +410,15 @@ fn fill_count_v4_table(
         if entry != emis_common::COUNT_V4_NONE {
             index.set(slot as u32, entry, 0).map_err(map_error(format!(
                 "writing /16 slot {slot} into {MAP_COUNT_V4_INDEX}"
+            )))?;
+        }
+    }
+    let mut filter: Array<_, u64> = Array::try_from(map_mut(ebpf, MAP_COUNT_V6_FILTER)?)
+        .map_err(map_error(format!("opening {MAP_COUNT_V6_FILTER}")))?;
+    for (i, &word) in count_v6_filter(&compiled.count_v6).iter().enumerate() {
+        if word != 0 {
+            filter.set(i as u32, word, 0).map_err(map_error(format!(
+                "writing word {i} into {MAP_COUNT_V6_FILTER}"
             )))?;
         }
     }

@@ -554,9 +554,10 @@ fn the_kernel_log_traces_the_decisions_of_matching_packets_only() {
 }
 
 /// Count-scope IPv4 classes come from the /16 index and its chunks, and from the trie only
-/// in a /24 holding a longer prefix (emis_common::count_table): every way through gives
-/// the model's decision and counter. Nested AWS prefixes from /14 to /26, on both sides
-/// of every edge.
+/// in a /24 holding a longer prefix; IPv6 ones from the trie, only in a /16 the IPv6
+/// filter marks (emis_common::count_table). Every way through gives the model's decision
+/// and counter: nested AWS prefixes from /14 to /26 and IPv6 ones, on both sides of every
+/// edge, and IPv6 addresses in a marked /16 but outside its prefixes.
 #[test]
 fn count_scope_addresses_decide_alike_through_the_index_the_chunks_and_the_trie() {
     use emis_policy::spec::{load_policy, SiteOptions, Source};
@@ -571,7 +572,10 @@ fn count_scope_addresses_decide_alike_through_the_index_the_chunks_and_the_trie(
     {"ip_prefix": "35.176.9.128/25", "region": "eu-west-2", "service": "EC2", "network_border_group": "eu-west-2"},
     {"ip_prefix": "52.95.0.0/16", "region": "us-east-1", "service": "AMAZON", "network_border_group": "us-east-1"}
   ],
-  "ipv6_prefixes": []
+  "ipv6_prefixes": [
+    {"ipv6_prefix": "2a05:d01c::/36", "region": "eu-west-2", "service": "AMAZON", "network_border_group": "eu-west-2"},
+    {"ipv6_prefix": "2a05:d07a:a000::/40", "region": "eu-west-2", "service": "EC2", "network_border_group": "eu-west-2"}
+  ]
 }"#;
     let site = SiteOptions {
         site_nets: TEST_SITE.iter().map(|s| s.to_string()).collect(),
@@ -613,6 +617,29 @@ fn count_scope_addresses_decide_alike_through_the_index_the_chunks_and_the_trie(
             match h
                 .check(&syn)
                 .unwrap_or_else(|e| panic!("to {dst}:{dport}: {e:#}"))
+            {
+                Decision::Allow { .. } => counted += 1,
+                _ => outside += 1,
+            }
+        }
+    }
+    let v6_probes = [
+        "2a05:d01c::1",
+        "2a05:d01c:fff:ffff::1",
+        "2a05:d01b:ffff::1",
+        "2a05:d01d::1",
+        "2a05:d07a:a000::7",
+        "2a05:d07a:a100::7",
+        "2a05:d100::1",
+        "2a06::1",
+        "2001:db8:ffff::10",
+    ];
+    for dst in v6_probes {
+        for dport in [443, 444] {
+            let syn = PacketSpec::tcp(ip("2001:db8:10::2"), ip(dst), 40000, dport, TCP_SYN).build();
+            match h
+                .check(&syn)
+                .unwrap_or_else(|e| panic!("to [{dst}]:{dport}: {e:#}"))
             {
                 Decision::Allow { .. } => counted += 1,
                 _ => outside += 1,
