@@ -632,7 +632,6 @@ fn count_tracked(tracked: Tracked) {
 #[inline(always)]
 fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config, fresh: &mut FlowValue) {
     let now = now();
-    new_flow(fresh, rule);
     // A SYN opens a new flow (or retries one): its table first saves a lookup.
     let found = if is_bare_syn(seg.flags) {
         match FLOWS_NEW.get_ptr_mut(key) {
@@ -657,7 +656,10 @@ fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config, fresh: &
     }
     let flow = match stored {
         Some(flow) => unsafe { &mut *flow },
-        None => &mut *fresh,
+        None => {
+            new_flow(fresh, rule);
+            &mut *fresh
+        }
     };
     flow.rule = rule;
     count_tracked(track(flow, DIR_FORWARD, key.proto, seg, now));
