@@ -142,7 +142,14 @@ impl AddrListV6 {
         if self.len == BUCKET_IN_TRIE {
             return None;
         }
-        for prefix in &self.prefixes {
+        // Only the prefixes in use: an address outside them all (most IPv6 traffic) would
+        // otherwise test every slot.
+        let len = self.len as usize;
+        for i in 0..V6_LIST_PREFIXES {
+            if i >= len {
+                break;
+            }
+            let prefix = &self.prefixes[i];
             if addr[0] & prefix.mask[0] == prefix.net[0]
                 && addr[1] & prefix.mask[1] == prefix.net[1]
             {
