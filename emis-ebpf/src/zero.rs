@@ -12,7 +12,7 @@ use core::mem::{align_of, size_of};
 #[inline(always)]
 pub fn zero<T>(value: *mut T) {
     const {
-        assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8);
+        assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8);
     }
     let words = value.cast::<u64>();
     for i in 0..size_of::<T>() / 8 {

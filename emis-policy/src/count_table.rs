@@ -210,8 +210,8 @@ mod tests {
                 ("99.0.0.0/8", 1),
                 ("99.1.0.0/16", 2),
             ],
-            // Only the /24s holding the /26 and the /25 defer to the trie.
-            |addr| addr >> 8 == 0x0308_10 || addr >> 8 == 0x3438_07,
+            // Only the /24s holding the /26 (3.8.16/24) and the /25 (52.56.7/24) defer to the trie.
+            |addr| addr >> 8 == 0x03_0810 || addr >> 8 == 0x34_3807,
         );
     }
 
