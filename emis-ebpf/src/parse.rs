@@ -69,7 +69,8 @@ pub fn be16(b: &[u8], i: usize) -> u16 {
 /// twelve zero bytes became a `memset` call (see `crate::zero`).
 #[inline(always)]
 fn v4_addr(b: &[u8], i: usize) -> Addr {
-    let low = u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], 0, 0, 0, 0]);
+    // Native order: the word goes back to bytes in the same order, on any target.
+    let low = u64::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], 0, 0, 0, 0]);
     let words: [u64; 2] = [low, 0];
     unsafe { core::mem::transmute::<[u64; 2], Addr>(words) }
 }

@@ -7,7 +7,7 @@
 //! control socket; the metrics read its counters.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -51,6 +51,9 @@ pub struct Learner {
     /// An address left the maps since the filter was last rebuilt, so bits may be set
     /// that no address needs (harmless: they cost the kernel a map lookup).
     filter_stale: bool,
+    /// Addresses whose removal from a learned map failed: still in the map, so their
+    /// filter bits stay, and the removal is tried again at each sweep.
+    undeleted: HashSet<IpAddr>,
     pub stats: LearnStats,
 }
 
@@ -100,6 +103,7 @@ impl Learner {
             maps: HashMap::new(),
             filter: vec![0; LEARNED_FILTER_WORDS as usize],
             filter_stale: false,
+            undeleted: HashSet::new(),
             stats: LearnStats::default(),
         }
     }
@@ -107,6 +111,7 @@ impl Learner {
     /// Empties the pinned learned maps: an earlier daemon's addresses would never expire,
     /// since this one does not know them. They are learned again from the next answers.
     pub fn forget_earlier(&mut self) {
+        let mut emptied = true;
         for (name, v6) in [(MAP_LEARNED_V4, false), (MAP_LEARNED_V6, true)] {
             let cleared = self
                 .pins
@@ -118,10 +123,17 @@ impl Learner {
                 Ok(n) => {
                     tracing::info!(addresses = n, "forgot the addresses an earlier run learned")
                 }
-                Err(e) => tracing::warn!(error = %e, "emptying {name}"),
+                Err(e) => {
+                    emptied = false;
+                    tracing::warn!(error = %e, "emptying {name}");
+                }
             }
         }
-        // After the maps: a bit still set meanwhile only costs the kernel a lookup.
+        // After the maps, and only if they are empty: a bit still set costs the kernel a
+        // lookup, a bit cleared under an address left in a map would hide it.
+        if !emptied {
+            return;
+        }
         let Some(map) = self.map(MAP_LEARNED_FILTER) else {
             return;
         };
@@ -205,6 +217,8 @@ impl Learner {
                 changed.push(*addr);
             }
         }
+        // Removals that failed before, tried again (an address learned since is written).
+        changed.extend(self.undeleted.iter().copied());
         for addr in changed {
             self.write(addr);
         }
@@ -229,16 +243,31 @@ impl Learner {
         if value.is_some() && !self.set_filter_bit(addr) {
             return;
         }
-        let Some(map) = self.map(map_name(addr)) else {
-            return;
+        // `None` when the map could not be opened (counted there).
+        let result = self
+            .map(map_name(addr))
+            .map(|map| write(map, addr, value.as_ref().map(|(v, _)| v)));
+        let written = match result {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                self.stats.map_errors += 1;
+                tracing::warn!(%addr, error = %e, "writing a learned address");
+                false
+            }
+            None => false,
         };
-        let result = write(map, addr, value.as_ref().map(|(v, _)| v));
-        if let Err(e) = result {
-            self.stats.map_errors += 1;
-            tracing::warn!(%addr, error = %e, "writing a learned address");
-        }
-        if value.is_none() {
-            self.filter_stale = true;
+        match (value.is_none(), written) {
+            (true, true) => {
+                self.undeleted.remove(&addr);
+                self.filter_stale = true;
+            }
+            // Still in the map: its bit must stay until a removal succeeds.
+            (true, false) => {
+                self.undeleted.insert(addr);
+            }
+            (false, _) => {
+                self.undeleted.remove(&addr);
+            }
         }
     }
 
@@ -285,7 +314,7 @@ impl Learner {
         if !self.filter_stale {
             return;
         }
-        let wanted = filter_words(self.table.keys().copied());
+        let wanted = filter_words(self.table.keys().chain(&self.undeleted).copied());
         let mut written = std::mem::take(&mut self.filter);
         let result: Result<(), aya::maps::MapError> = match self.map(MAP_LEARNED_FILTER) {
             Some(map) => wanted.iter().enumerate().try_for_each(|(index, &word)| {
@@ -501,6 +530,35 @@ mod tests {
         l.sweep(t0 + Duration::from_secs(31));
         assert!(l.report(t0).names.is_empty());
         assert!(l.addresses_by_rule().is_empty());
+    }
+
+    /// A removal the map refused leaves the address in the map, so its filter bit must
+    /// stay and the removal is tried again; here every map write fails (no pins).
+    #[test]
+    fn an_address_whose_removal_failed_keeps_its_filter_bit_and_is_retried() {
+        let mut l = learner(Expiry {
+            grace_s: 0,
+            floor_s: 1,
+            ceiling_s: 3600,
+        });
+        let t0 = Instant::now();
+        let response = Response::new(
+            "ewcd01.emishealth.com",
+            vec![Rr::a("ewcd01.emishealth.com", 5, "10.207.116.10")],
+        );
+        l.handle(&response.build(), false, t0);
+        l.sweep(t0 + Duration::from_secs(6));
+        let addr: IpAddr = "10.207.116.10".parse().unwrap();
+        assert!(l.report(t0).names.is_empty());
+        assert!(l.undeleted.contains(&addr));
+        let errors = l.stats.map_errors;
+        l.sweep(t0 + Duration::from_secs(7));
+        assert!(l.undeleted.contains(&addr), "still refused");
+        assert!(l.stats.map_errors > errors, "the removal was tried again");
+        // The rebuilt filter would keep the address's bit.
+        let bit = filter_bit(addr);
+        let wanted = filter_words(l.table.keys().chain(&l.undeleted).copied());
+        assert_ne!(wanted[(bit / 64) as usize] & 1 << (bit % 64), 0);
     }
 
     #[test]
