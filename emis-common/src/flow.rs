@@ -464,6 +464,16 @@ mod tests {
     use super::*;
     use crate::wire::TCP_PSH;
 
+    /// The kernel writes a new flow in place as zero words plus these three fields
+    /// (`new_flow` in emis-ebpf, which cannot assign the value: that compiles to `memset`).
+    #[test]
+    fn a_new_flow_is_zero_but_its_rule_state_and_origin() {
+        let mut expected = FlowValue::default();
+        let new = FlowValue::new(7);
+        (expected.rule, expected.state, expected.origin) = (new.rule, new.state, new.origin);
+        assert_eq!(new, expected);
+    }
+
     fn seg(flags: u8, seq: u32, ack: u32, len: u32) -> Segment {
         Segment {
             flags,

@@ -4,6 +4,23 @@
 //! Every value is `#[repr(C)]` plain data with explicit padding, so the loader writes
 //! exactly the bytes the kernel program reads.
 
+/// Where bit `bit` of a bit filter lives: an array of `u64` words (the learned filter,
+/// the IPv6 count filter), the bit being `mask` in word `index`. The kernel program
+/// spells out the same arithmetic at its two reads (`learned::may_be_learned`,
+/// `count_classes`): routed through this function, LLVM laid the program out anew and
+/// the flow classes measured about 9 ns slower, for the same work.
+#[inline(always)]
+pub const fn filter_word(bit: u32) -> (u32, u64) {
+    (bit / 64, 1 << (bit % 64))
+}
+
+/// Sets bit `bit` of the bit filter `words` (built in userspace before it is written).
+#[inline(always)]
+pub fn filter_mark(words: &mut [u64], bit: u32) {
+    let (index, mask) = filter_word(bit);
+    words[index as usize] |= mask;
+}
+
 /// Name of the map from IPv4 prefix to [`AddrInfo`].
 pub const MAP_ADDR_V4: &str = "EMIS_ADDR_V4";
 /// Name of the map from IPv6 prefix to [`AddrInfo`].

@@ -677,11 +677,13 @@ fn track_forward(key: &FlowKey, rule: u32, seg: &Segment, cfg: &Config, fresh: &
 /// an assignment of the value compiles to a `memset` call (see [`zero`]).
 #[inline(always)]
 fn new_flow(flow: *mut FlowValue, rule: u32) {
+    // `FlowValue::new` is zero but for these (emis-common's tests hold it to that).
+    let fresh = FlowValue::new(rule);
     zero::zero(flow);
     unsafe {
-        (*flow).rule = rule;
-        (*flow).state = FLOW_NEW;
-        (*flow).origin = FLOW_ORIGIN_INGRESS;
+        (*flow).rule = fresh.rule;
+        (*flow).state = fresh.state;
+        (*flow).origin = fresh.origin;
     }
 }
 

@@ -166,20 +166,10 @@ mod tests {
             v4.push((format!("100.64.{i}.0/24").parse().unwrap(), info(1 << 20)));
         }
         let table = AddrTableV4::new(&v4);
-        let mut probes: Vec<u32> = Vec::new();
-        for (net, _) in &v4 {
-            let a = u32::from(net.network());
-            let b = u32::from(net.broadcast());
-            probes.extend([a, b, a.wrapping_sub(1), b.wrapping_add(1)]);
-        }
-        let mut x = 0x9e37_79b9u32;
-        for _ in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            probes.push(x);
-        }
-        for addr in probes {
+        let ranges = v4
+            .iter()
+            .map(|(net, _)| (u32::from(net.network()), u32::from(net.broadcast())));
+        for addr in crate::probes::edges_and_random(ranges, 0x9e37_79b9, 100_000) {
             match table.find(addr) {
                 Some(found) => assert_eq!(found, longest(&v4, addr), "address {addr:#x}"),
                 None => assert_eq!(addr >> 16, 0x6440, "only 100.64/16 defers to the trie"),

@@ -6,8 +6,8 @@
 //! in that order leaves each address with its longest match.
 
 use emis_common::{
-    CountChunk, COUNT_BYTE_ASK, COUNT_BYTE_NONE, COUNT_V4_ASK, COUNT_V4_CHUNK, COUNT_V4_CODES,
-    COUNT_V4_NONE, COUNT_V4_SET, COUNT_V4_SLOTS, COUNT_V6_FILTER_WORDS,
+    filter_mark, CountChunk, COUNT_BYTE_ASK, COUNT_BYTE_NONE, COUNT_V4_ASK, COUNT_V4_CHUNK,
+    COUNT_V4_CODES, COUNT_V4_NONE, COUNT_V4_SET, COUNT_V4_SLOTS, COUNT_V6_FILTER_WORDS,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -128,10 +128,10 @@ impl CountTableV4 {
 pub fn count_v6_filter(trie: &CountTrie<Ipv6Net>) -> Vec<u64> {
     let mut words = vec![0u64; COUNT_V6_FILTER_WORDS as usize];
     for &(net, _) in &trie.entries {
-        let first = (u128::from(net.network()) >> 112) as usize;
-        let last = (u128::from(net.broadcast()) >> 112) as usize;
+        let first = (u128::from(net.network()) >> 112) as u32;
+        let last = (u128::from(net.broadcast()) >> 112) as u32;
         for bit in first..=last {
-            words[bit / 64] |= 1 << (bit % 64);
+            filter_mark(&mut words, bit);
         }
     }
     words
@@ -165,18 +165,14 @@ mod tests {
             })
             .unwrap();
         assert_eq!(chunks.len(), table.chunked.len());
-        let mut probes: Vec<u32> = Vec::new();
-        for (net, _) in trie.iter() {
-            let (a, b) = (u32::from(net.network()), u32::from(net.broadcast()));
-            probes.extend([a, b, a.wrapping_sub(1), b.wrapping_add(1), a | 0x80]);
-        }
-        let mut x = 0x2545_f491u32;
-        for _ in 0..200_000 {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            probes.push(x);
-        }
+        let ranges: Vec<(u32, u32)> = trie
+            .iter()
+            .map(|(net, _)| (u32::from(net.network()), u32::from(net.broadcast())))
+            .collect();
+        let mut probes =
+            crate::probes::edges_and_random(ranges.iter().copied(), 0x2545_f491, 200_000);
+        // And each range's second half, where a longer prefix often starts.
+        probes.extend(ranges.iter().map(|&(a, _)| a | 0x80));
         for addr in probes {
             let found = count_v4_lookup(
                 addr,

@@ -24,3 +24,28 @@ pub mod nft;
 pub mod packet;
 pub mod policy;
 pub mod spec;
+
+/// Addresses the address-table tests probe, shared by `addr_table` and `count_table`.
+#[cfg(test)]
+mod probes {
+    /// Each range's first and last address and their outer neighbours, then `random`
+    /// xorshift addresses from `seed`.
+    pub fn edges_and_random(
+        ranges: impl IntoIterator<Item = (u32, u32)>,
+        seed: u32,
+        random: usize,
+    ) -> Vec<u32> {
+        let mut probes = Vec::new();
+        for (a, b) in ranges {
+            probes.extend([a, b, a.wrapping_sub(1), b.wrapping_add(1)]);
+        }
+        let mut x = seed;
+        for _ in 0..random {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            probes.push(x);
+        }
+        probes
+    }
+}

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use emis_common::{
-    learned_filter_bit, LearnedValue, LEARNED_FILTER_WORDS, MAP_LEARNED_V4, MAP_LEARNED_V6,
+    filter_mark, filter_word, learned_filter_bit, LearnedValue, LEARNED_FILTER_WORDS,
+    MAP_LEARNED_V4, MAP_LEARNED_V6,
 };
 use emis_policy::hostnames::HostnameGroups;
 
@@ -93,8 +94,7 @@ pub fn filter_bit(addr: IpAddr) -> u32 {
 pub fn filter_words(addrs: impl IntoIterator<Item = IpAddr>) -> Vec<u64> {
     let mut words = vec![0u64; LEARNED_FILTER_WORDS as usize];
     for addr in addrs {
-        let bit = filter_bit(addr);
-        words[(bit / 64) as usize] |= 1 << (bit % 64);
+        filter_mark(&mut words, filter_bit(addr));
     }
     words
 }
@@ -107,10 +107,10 @@ pub fn write_filter_word(map: &mut Map, index: u32, word: u64) -> Result<(), Map
 
 /// Sets `addr`'s bit in the learned filter `map`, keeping the others (a read, then a write).
 pub fn set_filter_bit(map: &mut Map, addr: IpAddr) -> Result<(), MapError> {
-    let bit = filter_bit(addr);
+    let (index, mask) = filter_word(filter_bit(addr));
     let mut filter: Array<&mut MapData, u64> = Array::try_from(map)?;
-    let word = filter.get(&(bit / 64), 0)?;
-    filter.set(bit / 64, word | 1 << (bit % 64), 0)
+    let word = filter.get(&index, 0)?;
+    filter.set(index, word | mask, 0)
 }
 
 #[cfg(test)]

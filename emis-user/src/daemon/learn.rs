@@ -15,7 +15,7 @@ use std::{
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use emis_common::{
-    DnsConfig, DnsMessage, DNS_COUNT_DOT, DNS_COUNT_HANDED, DNS_COUNT_RING_FULL,
+    filter_word, DnsConfig, DnsMessage, DNS_COUNT_DOT, DNS_COUNT_HANDED, DNS_COUNT_RING_FULL,
     DNS_COUNT_SUPPRESSED, DNS_MESSAGE_SIZE, DNS_SNAP_LEN, LEARNED_FILTER_WORDS, MAP_DNS,
     MAP_DNS_CONFIG, MAP_DNS_COUNTS, MAP_LEARNED_FILTER, MAP_LEARNED_V4, MAP_LEARNED_V6,
 };
@@ -291,8 +291,7 @@ impl Learner {
 
     /// Sets `addr`'s bit in the kernel's learned filter; `false` if writing it failed.
     fn set_filter_bit(&mut self, addr: IpAddr) -> bool {
-        let bit = filter_bit(addr);
-        let (index, mask) = (bit / 64, 1u64 << (bit % 64));
+        let (index, mask) = filter_word(filter_bit(addr));
         let word = self.filter[index as usize];
         if word & mask != 0 {
             return true;
